@@ -1,0 +1,140 @@
+//! The one trait every compute backend implements.
+//!
+//! The provider core never knows which backend it drives: it asks for a workload to be created
+//! with a tier's limits, an image, login credentials and a host port, and later to have its
+//! deadline moved, to be stopped, resumed or destroyed. Keeping the trait this small is what lets
+//! LXD, Proxmox, Kubernetes and the local sandbox stand behind the same money path, and lets tests
+//! put a double behind it that fails at any step.
+//!
+//! Contract every implementation keeps:
+//! - `create` returns only once SSH accepts connections on `spec.host_port`; if it fails at any
+//!   point it removes whatever it had made before returning the error (rollback), so a failed
+//!   create leaves nothing behind. The core still calls `destroy` afterwards as a safety net, so
+//!   `destroy` of something missing is not an error.
+//! - Every workload a backend makes is marked as this provider's (`provider_id`), so `list` returns
+//!   only the workloads this provider owns and restart can re-adopt them or remove orphans.
+//! - No user-supplied string (username, password, key) is ever interpolated into a shell command.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Tier;
+use crate::secret::Secret;
+
+pub mod lxd;
+
+/// Which kind of backend serves workloads; published in offers so buyers can filter on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Lxd,
+    Proxmox,
+    Kubernetes,
+    Sandbox,
+    /// A backend supplied by the embedding program (tests use this for their double).
+    Custom,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            BackendKind::Lxd => "lxd",
+            BackendKind::Proxmox => "proxmox",
+            BackendKind::Kubernetes => "kubernetes",
+            BackendKind::Sandbox => "sandbox",
+            BackendKind::Custom => "custom",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Everything a backend needs to make one workload.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    /// Stable workload name, safe as a container/VM/pod name: `[a-z0-9-]`, starts with a letter,
+    /// at most 40 characters.
+    pub name: String,
+    /// The provider instance this workload belongs to (marks ownership on the backend).
+    pub provider_id: String,
+    pub tier: Tier,
+    pub image: String,
+    /// Login user, already validated (`^[a-z_][a-z0-9_-]{0,31}$`, not a system account).
+    pub ssh_username: String,
+    pub ssh_password: Secret,
+    /// One OpenSSH public key line, already validated, if the buyer gave one.
+    pub ssh_public_key: Option<String>,
+    /// Host port that must forward to the workload's SSH daemon.
+    pub host_port: u16,
+    /// Unix seconds when the paid time runs out.
+    pub expires_at: u64,
+}
+
+/// What a backend reports about one of its workloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub state: WorkloadState,
+    /// Host port of the SSH forward, when the backend knows it.
+    pub host_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadState {
+    Running,
+    Stopped,
+    /// Being created, being deleted, or in a state the backend cannot name.
+    Other,
+}
+
+/// A backend failure. The message is for operators and buyers alike, so it must never carry a
+/// secret (password, token, key).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The backend has no room (quota, capacity, port already taken on the host).
+    #[error("backend has no capacity: {0}")]
+    Capacity(String),
+    /// The image asked for does not exist on the backend.
+    #[error("image not available on the backend: {0}")]
+    ImageMissing(String),
+    /// The workload does not exist.
+    #[error("workload not found: {0}")]
+    NotFound(String),
+    /// The workload did not become reachable over SSH in time.
+    #[error("workload did not become ready: {0}")]
+    NotReady(String),
+    /// The backend API answered with an error or could not be reached.
+    #[error("backend error: {0}")]
+    Api(String),
+}
+
+/// The operations the provider core needs from a compute backend.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Which kind this is, for offers.
+    fn kind(&self) -> BackendKind;
+
+    /// Create and start the workload; return once SSH accepts connections on the host port.
+    /// On failure, remove anything made and return the error.
+    async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError>;
+
+    /// Record a new deadline (backends may store it as metadata; the core's reaper enforces it).
+    async fn extend(&self, name: &str, expires_at: u64) -> Result<(), BackendError>;
+
+    /// Stop a workload whose time ran out, keeping its disk so a late top-up can resume it.
+    async fn stop(&self, name: &str) -> Result<(), BackendError>;
+
+    /// Start a stopped workload again (after a late top-up); return once SSH answers.
+    async fn resume(&self, name: &str) -> Result<(), BackendError>;
+
+    /// Remove the workload and everything it holds. Removing a missing workload is not an error.
+    async fn destroy(&self, name: &str) -> Result<(), BackendError>;
+
+    /// Look at one workload; `None` when it does not exist.
+    async fn inspect(&self, name: &str) -> Result<Option<WorkloadInfo>, BackendError>;
+
+    /// Every workload this provider (`provider_id`) owns on the backend.
+    async fn list(&self, provider_id: &str) -> Result<Vec<WorkloadInfo>, BackendError>;
+}

@@ -1,0 +1,1278 @@
+//! The provider core: the money path, in one file.
+//!
+//! Every door (MCP, ContextVM, Nostr DM, HTTP, CLI) calls these four operations — [`Provider::offers`],
+//! [`Provider::spawn`], [`Provider::top_up`], [`Provider::status`] — and nothing else touches money.
+//! The order inside `spawn` and `top_up` is the money rules of DESIGN.md, step by step:
+//!
+//! 1. Validate everything that can be validated while the token is untouched: request shape,
+//!    tier, image, username, password, key, token encoding, mint whitelist, unit, face value
+//!    against the minimum duration, and capacity (a host port is reserved before paying).
+//! 2. Take the payment by swapping the proofs at the mint — the only proof of payment.
+//! 3. Price from what was actually received: `floor(received_msats / rate_msats_per_sec)`.
+//! 4. Any failure after the swap (backend error, cancellation) mints a refund token for the
+//!    amount received and returns it in the error.
+//! 5. Each step is journalled in the store before and after, so [`Provider::open`] can recover
+//!    after a crash: a paid-but-unprovisioned request is finished or refunded, live workloads are
+//!    re-adopted, orphans removed.
+//! 6. Replays are harmless: the same token with the same request (or the same `request_id`)
+//!    returns the first answer; the same token in a different request is `token_already_spent`.
+//!
+//! The part of a request that runs after the swap is moved onto its own task, so a door that
+//! drops the future (a client hanging up) cannot strand money between "paid" and "done".
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nostr_sdk::prelude::Keys;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{
+    Access, Capacity, Offers, PodStatus, ProviderInfo, SpawnRequest, SpawnResult, SpawnStage,
+    StatusRequest, TopUpRequest, TopUpResult,
+};
+use crate::backend::{Backend, BackendError, WorkloadSpec, WorkloadState};
+use crate::config::{Config, Tier};
+use crate::error::{ErrorType, ProviderError};
+use crate::identity;
+use crate::payments::{Payments, TokenInfo};
+use crate::secret::Secret;
+use crate::store::{PaymentKind, PaymentRow, PaymentState, Store, WorkloadRow, WorkloadStatus};
+use crate::validate;
+
+/// Who is calling: the owner of a workload sees its access details in `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The local operator or a stdio MCP client: owns what it spawned with no identity.
+    Local,
+    /// A remote caller identified by a Nostr public key (hex).
+    Nostr(String),
+}
+
+impl Caller {
+    fn owner_key(&self) -> Option<String> {
+        match self {
+            Caller::Local => None,
+            Caller::Nostr(pk) => Some(pk.clone()),
+        }
+    }
+}
+
+/// A progress callback: doors forward these to their clients.
+pub type Progress = Arc<dyn Fn(SpawnStage) + Send + Sync>;
+
+/// What the reaper did in one pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReapReport {
+    pub stopped: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+/// What recovery did at open.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Paid requests whose workload turned out to be up: finished.
+    pub finished: usize,
+    /// Paid requests that were refunded.
+    pub refunded: usize,
+    /// Swaps that never reached the mint: the token stays the buyer's.
+    pub released: usize,
+    /// Live workloads found on the backend and kept.
+    pub adopted: usize,
+    /// Workloads on the backend the store does not know as live: removed.
+    pub orphans_removed: usize,
+    /// Workloads the store thought live but the backend lost.
+    pub lost: usize,
+}
+
+/// The response stored for replay: the first answer, success or error.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Stored<T> {
+    Ok(T),
+    Err(ProviderError),
+}
+
+pub struct Provider {
+    cfg: Config,
+    keys: Keys,
+    provider_id: String,
+    store: Store,
+    payments: Payments,
+    backend: Arc<dyn Backend>,
+    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix seconds as RFC 3339 UTC (`2026-11-21T06:04:05Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn generate_password() -> Secret {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::thread_rng();
+    Secret::new(
+        (0..20)
+            .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+            .collect::<String>(),
+    )
+}
+
+fn fingerprint(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn check_request_id(id: &Option<String>) -> Result<(), ProviderError> {
+    if let Some(id) = id {
+        if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control()) {
+            return Err(ProviderError::invalid_request(
+                "request_id must be 1-128 printable characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_pod_id(id: &str) -> Result<(), ProviderError> {
+    if id.is_empty() || id.len() > 100 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(ProviderError::invalid_request(
+            "pod_npub must be the npub returned by spawn_pod",
+        ));
+    }
+    Ok(())
+}
+
+fn from_stored<T: for<'de> Deserialize<'de>>(json: &str) -> Result<T, ProviderError> {
+    match serde_json::from_str::<Stored<T>>(json) {
+        Ok(Stored::Ok(v)) => Ok(v),
+        Ok(Stored::Err(e)) => Err(e),
+        Err(e) => Err(ProviderError::internal(format!(
+            "stored response unreadable: {e}"
+        ))),
+    }
+}
+
+fn to_stored<T: Serialize>(r: &Result<T, ProviderError>) -> String {
+    let s = match r {
+        Ok(v) => serde_json::to_value(v).map(|v| serde_json::json!({ "ok": v })),
+        Err(e) => serde_json::to_value(e).map(|v| serde_json::json!({ "err": v })),
+    };
+    s.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn backend_error_message(e: &BackendError) -> String {
+    format!("the workload could not be created: {e}")
+}
+
+impl Provider {
+    /// Build the core from a config and a backend, open its state, and recover from any crash.
+    pub async fn open(
+        cfg: Config,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Arc<Provider>, ProviderError> {
+        cfg.validate()
+            .map_err(|e| ProviderError::internal(e.to_string()))?;
+        let data_dir = cfg.provider.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|e| {
+            ProviderError::internal(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let keys = match &cfg.nostr.private_key {
+            Some(k) => identity::parse_secret_key(k, "NOSTR_PRIVATE_KEY"),
+            None => {
+                let file = cfg
+                    .nostr
+                    .private_key_file
+                    .clone()
+                    .unwrap_or_else(|| "nostr.key".into());
+                identity::load_or_create(&data_dir.join(file))
+            }
+        }
+        .map_err(|e| ProviderError::internal(e.to_string()))?;
+        let store = Store::open(&data_dir.join("paygress.sqlite3"))?;
+        let provider_id = store.meta_or_init("provider_id", || {
+            let b: [u8; 6] = rand::random();
+            hex::encode(b)
+        })?;
+        let payments = Payments::open(&data_dir, &cfg.payments.whitelisted_mints).await?;
+        let provider = Arc::new(Provider {
+            cfg,
+            keys,
+            provider_id,
+            store,
+            payments,
+            backend,
+            locks: StdMutex::new(HashMap::new()),
+        });
+        let report = provider.recover().await;
+        tracing::info!(?report, "provider state recovered");
+        Ok(provider)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The provider's Nostr keys (doors that speak Nostr sign with them).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn npub(&self) -> String {
+        identity::npub(&self.keys)
+    }
+
+    /// Marks this provider's workloads on the backend.
+    pub fn provider_id(&self) -> &str {
+        &self.provider_id
+    }
+
+    pub fn payments(&self) -> &Payments {
+        &self.payments
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    // ---- offers -----------------------------------------------------------------------------
+
+    /// What is for sale, at what price, from whom, and how much room is left.
+    pub fn offers(&self) -> Offers {
+        let live = self.store.live_count().unwrap_or(0);
+        let mut cap = self.cfg.port_capacity();
+        if self.cfg.provider.max_workloads > 0 {
+            cap = cap.min(self.cfg.provider.max_workloads);
+        }
+        Offers {
+            provider: ProviderInfo {
+                npub: self.npub(),
+                name: self.cfg.provider.name.clone(),
+                location: self.cfg.provider.location.clone(),
+            },
+            minimum_duration_seconds: self.cfg.provider.minimum_duration_seconds,
+            maximum_duration_seconds: self.cfg.provider.maximum_duration_seconds,
+            whitelisted_mints: self.payments.mints().map(|m| m.to_string()).collect(),
+            pod_specs: self.cfg.tiers.clone(),
+            allowed_images: self.cfg.images.allowed.clone(),
+            default_image: self.cfg.images.default.clone(),
+            backend: self.backend.kind(),
+            capacity: Capacity {
+                available_slots: cap.saturating_sub(live),
+                live_workloads: live,
+            },
+            expiry_grace_seconds: self.cfg.provider.expiry_grace_seconds,
+        }
+    }
+
+    // ---- spawn ------------------------------------------------------------------------------
+
+    /// Buy a workload. See the module docs for the order of steps.
+    pub async fn spawn(
+        self: &Arc<Self>,
+        req: SpawnRequest,
+        caller: Caller,
+        progress: Option<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<SpawnResult, ProviderError> {
+        // 1. Everything checkable with the token untouched.
+        let tier = match req.pod_spec_id.as_deref() {
+            None => self
+                .cfg
+                .tiers
+                .first()
+                .cloned()
+                .ok_or_else(|| ProviderError::internal("no tiers"))?,
+            Some(id) => self.cfg.tier(id).cloned().ok_or_else(|| {
+                let ids: Vec<&str> = self.cfg.tiers.iter().map(|t| t.id.as_str()).collect();
+                ProviderError::invalid_spec(format!(
+                    "no tier {:?}; offered: {}",
+                    id.chars().take(64).collect::<String>(),
+                    ids.join(", ")
+                ))
+            })?,
+        };
+        let image = req
+            .pod_image
+            .clone()
+            .unwrap_or_else(|| self.cfg.images.default.clone());
+        if !self.cfg.images.allowed.contains(&image) {
+            return Err(ProviderError::invalid_spec(format!(
+                "image {:?} is not offered; allowed: {}",
+                image.chars().take(64).collect::<String>(),
+                self.cfg.images.allowed.join(", ")
+            )));
+        }
+        validate::check_username(&req.ssh_username).map_err(ProviderError::invalid_request)?;
+        if let Some(pw) = &req.ssh_password {
+            validate::check_password(pw.expose()).map_err(ProviderError::invalid_request)?;
+        }
+        let public_key = match &req.ssh_public_key {
+            Some(k) if !k.trim().is_empty() => {
+                validate::check_public_key(k).map_err(ProviderError::invalid_request)?;
+                Some(k.trim().to_string())
+            }
+            _ => None,
+        };
+        check_request_id(&req.request_id)?;
+        let info = self.payments.inspect(req.cashu_token.expose())?;
+        self.check_face_value(&info, &tier, self.cfg.provider.minimum_duration_seconds)?;
+
+        let fp = fingerprint(&[
+            "spawn",
+            &tier.id,
+            &image,
+            &req.ssh_username,
+            req.ssh_password.as_ref().map(|p| p.expose()).unwrap_or(""),
+            public_key.as_deref().unwrap_or(""),
+            &caller.owner_key().unwrap_or_default(),
+        ]);
+
+        // Serialise everything that concerns this token.
+        let guard = self.lock(&format!("token:{}", info.key)).await;
+        if let Some(answer) =
+            self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)?
+        {
+            return answer;
+        }
+
+        // Reserve a host port (capacity) before paying.
+        let pod_keys = Keys::generate();
+        let pod_id = identity::npub(&pod_keys);
+        let name = format!("pg-{}", &pod_keys.public_key().to_hex()[..12]);
+        let password = req.ssh_password.clone().unwrap_or_else(generate_password);
+        let now = now_secs();
+        let row = WorkloadRow {
+            id: pod_id.clone(),
+            name: name.clone(),
+            tier: tier.clone(),
+            image: image.clone(),
+            ssh_username: req.ssh_username.clone(),
+            ssh_password: password.clone(),
+            ssh_public_key: public_key.clone(),
+            host_port: 0,
+            owner: caller.owner_key(),
+            state: WorkloadStatus::Provisioning,
+            created_at: now,
+            expires_at: now,
+            stopped_at: None,
+            paid_msats: 0,
+        };
+        let p = &self.cfg.provider;
+        let port = self
+            .store
+            .insert_workload_with_port(&row, p.ssh_port_range_start, p.ssh_port_range_end, p.max_workloads, port_is_free)?
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorType::ResourceUnavailable,
+                    "no capacity left right now (all SSH ports or workload slots are in use); try later",
+                )
+            })?;
+        let row = WorkloadRow {
+            host_port: port,
+            ..row
+        };
+
+        // Journal before the swap; the token is kept until the swap settles (crash recovery).
+        let journal = PaymentRow {
+            key: info.key.clone(),
+            kind: PaymentKind::Spawn,
+            fingerprint: fp,
+            request_id: req.request_id.clone(),
+            pod_id: Some(pod_id.clone()),
+            mint_url: info.mint_url.to_string(),
+            face_msats: info.face_msats,
+            received_msats: None,
+            state: PaymentState::Swapping,
+            token: Some(req.cashu_token.clone()),
+            refund_token: None,
+            response: None,
+            created_at: now,
+        };
+        if !self.store.insert_payment(&journal, now)? {
+            self.store
+                .set_workload_state(&pod_id, WorkloadStatus::Failed, now)?;
+            return Err(ProviderError::invalid_request(
+                "request_id was already used with a different token",
+            ));
+        }
+        report(&progress, SpawnStage::Validated);
+
+        // 2-5 on a task of their own, so the money path finishes even if the caller goes away.
+        let this = Arc::clone(self);
+        let token = req.cashu_token.clone();
+        let task = tokio::spawn(async move {
+            let _guard: OwnedMutexGuard<()> = guard;
+            this.spawn_paid_part(info, token, tier, row, progress, cancel)
+                .await
+        });
+        task.await
+            .unwrap_or_else(|e| Err(ProviderError::internal(format!("spawn task failed: {e}"))))
+    }
+
+    async fn spawn_paid_part(
+        self: &Arc<Self>,
+        info: TokenInfo,
+        token: Secret,
+        tier: Tier,
+        row: WorkloadRow,
+        progress: Option<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<SpawnResult, ProviderError> {
+        // 2. Swap.
+        let received = match self.payments.redeem(&info, &token).await {
+            Ok(m) => m,
+            Err(e) => return self.swap_failed(&info.key, &row.id, e),
+        };
+        let now = now_secs();
+        // 3. Price from what was received.
+        let duration =
+            (received / tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
+        let expires_at = now.saturating_add(duration);
+        self.store
+            .mark_spawn_paid(&info.key, received, &row.id, expires_at, now)?;
+        tracing::info!(pod = %row.id, received_msats = received, "spawn paid");
+        report(&progress, SpawnStage::Paid);
+        if duration < self.cfg.provider.minimum_duration_seconds {
+            let e = ProviderError::new(
+                ErrorType::InsufficientPayment,
+                format!(
+                    "after mint fees {received} msat buys {duration} s, below the minimum of {} s",
+                    self.cfg.provider.minimum_duration_seconds
+                ),
+            );
+            return self.fail_spawn_after_swap(&info, received, &row, e).await;
+        }
+
+        // 4. Provision, honouring cancellation.
+        report(&progress, SpawnStage::Provisioning);
+        let spec = WorkloadSpec {
+            name: row.name.clone(),
+            provider_id: self.provider_id.clone(),
+            tier: tier.clone(),
+            image: row.image.clone(),
+            ssh_username: row.ssh_username.clone(),
+            ssh_password: row.ssh_password.clone(),
+            ssh_public_key: row.ssh_public_key.clone(),
+            host_port: row.host_port,
+            expires_at,
+        };
+        let backend = Arc::clone(&self.backend);
+        let mut create = tokio::spawn(async move { backend.create(&spec).await });
+        let outcome = tokio::select! {
+            r = &mut create => r.unwrap_or_else(|e| Err(BackendError::Api(format!("create task: {e}")))),
+            _ = cancel.cancelled() => {
+                // Let the backend finish its own request (it cannot be interrupted cleanly), then
+                // undo it below.
+                let _ = create.await;
+                Err(BackendError::Api("the request was cancelled by the client".into()))
+            }
+        };
+        if let Err(e) = outcome {
+            let cancelled = cancel.is_cancelled();
+            tracing::warn!(pod = %row.id, "provisioning failed: {e}");
+            let err = ProviderError::new(
+                ErrorType::PodCreationFailed,
+                if cancelled {
+                    "the spawn was cancelled; the payment is refunded".to_string()
+                } else {
+                    backend_error_message(&e)
+                },
+            );
+            return self.fail_spawn_after_swap(&info, received, &row, err).await;
+        }
+
+        // 5. Done.
+        let result: Result<SpawnResult, ProviderError> =
+            Ok(self.spawn_result(&row, &tier, expires_at, duration, received));
+        self.store
+            .complete_spawn(&info.key, &row.id, &to_stored(&result), now_secs())?;
+        report(&progress, SpawnStage::Ready);
+        tracing::info!(pod = %row.id, port = row.host_port, duration, "workload running");
+        result
+    }
+
+    fn spawn_result(
+        &self,
+        row: &WorkloadRow,
+        tier: &Tier,
+        expires_at: u64,
+        duration: u64,
+        paid: u64,
+    ) -> SpawnResult {
+        let host = self.cfg.provider.ssh_host.clone();
+        let ssh = format!("ssh -p {} {}@{}", row.host_port, row.ssh_username, host);
+        SpawnResult {
+            pod_npub: row.id.clone(),
+            host: host.clone(),
+            node_port: row.host_port,
+            ssh_username: row.ssh_username.clone(),
+            ssh_password: row.ssh_password.clone(),
+            expires_at: rfc3339(expires_at),
+            duration_seconds: duration,
+            paid_msats: paid,
+            cpu_millicores: tier.cpu_millicores,
+            memory_mb: tier.memory_mb,
+            pod_spec_id: tier.id.clone(),
+            pod_spec_name: tier.name.clone(),
+            pod_spec_description: tier.description.clone(),
+            image: row.image.clone(),
+            instructions: vec![
+                format!("Log in: {ssh}"),
+                format!(
+                    "The pod runs until {} ({duration} s paid). Extend it with topup_pod {{pod_npub: \"{}\", cashu_token}} at {} msat/s.",
+                    rfc3339(expires_at),
+                    row.id,
+                    tier.rate_msats_per_sec
+                ),
+                format!("Check it with get_pod_status {{pod_npub: \"{}\"}}.", row.id),
+            ],
+        }
+    }
+
+    /// The swap did not happen. If the mint says spent, remember the answer (replays get it);
+    /// otherwise forget the journal row so the buyer can retry with the same token.
+    fn swap_failed<T: Serialize>(
+        &self,
+        key: &str,
+        pod_id: &str,
+        e: ProviderError,
+    ) -> Result<T, ProviderError> {
+        let now = now_secs();
+        self.store
+            .set_workload_state(pod_id, WorkloadStatus::Failed, now)?;
+        if e.error_type == ErrorType::TokenAlreadySpent || e.error_type == ErrorType::InvalidToken {
+            let r: Result<T, ProviderError> = Err(e.clone());
+            self.store.finish_payment(
+                key,
+                PaymentState::Rejected,
+                None,
+                None,
+                &to_stored(&r),
+                now,
+            )?;
+        } else {
+            self.store.forget_payment(key)?;
+        }
+        Err(e)
+    }
+
+    /// Undo a paid spawn: remove anything made, refund, record the answer.
+    async fn fail_spawn_after_swap(
+        &self,
+        info: &TokenInfo,
+        received: u64,
+        row: &WorkloadRow,
+        err: ProviderError,
+    ) -> Result<SpawnResult, ProviderError> {
+        if let Err(e) = self.backend.destroy(&row.name).await {
+            tracing::warn!(pod = %row.id, "cleanup after failed create: {e}");
+        }
+        self.store
+            .set_workload_state(&row.id, WorkloadStatus::Failed, now_secs())?;
+        Err(self
+            .refund_and_record::<SpawnResult>(
+                &info.key,
+                &info.mint_url,
+                received,
+                Some(&row.id),
+                err,
+            )
+            .await)
+    }
+
+    /// Mint the refund and store the final answer; on a mint failure keep it pending (recovery
+    /// and replays retry it).
+    async fn refund_and_record<T: Serialize>(
+        &self,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        pod_id: Option<&str>,
+        err: ProviderError,
+    ) -> ProviderError {
+        let now = now_secs();
+        match self.payments.refund(mint, received).await {
+            Ok(token) => {
+                let err = err.with_refund(token.clone()).with_details(
+                    serde_json::json!({ "refunded_msats": received - received % 1000 }),
+                );
+                let r: Result<T, ProviderError> = Err(err.clone());
+                if let Err(e) = self.store.finish_payment(
+                    key,
+                    PaymentState::Refunded,
+                    pod_id,
+                    Some(&token),
+                    &to_stored(&r),
+                    now,
+                ) {
+                    tracing::error!("refund minted but not journalled: {e}");
+                }
+                tracing::info!(pod = ?pod_id, refunded_msats = received, "payment refunded");
+                err
+            }
+            Err(e) => {
+                tracing::error!(pod = ?pod_id, "refund could not be minted yet: {e}");
+                let err = ProviderError {
+                    message: format!(
+                        "{} The refund could not be minted yet ({}); repeat the same request with the same token to collect it.",
+                        err.message, e.message
+                    ),
+                    ..err
+                };
+                if let Err(e) = self.store.finish_payment(
+                    key,
+                    PaymentState::RefundPending,
+                    pod_id,
+                    None,
+                    "",
+                    now,
+                ) {
+                    tracing::error!("refund pending not journalled: {e}");
+                }
+                err
+            }
+        }
+    }
+
+    fn check_face_value(
+        &self,
+        info: &TokenInfo,
+        tier: &Tier,
+        min_seconds: u64,
+    ) -> Result<(), ProviderError> {
+        let seconds = info.face_msats / tier.rate_msats_per_sec;
+        if seconds < min_seconds {
+            let needed = min_seconds.saturating_mul(tier.rate_msats_per_sec);
+            return Err(ProviderError::new(
+                ErrorType::InsufficientPayment,
+                format!(
+                    "the token is worth {} msat, which buys {seconds} s of {}; at least {min_seconds} s ({} sat) is needed",
+                    info.face_msats,
+                    tier.id,
+                    needed.div_ceil(1000)
+                ),
+            )
+            .with_details(serde_json::json!({
+                "offered_msats": info.face_msats,
+                "required_msats": needed,
+                "rate_msats_per_sec": tier.rate_msats_per_sec,
+                "minimum_duration_seconds": min_seconds,
+            })));
+        }
+        Ok(())
+    }
+
+    /// Replay detection, under the token lock.
+    fn replay<T: for<'de> Deserialize<'de>>(
+        &self,
+        info: &TokenInfo,
+        kind: PaymentKind,
+        fp: &str,
+        request_id: &Option<String>,
+    ) -> Result<Option<Result<T, ProviderError>>, ProviderError> {
+        if let Some(id) = request_id {
+            if let Some(row) = self.store.payment_by_request_id(id)? {
+                if row.key != info.key {
+                    return Ok(Some(Err(ProviderError::invalid_request(
+                        "request_id was already used with a different token",
+                    ))));
+                }
+            }
+        }
+        let Some(row) = self.store.payment(&info.key)? else {
+            return Ok(None);
+        };
+        if row.kind != kind || row.fingerprint != fp {
+            return Ok(Some(Err(ProviderError::new(
+                ErrorType::TokenAlreadySpent,
+                "this token was already used for another request",
+            ))));
+        }
+        match (&row.state, &row.response) {
+            (_, Some(resp)) if !resp.is_empty() => Ok(Some(from_stored(resp))),
+            (PaymentState::RefundPending, _) => Ok(Some(Err(ProviderError::new(
+                ErrorType::PodCreationFailed,
+                "this request failed after payment and its refund is still pending; retry shortly",
+            )))),
+            _ => Ok(Some(Err(ProviderError::new(
+                ErrorType::PaymentFailed,
+                "this payment is still being settled after a restart; retry shortly",
+            )))),
+        }
+    }
+
+    async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Drop entries nobody holds, so the map does not grow without bound.
+            if locks.len() > 1024 {
+                locks.retain(|_, v| Arc::strong_count(v) > 1);
+            }
+            Arc::clone(locks.entry(key.to_string()).or_default())
+        };
+        m.lock_owned().await
+    }
+
+    // ---- top-up -----------------------------------------------------------------------------
+
+    /// Add paid time to a workload. A top-up of an expired (stopped) workload within the grace
+    /// period resumes it.
+    pub async fn top_up(self: &Arc<Self>, req: TopUpRequest) -> Result<TopUpResult, ProviderError> {
+        check_pod_id(&req.pod_npub)?;
+        check_request_id(&req.request_id)?;
+        let w = self
+            .store
+            .workload(&req.pod_npub)?
+            .filter(|w| matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired))
+            .ok_or_else(|| ProviderError::not_found(&req.pod_npub))?;
+        let info = self.payments.inspect(req.cashu_token.expose())?;
+        self.check_face_value(&info, &w.tier, 1)?;
+        let fp = fingerprint(&["topup", &req.pod_npub]);
+
+        let guard = self.lock(&format!("token:{}", info.key)).await;
+        if let Some(answer) =
+            self.replay::<TopUpResult>(&info, PaymentKind::TopUp, &fp, &req.request_id)?
+        {
+            return answer;
+        }
+        let now = now_secs();
+        let journal = PaymentRow {
+            key: info.key.clone(),
+            kind: PaymentKind::TopUp,
+            fingerprint: fp,
+            request_id: req.request_id.clone(),
+            pod_id: Some(w.id.clone()),
+            mint_url: info.mint_url.to_string(),
+            face_msats: info.face_msats,
+            received_msats: None,
+            state: PaymentState::Swapping,
+            token: Some(req.cashu_token.clone()),
+            refund_token: None,
+            response: None,
+            created_at: now,
+        };
+        if !self.store.insert_payment(&journal, now)? {
+            return Err(ProviderError::invalid_request(
+                "request_id was already used with a different token",
+            ));
+        }
+        let this = Arc::clone(self);
+        let token = req.cashu_token.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            this.top_up_paid_part(info, token, w.id).await
+        });
+        task.await
+            .unwrap_or_else(|e| Err(ProviderError::internal(format!("top-up task failed: {e}"))))
+    }
+
+    async fn top_up_paid_part(
+        self: &Arc<Self>,
+        info: TokenInfo,
+        token: Secret,
+        pod_id: String,
+    ) -> Result<TopUpResult, ProviderError> {
+        // The reaper takes the same lock: a workload is never stopped halfway through a top-up.
+        let _pod = self.lock(&format!("pod:{pod_id}")).await;
+        let received = match self.payments.redeem(&info, &token).await {
+            Ok(m) => m,
+            Err(e) => {
+                let now = now_secs();
+                if e.error_type == ErrorType::TokenAlreadySpent
+                    || e.error_type == ErrorType::InvalidToken
+                {
+                    let r: Result<TopUpResult, ProviderError> = Err(e.clone());
+                    self.store.finish_payment(
+                        &info.key,
+                        PaymentState::Rejected,
+                        None,
+                        None,
+                        &to_stored(&r),
+                        now,
+                    )?;
+                } else {
+                    self.store.forget_payment(&info.key)?;
+                }
+                return Err(e);
+            }
+        };
+        let now = now_secs();
+        self.store.mark_paid(&info.key, received, now)?;
+        // Re-read: the reaper may have moved it while we were paying.
+        let w = match self.store.workload(&pod_id)? {
+            Some(w) if matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired) => w,
+            _ => {
+                let e = ProviderError::not_found(&pod_id);
+                return Err(self
+                    .refund_and_record::<TopUpResult>(
+                        &info.key,
+                        &info.mint_url,
+                        received,
+                        Some(&pod_id),
+                        e,
+                    )
+                    .await);
+            }
+        };
+        let added =
+            (received / w.tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
+        let new_expires = w.expires_at.max(now).saturating_add(added);
+        let mut result = self.backend.extend(&w.name, new_expires).await;
+        if result.is_ok() && w.state == WorkloadStatus::Expired {
+            result = self.backend.resume(&w.name).await;
+        }
+        if let Err(e) = result {
+            tracing::warn!(pod = %w.id, "top-up could not extend the workload: {e}");
+            let err = ProviderError::new(
+                ErrorType::PodCreationFailed,
+                format!("the workload could not be extended: {e}"),
+            );
+            return Err(self
+                .refund_and_record::<TopUpResult>(
+                    &info.key,
+                    &info.mint_url,
+                    received,
+                    Some(&w.id),
+                    err,
+                )
+                .await);
+        }
+        self.store.extend_workload(&w.id, new_expires, received)?;
+        let result: Result<TopUpResult, ProviderError> = Ok(TopUpResult {
+            success: true,
+            pod_npub: w.id.clone(),
+            extended_duration_seconds: added,
+            new_expires_at: rfc3339(new_expires),
+            paid_msats: received,
+            message: if w.state == WorkloadStatus::Expired {
+                format!(
+                    "pod resumed and extended by {added} s until {}",
+                    rfc3339(new_expires)
+                )
+            } else {
+                format!("pod extended by {added} s until {}", rfc3339(new_expires))
+            },
+        });
+        self.store.finish_payment(
+            &info.key,
+            PaymentState::Completed,
+            Some(&w.id),
+            None,
+            &to_stored(&result),
+            now_secs(),
+        )?;
+        tracing::info!(pod = %w.id, added, "workload topped up");
+        result
+    }
+
+    // ---- status -----------------------------------------------------------------------------
+
+    /// Describe a workload. Access details only for its owner.
+    pub async fn status(
+        &self,
+        req: StatusRequest,
+        caller: &Caller,
+    ) -> Result<PodStatus, ProviderError> {
+        check_pod_id(&req.pod_npub)?;
+        let w = self
+            .store
+            .workload(&req.pod_npub)?
+            .ok_or_else(|| ProviderError::not_found(&req.pod_npub))?;
+        let now = now_secs();
+        let owner = w.owner == caller.owner_key();
+        let live = matches!(
+            w.state,
+            WorkloadStatus::Running | WorkloadStatus::Expired | WorkloadStatus::Provisioning
+        );
+        let host = self.cfg.provider.ssh_host.clone();
+        Ok(PodStatus {
+            pod_npub: w.id.clone(),
+            state: w.state.as_str().to_string(),
+            expires_at: rfc3339(w.expires_at),
+            seconds_remaining: if w.state == WorkloadStatus::Running {
+                w.expires_at.saturating_sub(now)
+            } else {
+                0
+            },
+            delete_after: (w.state == WorkloadStatus::Expired).then(|| {
+                rfc3339(
+                    w.stopped_at
+                        .unwrap_or(now)
+                        .saturating_add(self.cfg.provider.expiry_grace_seconds),
+                )
+            }),
+            pod_spec: w.tier.clone(),
+            image: w.image.clone(),
+            paid_msats: w.paid_msats,
+            access: (owner && live).then(|| Access {
+                ssh_command: format!("ssh -p {} {}@{}", w.host_port, w.ssh_username, host),
+                host,
+                node_port: w.host_port,
+                ssh_username: w.ssh_username.clone(),
+                ssh_password: w.ssh_password.clone(),
+            }),
+        })
+    }
+
+    // ---- expiry -----------------------------------------------------------------------------
+
+    /// One reaper pass at time `now`: stop workloads whose paid time ran out, delete those whose
+    /// grace period ended. Public so operators and tests can run a pass at a chosen time.
+    pub async fn reap_at(&self, now: u64) -> ReapReport {
+        let mut report = ReapReport::default();
+        let grace = self.cfg.provider.expiry_grace_seconds;
+        let due = match self
+            .store
+            .workloads_in_state(&[WorkloadStatus::Running, WorkloadStatus::Expired])
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("reaper cannot read the store: {e}");
+                return report;
+            }
+        };
+        for w in due {
+            let stop_due = w.state == WorkloadStatus::Running && w.expires_at <= now;
+            let delete_due = |stopped_at: u64| stopped_at.saturating_add(grace) <= now;
+            if !stop_due
+                && !(w.state == WorkloadStatus::Expired && delete_due(w.stopped_at.unwrap_or(0)))
+            {
+                continue;
+            }
+            let _pod = self.lock(&format!("pod:{}", w.id)).await;
+            // Re-read under the lock: a top-up may have just moved the deadline.
+            let Ok(Some(w)) = self.store.workload(&w.id) else {
+                continue;
+            };
+            let mut state = w.state;
+            let mut stopped_at = w.stopped_at;
+            if state == WorkloadStatus::Running && w.expires_at <= now {
+                match self.backend.stop(&w.name).await {
+                    Ok(()) | Err(BackendError::NotFound(_)) => {
+                        if let Err(e) =
+                            self.store
+                                .set_workload_state(&w.id, WorkloadStatus::Expired, now)
+                        {
+                            tracing::error!(pod = %w.id, "cannot record expiry: {e}");
+                            continue;
+                        }
+                        tracing::info!(pod = %w.id, "paid time ran out: workload stopped");
+                        report.stopped.push(w.id.clone());
+                        state = WorkloadStatus::Expired;
+                        stopped_at = Some(now);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %w.id, "cannot stop expired workload (retrying next pass): {e}");
+                        continue;
+                    }
+                }
+            }
+            if state == WorkloadStatus::Expired && delete_due(stopped_at.unwrap_or(0)) {
+                match self.backend.destroy(&w.name).await {
+                    Ok(()) => {
+                        if let Err(e) =
+                            self.store
+                                .set_workload_state(&w.id, WorkloadStatus::Deleted, now)
+                        {
+                            tracing::error!(pod = %w.id, "cannot record deletion: {e}");
+                            continue;
+                        }
+                        tracing::info!(pod = %w.id, "grace period over: workload deleted");
+                        report.deleted.push(w.id.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %w.id, "cannot delete workload (retrying next pass): {e}")
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Run the reaper every `reaper_interval_seconds` until `shutdown` fires.
+    pub fn start_reaper(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        let every = Duration::from_secs(this.cfg.provider.reaper_interval_seconds);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => { this.reap_at(now_secs()).await; }
+                }
+            }
+        })
+    }
+
+    // ---- recovery ---------------------------------------------------------------------------
+
+    /// Bring the journal and the backend back in line after a restart (money rule 5).
+    pub async fn recover(&self) -> RecoveryReport {
+        let mut rep = RecoveryReport::default();
+        self.payments.recover().await;
+        let pending = self
+            .store
+            .payments_in_state(&[
+                PaymentState::Swapping,
+                PaymentState::Paid,
+                PaymentState::RefundPending,
+            ])
+            .unwrap_or_else(|e| {
+                tracing::error!("recovery cannot read the journal: {e}");
+                Vec::new()
+            });
+        for p in pending {
+            self.recover_payment(p, &mut rep).await;
+        }
+        self.adopt_workloads(&mut rep).await;
+        rep
+    }
+
+    async fn recover_payment(&self, p: PaymentRow, rep: &mut RecoveryReport) {
+        let now = now_secs();
+        let mint = match self.payments.mint(&p.mint_url) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("journalled payment at a mint no longer whitelisted: {e}");
+                return;
+            }
+        };
+        let mut received = p.received_msats;
+        if p.state == PaymentState::Swapping {
+            // The swap may or may not have reached the mint. Try it again: if the proofs are
+            // still unspent this takes them now and the request is refunded below; if the mint
+            // says spent, cdk's saga recovery (run just before) has already restored any
+            // outputs that were ours.
+            let Some(token) = p.token.clone() else {
+                let _ = self.store.forget_payment(&p.key);
+                return;
+            };
+            let info = match self.payments.inspect(token.expose()) {
+                Ok(i) => i,
+                Err(_) => {
+                    let _ = self.store.forget_payment(&p.key);
+                    return;
+                }
+            };
+            match self.payments.redeem(&info, &token).await {
+                Ok(m) => received = Some(m),
+                Err(e) if e.error_type == ErrorType::TokenAlreadySpent => {
+                    received = Some(p.face_msats)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "interrupted swap left to the buyer (mint said: {})",
+                        e.message
+                    );
+                    if let Some(pod) = &p.pod_id {
+                        if p.kind == PaymentKind::Spawn {
+                            let _ = self
+                                .store
+                                .set_workload_state(pod, WorkloadStatus::Failed, now);
+                        }
+                    }
+                    let _ = self.store.forget_payment(&p.key);
+                    rep.released += 1;
+                    return;
+                }
+            }
+            if let Some(m) = received {
+                let _ = self.store.mark_paid(&p.key, m, now);
+            }
+        }
+        let received = received.unwrap_or(p.face_msats);
+        // A paid spawn whose workload is actually up is finished, not refunded.
+        if p.kind == PaymentKind::Spawn && p.state == PaymentState::Paid {
+            if let Some(pod) = &p.pod_id {
+                if let Ok(Some(w)) = self.store.workload(pod) {
+                    let up = matches!(self.backend.inspect(&w.name).await, Ok(Some(ref i)) if i.state == WorkloadState::Running);
+                    if up && w.expires_at > now {
+                        let duration = w.expires_at.saturating_sub(w.created_at);
+                        let r: Result<SpawnResult, ProviderError> =
+                            Ok(self.spawn_result(&w, &w.tier, w.expires_at, duration, received));
+                        let _ = self
+                            .store
+                            .set_workload_state(pod, WorkloadStatus::Running, now);
+                        let _ = self.store.finish_payment(
+                            &p.key,
+                            PaymentState::Completed,
+                            Some(pod),
+                            None,
+                            &to_stored(&r),
+                            now,
+                        );
+                        rep.finished += 1;
+                        return;
+                    }
+                    let _ = self.backend.destroy(&w.name).await;
+                    let _ = self
+                        .store
+                        .set_workload_state(pod, WorkloadStatus::Failed, now);
+                }
+            }
+        }
+        let err = ProviderError::new(
+            if p.kind == PaymentKind::Spawn {
+                ErrorType::PodCreationFailed
+            } else {
+                ErrorType::PaymentFailed
+            },
+            "the provider restarted before this request finished; the payment is refunded",
+        );
+        let e = match p.kind {
+            PaymentKind::Spawn => {
+                self.refund_and_record::<SpawnResult>(
+                    &p.key,
+                    &mint,
+                    received,
+                    p.pod_id.as_deref(),
+                    err,
+                )
+                .await
+            }
+            PaymentKind::TopUp => {
+                self.refund_and_record::<TopUpResult>(
+                    &p.key,
+                    &mint,
+                    received,
+                    p.pod_id.as_deref(),
+                    err,
+                )
+                .await
+            }
+        };
+        if e.refund_token.is_some() {
+            rep.refunded += 1;
+        }
+    }
+
+    async fn adopt_workloads(&self, rep: &mut RecoveryReport) {
+        let on_backend = match self.backend.list(&self.provider_id).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("cannot list backend workloads; adoption skipped: {e}");
+                return;
+            }
+        };
+        let live = self
+            .store
+            .workloads_in_state(&[
+                WorkloadStatus::Provisioning,
+                WorkloadStatus::Running,
+                WorkloadStatus::Expired,
+            ])
+            .unwrap_or_default();
+        let now = now_secs();
+        for w in &live {
+            if w.state == WorkloadStatus::Provisioning {
+                // No payment is pending for it any more (recovered above): it never completed.
+                let _ = self.backend.destroy(&w.name).await;
+                let _ = self
+                    .store
+                    .set_workload_state(&w.id, WorkloadStatus::Failed, now);
+                continue;
+            }
+            if on_backend.iter().any(|b| b.name == w.name) {
+                rep.adopted += 1;
+            } else {
+                tracing::warn!(pod = %w.id, "workload missing on the backend; marked deleted");
+                let _ = self
+                    .store
+                    .set_workload_state(&w.id, WorkloadStatus::Deleted, now);
+                rep.lost += 1;
+            }
+        }
+        for b in &on_backend {
+            let known = live
+                .iter()
+                .any(|w| w.name == b.name && w.state != WorkloadStatus::Provisioning);
+            if !known {
+                tracing::warn!(name = %b.name, "orphan workload on the backend; removing");
+                if self.backend.destroy(&b.name).await.is_ok() {
+                    rep.orphans_removed += 1;
+                }
+            }
+        }
+    }
+}
+
+fn report(progress: &Option<Progress>, stage: SpawnStage) {
+    if let Some(p) = progress {
+        p(stage);
+    }
+}
+
+/// A host port is usable if nothing on the host listens on it right now.
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_327_445), "2026-11-21T06:04:05Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn stored_roundtrip() {
+        let e: Result<u32, ProviderError> = Err(ProviderError::not_found("x"));
+        let back: Result<u32, ProviderError> = from_stored(&to_stored(&e));
+        assert_eq!(back.unwrap_err().error_type, ErrorType::PodNotFound);
+        let ok: Result<u32, ProviderError> = Ok(7);
+        assert_eq!(from_stored::<u32>(&to_stored(&ok)).unwrap(), 7);
+    }
+}
