@@ -380,9 +380,12 @@ impl Config {
             ));
         }
         for (i, m) in self.payments.whitelisted_mints.iter().enumerate() {
-            if m.parse::<cdk::mint_url::MintUrl>().is_err()
-                || !(m.starts_with("http://") || m.starts_with("https://"))
-            {
+            let ok = reqwest::Url::parse(m).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            }) && !m.contains(char::is_whitespace)
+                && m.parse::<cdk::mint_url::MintUrl>().is_ok();
+            if !ok {
                 return Err(ConfigError::new(
                     format!("payments.whitelisted_mints[{i}]"),
                     format!("not an http(s) URL: {m:?}"),
@@ -533,6 +536,13 @@ kind = "sandbox"
             e.to_string().contains("lots") || e.to_string().contains("integer"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = parse(include_str!("../provider/paygress.example.toml")).unwrap();
+        assert_eq!(c.backend.kind, BackendChoice::Lxd);
+        assert_eq!(c.tiers.len(), 2);
     }
 
     #[test]

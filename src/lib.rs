@@ -14,8 +14,10 @@
 //! - Doors (MCP, ContextVM, Nostr, HTTP, CLI) are thin adapters over [`provider::Provider`].
 
 pub mod api;
+pub mod app;
 pub mod backend;
 pub mod config;
+pub mod doors;
 pub mod error;
 pub mod fsutil;
 pub mod identity;

@@ -979,9 +979,9 @@ impl Provider {
         for w in due {
             let stop_due = w.state == WorkloadStatus::Running && w.expires_at <= now;
             let delete_due = |stopped_at: u64| stopped_at.saturating_add(grace) <= now;
-            if !stop_due
-                && !(w.state == WorkloadStatus::Expired && delete_due(w.stopped_at.unwrap_or(0)))
-            {
+            let delete_now =
+                w.state == WorkloadStatus::Expired && delete_due(w.stopped_at.unwrap_or(0));
+            if !(stop_due || delete_now) {
                 continue;
             }
             let _pod = self.lock(&format!("pod:{}", w.id)).await;
@@ -1263,7 +1263,7 @@ mod tests {
     #[test]
     fn rfc3339_formats() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_327_445), "2026-11-21T06:04:05Z");
+        assert_eq!(rfc3339(1_795_327_445), "2026-11-22T06:04:05Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 

@@ -68,6 +68,9 @@ impl schemars::JsonSchema for Secret {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "String".into()
     }
+    fn inline_schema() -> bool {
+        true
+    }
     fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
         String::json_schema(g)
     }

@@ -1,1 +1,164 @@
-fn main() {}
+//! `paygress-cli`: the operator's and buyer's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use paygress::app::{self, exit};
+use paygress::payments::Payments;
+use paygress::ErrorType;
+
+/// Paygress command line: manage a provider's earnings.
+#[derive(Debug, Parser)]
+#[command(name = "paygress-cli", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The provider's earnings wallets (one per whitelisted mint).
+    Wallet {
+        #[command(subcommand)]
+        command: WalletCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WalletCommand {
+    /// Show the spendable balance at each whitelisted mint.
+    Balance {
+        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take sats out of the earnings as a Cashu token, printed on stdout.
+    Withdraw {
+        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Amount in sats.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        amount: u64,
+        /// Mint to withdraw from (default: the first whitelisted mint).
+        #[arg(long, value_name = "URL")]
+        mint: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    app::init_logging();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("paygress-cli: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(run(cli));
+    ExitCode::from(code as u8)
+}
+
+async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Wallet { command } => wallet(command).await,
+    }
+}
+
+async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
+    let cfg = app::load_config(config).map_err(|e| {
+        eprintln!("paygress-cli: {e}");
+        exit::USAGE
+    })?;
+    Payments::open(&cfg.provider.data_dir, &cfg.payments.whitelisted_mints)
+        .await
+        .map_err(|e| {
+            eprintln!("paygress-cli: {e}");
+            exit::PROVIDER
+        })
+}
+
+async fn wallet(cmd: WalletCommand) -> i32 {
+    match cmd {
+        WalletCommand::Balance { config, json } => {
+            let payments = match open_payments(config).await {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match payments.balances().await {
+                Ok(b) => {
+                    if json {
+                        let v: Vec<_> = b
+                            .iter()
+                            .map(|(m, s)| serde_json::json!({"mint": m.to_string(), "balance_sats": s}))
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::json!({ "balances": v, "total_sats": b.iter().map(|(_, s)| s).sum::<u64>() })
+                        );
+                    } else {
+                        println!("{:<50} {:>12}", "MINT", "SATS");
+                        for (m, s) in &b {
+                            println!("{:<50} {:>12}", m.to_string(), s);
+                        }
+                        println!(
+                            "{:<50} {:>12}",
+                            "total",
+                            b.iter().map(|(_, s)| s).sum::<u64>()
+                        );
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("paygress-cli: {e}");
+                    exit::PAYMENT
+                }
+            }
+        }
+        WalletCommand::Withdraw {
+            config,
+            amount,
+            mint,
+        } => {
+            let payments = match open_payments(config).await {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let mint = match mint {
+                Some(m) => match payments.mint(&m) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        eprintln!("paygress-cli: {e}");
+                        return exit::USAGE;
+                    }
+                },
+                None => match payments.mints().next() {
+                    Some(m) => m.clone(),
+                    None => {
+                        eprintln!("paygress-cli: no whitelisted mint");
+                        return exit::USAGE;
+                    }
+                },
+            };
+            match payments.withdraw(&mint, amount).await {
+                Ok(token) => {
+                    println!("{}", token.expose());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("paygress-cli: {e}");
+                    if e.error_type == ErrorType::InternalError {
+                        exit::PROVIDER
+                    } else {
+                        exit::PAYMENT
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Doors: the ways in. Each is a thin adapter from a wire format to [`crate::provider::Provider`].
+
+pub mod mcp;

@@ -1,0 +1,128 @@
+//! `paygress-cli wallet balance|withdraw` against a provider's real earnings.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::backend::FakeBackend;
+use common::mint::TestMint;
+use paygress::api::SpawnRequest;
+use paygress::secret::Secret;
+use paygress::{Caller, Provider};
+use tokio_util::sync::CancellationToken;
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_paygress-cli"))
+        .args(args)
+        .env_remove("PAYGRESS_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_can_see_and_withdraw_the_earnings() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(3));
+    let cfg_file = dir.path().join("paygress.toml");
+    std::fs::write(&cfg_file, toml::to_string(&cfg).unwrap()).unwrap();
+    {
+        let p = Provider::open(cfg.clone(), Arc::new(FakeBackend::new()))
+            .await
+            .unwrap();
+        p.spawn(
+            SpawnRequest {
+                cashu_token: Secret::new(mint.token(100).await),
+                ssh_username: "alice".into(),
+                ..Default::default()
+            },
+            Caller::Local,
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    }
+    let f = cfg_file.to_str().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let f = f.to_string();
+        move || cli(&["wallet", "balance", "--config", &f, "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total_sats"], 100);
+
+    let out = tokio::task::spawn_blocking({
+        let f = f.to_string();
+        move || cli(&["wallet", "withdraw", "--config", &f, "--amount", "40"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("cashu"));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&token),
+        "the token is not logged"
+    );
+    assert_eq!(mint.receive_fresh(&token).await.unwrap(), 40);
+
+    let out = tokio::task::spawn_blocking({
+        let f = f.to_string();
+        move || cli(&["wallet", "balance", "--config", &f])
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().last().unwrap().ends_with(" 60"), "{table}");
+
+    // More than there is: a payment error, exit code 3, nothing printed on stdout.
+    let out = tokio::task::spawn_blocking({
+        let f = f.to_string();
+        move || cli(&["wallet", "withdraw", "--config", &f, "--amount", "1000"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_exits_with_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(
+        &f,
+        "[provider]\nname = \"x\"\n[payments]\nwhitelisted_mints = [\"http://127.0.0.1:1\"]\n[[tiers]]\nid = \"a\"\nname = \"A\"\ncpu_millicores = 0\nmemory_mb = 64\nrate_msats_per_sec = 1\n",
+    )
+    .unwrap();
+    let out = cli(&["wallet", "balance", "--config", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tiers[0].cpu_millicores"), "{err}");
+    let out = cli(&["wallet", "balance"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+    let out = Command::new(env!("CARGO_BIN_EXE_paygress-mcp-server"))
+        .args(["--config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tiers[0].cpu_millicores"));
+}

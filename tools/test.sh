@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh Debian/Ubuntu machine: installs what the tests need (idempotent),
+# then formatting and lint checks, then unit, integration and end-to-end tests from one build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR=never
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+export DEBIAN_FRONTEND=noninteractive
+
+# --- system packages ---------------------------------------------------------------------------
+# protoc: the in-process test mint (cdk's `mint` feature) builds a gRPC signatory.
+# sshpass/openssh-client: tests log in to real workloads.
+want=(protobuf-compiler sshpass openssh-client ca-certificates)
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- checks ------------------------------------------------------------------------------------
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+# --- tests -------------------------------------------------------------------------------------
+cargo test --locked --no-fail-fast
