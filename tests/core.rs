@@ -797,3 +797,21 @@ async fn key_and_state_files_are_private() {
         assert_eq!(mode, 0o600, "{f} is {mode:o}");
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_mint_is_payment_failed_and_the_token_can_be_retried() {
+    let e = env().await;
+    let token = e.mint.token(100).await;
+    e.mint.stop_serving();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = spawn(&e.provider, req(&token)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
+    assert!(err.refund_token.is_none(), "nothing was taken");
+    assert_eq!(e.backend.count(), 0);
+    assert_eq!(e.provider.offers().capacity.live_workloads, 0);
+    let key = e.provider.payments().inspect(&token).unwrap().key;
+    assert!(
+        e.provider.store().payment(&key).unwrap().is_none(),
+        "the journal forgets it: a retry is possible"
+    );
+}

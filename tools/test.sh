@@ -28,4 +28,13 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
 # --- tests -------------------------------------------------------------------------------------
-cargo test --locked --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) n += $i } END { print n + 0 }' "$log")
+failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) n += $i } END { print n + 0 }' "$log")
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+exit "$status"

@@ -115,6 +115,11 @@ impl TestMint {
         }
     }
 
+    /// Stop answering HTTP (the mint "goes down"); tokens already made stay valid in its database.
+    pub fn stop_serving(&self) {
+        self.server.abort();
+    }
+
     /// A fresh, real token worth `sats`.
     pub async fn token(&self, sats: u64) -> String {
         let _g = self.lock.lock().await;
