@@ -23,6 +23,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# --- LXD: the real daemon and a locally built base image (both scripts are idempotent) --------
+bash provider/lxd-setup.sh
+bash provider/build-base-image.sh
+
+# --- official npm clients for the end-to-end tests ---------------------------------------------
+# Versions are pinned in tools/e2e/package.json; npm reads its registry from the system's config.
+if ! [ -x tools/e2e/node_modules/.bin/mcp-inspector ]; then
+  command -v npm >/dev/null || { sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"; $sudo_ apt-get install -y -qq nodejs npm >/dev/null; }
+  npm install --prefix tools/e2e --no-audit --no-fund --loglevel=error
+fi
+
 # --- checks ------------------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -142,7 +142,12 @@ pub trait Backend: Send + Sync + 'static {
 /// Build the backend the config names.
 pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, String> {
     match cfg.backend.kind {
-        BackendChoice::Lxd => Err("the LXD backend is not wired into this build yet".into()),
+        BackendChoice::Lxd => {
+            let b = lxd::LxdBackend::connect(cfg.backend.lxd.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(std::sync::Arc::new(b))
+        }
         other => Err(format!("backend {other:?} is not available in this build")),
     }
 }

@@ -62,19 +62,23 @@ async fn run(args: Args) -> ExitCode {
     let reaper = provider.start_reaper(shutdown.clone());
     tracing::info!(npub = %provider.npub(), backend = %provider.backend().kind(), "serving MCP");
     let code = match args.transport {
-        Transport::Stdio => match McpDoor::local(provider.clone())
-            .serve(rmcp::transport::stdio())
-            .await
-        {
-            Ok(service) => {
-                let _ = service.waiting().await;
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("paygress-mcp-server: MCP initialisation failed: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Transport::Stdio => {
+            let door = McpDoor::local(provider.clone());
+            paygress::doors::stdio::serve_filtered(
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+                |r, w| async move {
+                    match door.serve((r, w)).await {
+                        Ok(service) => {
+                            let _ = service.waiting().await;
+                        }
+                        Err(e) => tracing::error!("MCP session ended during initialisation: {e}"),
+                    }
+                },
+            )
+            .await;
+            ExitCode::SUCCESS
+        }
     };
     shutdown.cancel();
     let _ = reaper.await;

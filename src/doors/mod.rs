@@ -1,3 +1,4 @@
 //! Doors: the ways in. Each is a thin adapter from a wire format to [`crate::provider::Provider`].
 
 pub mod mcp;
+pub mod stdio;

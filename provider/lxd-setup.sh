@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Install and initialise LXD for Paygress on Debian/Ubuntu, without assuming systemd.
+#
+# Why it looks like this:
+# - Many VPS images and every CI container run without systemd as PID 1, so the daemons are
+#   started by hand, detached with setsid, each with a log file.
+# - nftables must be installed before LXD starts, otherwise LXD finds no firewall driver and
+#   the bridge gets no NAT.
+# - lxcfs must run before LXD starts: it is what makes `free` and `nproc` inside a container
+#   show the container's limits instead of the host's.
+# - `lxd init --auto` fails on hosts where it cannot find an unused subnet by itself, so the
+#   bridge gets a fixed address from a preseed (override with PAYGRESS_LXD_BRIDGE_ADDR).
+#
+# Idempotent: when LXD is already up and initialised it only checks and exits (well under 1 s).
+# Runs with no input. Settings (environment):
+#   PAYGRESS_LXD_BRIDGE_ADDR  bridge address/prefix     (default 10.77.0.1/24)
+#   PAYGRESS_LXD_BRIDGE       bridge name               (default lxdbr0)
+#   PAYGRESS_LXD_LOG_DIR      where daemon logs go      (default /var/log/lxd)
+set -euo pipefail
+
+BRIDGE_ADDR=${PAYGRESS_LXD_BRIDGE_ADDR:-10.77.0.1/24}
+BRIDGE=${PAYGRESS_LXD_BRIDGE:-lxdbr0}
+LOG_DIR=${PAYGRESS_LXD_LOG_DIR:-/var/log/lxd}
+LXD_DIR=${LXD_DIR:-/var/lib/lxd}
+SOCKET="$LXD_DIR/unix.socket"
+LXCFS_DIR=/var/lib/lxcfs
+
+log() { printf 'lxd-setup: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+apt_install() {
+    local missing=() p
+    for p in "$@"; do installed "$p" || missing+=("$p"); done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "apt-get not found; install ${missing[*]} by hand"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # An update only when the package lists cannot resolve the name yet.
+    if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; then
+        apt-get update -qq
+        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# 1. Packages. nftables first: LXD picks its firewall driver when it starts.
+apt_install nftables
+apt_install lxcfs lxd lxd-client
+
+# 2. lxcfs, before lxd (LXD only notices lxcfs at start).
+if ! mountpoint -q "$LXCFS_DIR" 2>/dev/null; then
+    mkdir -p "$LXCFS_DIR" "$LOG_DIR"
+    log "starting lxcfs"
+    # A stale fuse mount (lxcfs died) shows as "Transport endpoint is not connected".
+    umount -l "$LXCFS_DIR" 2>/dev/null || true
+    setsid lxcfs "$LXCFS_DIR" </dev/null >>"$LOG_DIR/lxcfs.log" 2>&1 &
+    for _ in $(seq 1 50); do mountpoint -q "$LXCFS_DIR" && break; sleep 0.1; done
+    mountpoint -q "$LXCFS_DIR" || log "warning: lxcfs did not mount; containers will see host memory/cpu in free/nproc"
+fi
+
+# 3. lxd itself.
+if ! lxd waitready --timeout=1 >/dev/null 2>&1; then
+    mkdir -p "$LOG_DIR"
+    if [ -x /usr/libexec/lxd/lxd-apparmor-load ]; then
+        /usr/libexec/lxd/lxd-apparmor-load >>"$LOG_DIR/apparmor-load.log" 2>&1 || true
+    fi
+    log "starting lxd (log: $LOG_DIR/lxd.log)"
+    # --group root: the socket stays root-only; the provider runs as root or is given access
+    # explicitly by the operator.
+    setsid lxd --group root --logfile="$LOG_DIR/lxd.log" </dev/null >>"$LOG_DIR/lxd.out" 2>&1 &
+    lxd waitready --timeout=60 || die "lxd did not become ready; see $LOG_DIR/lxd.log and $LOG_DIR/lxd.out"
+fi
+[ -S "$SOCKET" ] || die "lxd is up but $SOCKET is missing"
+
+# 4. Initialise: storage pool, bridge, default profile. Skipped when all three are in place.
+initialised() {
+    lxc storage show default >/dev/null 2>&1 || return 1
+    lxc network show "$BRIDGE" >/dev/null 2>&1 || return 1
+    local profile
+    profile=$(lxc profile show default 2>/dev/null) || return 1
+    grep -q '^  root:' <<<"$profile" && grep -q '^  eth0:' <<<"$profile"
+}
+
+if initialised; then
+    log "LXD already initialised (pool default, bridge $BRIDGE, default profile)"
+    exit 0
+fi
+
+# The bridge subnet must not collide with a route the host already has.
+subnet_prefix=${BRIDGE_ADDR%.*}.
+if ! lxc network show "$BRIDGE" >/dev/null 2>&1 && ip -4 route show | grep -q "^${subnet_prefix//./\\.}"; then
+    die "the host already routes ${subnet_prefix}0; set PAYGRESS_LXD_BRIDGE_ADDR to a free subnet"
+fi
+
+log "initialising LXD (dir pool 'default', bridge $BRIDGE $BRIDGE_ADDR)"
+preseed=$(cat <<YAML
+config: {}
+networks:
+- name: $BRIDGE
+  type: bridge
+  config:
+    ipv4.address: $BRIDGE_ADDR
+    ipv4.nat: "true"
+    ipv6.address: none
+storage_pools:
+- name: default
+  driver: dir
+profiles:
+- name: default
+  devices:
+    root:
+      path: /
+      pool: default
+      type: disk
+    eth0:
+      name: eth0
+      network: $BRIDGE
+      type: nic
+YAML
+)
+# A preseed updates entities that already exist, except a storage pool's driver/source, so a
+# half-initialised daemon (pool made, bridge missing) is completed rather than refused.
+if lxc storage show default >/dev/null 2>&1; then
+    preseed=$(sed '/^storage_pools:/,/^profiles:/{/^profiles:/!d}' <<<"$preseed")
+fi
+lxd init --preseed <<<"$preseed"
+initialised || die "LXD initialisation did not complete"
+log "LXD ready"
