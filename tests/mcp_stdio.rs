@@ -221,9 +221,7 @@ async fn a_paid_spawn_reports_progress_then_top_up_and_status_work() {
 async fn every_error_the_core_can_produce_comes_back_typed() {
     let mint = TestMint::start().await;
     let foreign = TestMint::start().await;
-    // A whitelisted mint nobody answers at: payment_failed.
-    let dead = format!("http://127.0.0.1:{}", common::free_port_block(1).0);
-    let s = start(&[&mint.url, &dead], 3).await;
+    let s = start(&[&mint.url], 3).await;
     let ok = |t: &str| json!({"cashu_token": t, "ssh_username": "alice"});
     let t = mint.token(100).await;
 
@@ -267,7 +265,47 @@ async fn every_error_the_core_can_produce_comes_back_typed() {
     assert_eq!(mint.receive_fresh(&refund).await.unwrap(), 100);
     // The token the validation errors saw was never touched.
     assert_eq!(mint.receive_fresh(&t).await.unwrap(), 100);
-    let _ = dead;
+    // The mint goes down: payment_failed, nothing taken.
+    let late = mint.token(100).await;
+    mint.stop_serving();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = call(&s, "spawn_pod", ok(&late)).await;
+    assert_eq!(error_type(&r), "payment_failed");
+    assert!(body(&r).get("refund_token").is_none());
+}
+
+#[tokio::test]
+async fn no_free_port_is_resource_unavailable() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The provider's only SSH port is taken by another program on the host.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = write_config(dir.path(), &[&mint.url], (port, port));
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_paygress-mcp-server"));
+    cmd.arg("--config").arg(&cfg);
+    let client = Client::default()
+        .serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap();
+    let s = Server {
+        client,
+        handler: Client::default(),
+        _dir: dir,
+    };
+    let t = mint.token(100).await;
+    let r = call(
+        &s,
+        "spawn_pod",
+        json!({"cashu_token": t, "ssh_username": "alice"}),
+    )
+    .await;
+    assert_eq!(error_type(&r), "resource_unavailable");
+    assert_eq!(
+        mint.receive_fresh(&t).await.unwrap(),
+        100,
+        "token untouched"
+    );
 }
 
 fn inspector() -> std::path::PathBuf {
