@@ -10,8 +10,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 # --- system packages ---------------------------------------------------------------------------
 # protoc: the in-process test mint (cdk's `mint` feature) builds a gRPC signatory.
-# sshpass/openssh-client: tests log in to real workloads.
-want=(protobuf-compiler sshpass openssh-client ca-certificates)
+# sshpass/openssh-client: tests log in to real workloads; openssl: the LXD HTTPS test makes certificates.
+want=(protobuf-compiler sshpass openssh-client openssl ca-certificates)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1094,7 +1094,7 @@ impl LxdBackend {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        for needed in ["instances", "container_exec_recording"] {
+        for needed in ["instances", "proxy"] {
             if !exts.contains(&needed) {
                 return Err(BackendError::Api(format!(
                     "LXD lacks the API extension {needed:?} (LXD 4.0 or later is needed)"
