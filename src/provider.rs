@@ -418,21 +418,15 @@ impl Provider {
         };
 
         // Journal before the swap; the token is kept until the swap settles (crash recovery).
-        let journal = PaymentRow {
-            key: info.key.clone(),
-            kind: PaymentKind::Spawn,
-            fingerprint: fp,
-            request_id: req.request_id.clone(),
-            pod_id: Some(pod_id.clone()),
-            mint_url: info.mint_url.to_string(),
-            face_msats: info.face_msats,
-            received_msats: None,
-            state: PaymentState::Swapping,
-            token: Some(req.cashu_token.clone()),
-            refund_token: None,
-            response: None,
-            created_at: now,
-        };
+        let journal = PaymentRow::before_swap(
+            &info,
+            PaymentKind::Spawn,
+            fp,
+            req.request_id.clone(),
+            &pod_id,
+            &req.cashu_token,
+            now,
+        );
         if !self.store.insert_payment(&journal, now)? {
             self.store
                 .set_workload_state(&pod_id, WorkloadStatus::Failed, now)?;
@@ -466,7 +460,7 @@ impl Provider {
         // 2. Swap.
         let received = match self.payments.redeem(&info, &token).await {
             Ok(m) => m,
-            Err(e) => return self.swap_failed(&info.key, &row.id, e),
+            Err(e) => return self.swap_failed(&info.key, Some(&row.id), e),
         };
         let now = now_secs();
         // 3. Price from what was received.
@@ -576,15 +570,18 @@ impl Provider {
 
     /// The swap did not happen. If the mint says spent, remember the answer (replays get it);
     /// otherwise forget the journal row so the buyer can retry with the same token.
+    /// `reserved` is a workload reserved for this payment (a spawn's), released here.
     fn swap_failed<T: Serialize>(
         &self,
         key: &str,
-        pod_id: &str,
+        reserved: Option<&str>,
         e: ProviderError,
     ) -> Result<T, ProviderError> {
         let now = now_secs();
-        self.store
-            .set_workload_state(pod_id, WorkloadStatus::Failed, now)?;
+        if let Some(pod_id) = reserved {
+            self.store
+                .set_workload_state(pod_id, WorkloadStatus::Failed, now)?;
+        }
         if e.error_type == ErrorType::TokenAlreadySpent || e.error_type == ErrorType::InvalidToken {
             let r: Result<T, ProviderError> = Err(e.clone());
             self.store.finish_payment(
@@ -781,21 +778,15 @@ impl Provider {
             return answer;
         }
         let now = now_secs();
-        let journal = PaymentRow {
-            key: info.key.clone(),
-            kind: PaymentKind::TopUp,
-            fingerprint: fp,
-            request_id: req.request_id.clone(),
-            pod_id: Some(w.id.clone()),
-            mint_url: info.mint_url.to_string(),
-            face_msats: info.face_msats,
-            received_msats: None,
-            state: PaymentState::Swapping,
-            token: Some(req.cashu_token.clone()),
-            refund_token: None,
-            response: None,
-            created_at: now,
-        };
+        let journal = PaymentRow::before_swap(
+            &info,
+            PaymentKind::TopUp,
+            fp,
+            req.request_id.clone(),
+            &w.id,
+            &req.cashu_token,
+            now,
+        );
         if !self.store.insert_payment(&journal, now)? {
             return Err(ProviderError::invalid_request(
                 "request_id was already used with a different token",
@@ -821,25 +812,7 @@ impl Provider {
         let _pod = self.lock(&format!("pod:{pod_id}")).await;
         let received = match self.payments.redeem(&info, &token).await {
             Ok(m) => m,
-            Err(e) => {
-                let now = now_secs();
-                if e.error_type == ErrorType::TokenAlreadySpent
-                    || e.error_type == ErrorType::InvalidToken
-                {
-                    let r: Result<TopUpResult, ProviderError> = Err(e.clone());
-                    self.store.finish_payment(
-                        &info.key,
-                        PaymentState::Rejected,
-                        None,
-                        None,
-                        &to_stored(&r),
-                        now,
-                    )?;
-                } else {
-                    self.store.forget_payment(&info.key)?;
-                }
-                return Err(e);
-            }
+            Err(e) => return self.swap_failed(&info.key, None, e),
         };
         let now = now_secs();
         self.store.mark_paid(&info.key, received, now)?;

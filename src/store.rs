@@ -114,6 +114,37 @@ pub struct PaymentRow {
     pub created_at: u64,
 }
 
+impl PaymentRow {
+    /// The journal row written just before a swap: the token is kept until the swap settles so
+    /// a crash in between can be recovered.
+    #[allow(clippy::too_many_arguments)]
+    pub fn before_swap(
+        info: &crate::payments::TokenInfo,
+        kind: PaymentKind,
+        fingerprint: String,
+        request_id: Option<String>,
+        pod_id: &str,
+        token: &Secret,
+        now: u64,
+    ) -> PaymentRow {
+        PaymentRow {
+            key: info.key.clone(),
+            kind,
+            fingerprint,
+            request_id,
+            pod_id: Some(pod_id.to_string()),
+            mint_url: info.mint_url.to_string(),
+            face_msats: info.face_msats,
+            received_msats: None,
+            state: PaymentState::Swapping,
+            token: Some(token.clone()),
+            refund_token: None,
+            response: None,
+            created_at: now,
+        }
+    }
+}
+
 /// Where a workload is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
