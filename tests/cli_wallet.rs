@@ -20,6 +20,15 @@ fn cli(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+async fn cli_async(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_paygress-cli"))
+        .args(args)
+        .env_remove("PAYGRESS_CONFIG")
+        .output()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_operator_can_see_and_withdraw_the_earnings() {
     let mint = TestMint::start().await;
@@ -45,12 +54,7 @@ async fn an_operator_can_see_and_withdraw_the_earnings() {
         .unwrap();
     }
     let f = cfg_file.to_str().unwrap();
-    let out = tokio::task::spawn_blocking({
-        let f = f.to_string();
-        move || cli(&["wallet", "balance", "--config", &f, "--json"])
-    })
-    .await
-    .unwrap();
+    let out = cli_async(&["wallet", "balance", "--config", f, "--json"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -59,12 +63,7 @@ async fn an_operator_can_see_and_withdraw_the_earnings() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["total_sats"], 100);
 
-    let out = tokio::task::spawn_blocking({
-        let f = f.to_string();
-        move || cli(&["wallet", "withdraw", "--config", &f, "--amount", "40"])
-    })
-    .await
-    .unwrap();
+    let out = cli_async(&["wallet", "withdraw", "--config", f, "--amount", "40"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -78,22 +77,12 @@ async fn an_operator_can_see_and_withdraw_the_earnings() {
     );
     assert_eq!(mint.receive_fresh(&token).await.unwrap(), 40);
 
-    let out = tokio::task::spawn_blocking({
-        let f = f.to_string();
-        move || cli(&["wallet", "balance", "--config", &f])
-    })
-    .await
-    .unwrap();
+    let out = cli_async(&["wallet", "balance", "--config", f]).await;
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.lines().last().unwrap().ends_with(" 60"), "{table}");
 
     // More than there is: a payment error, exit code 3, nothing printed on stdout.
-    let out = tokio::task::spawn_blocking({
-        let f = f.to_string();
-        move || cli(&["wallet", "withdraw", "--config", &f, "--amount", "1000"])
-    })
-    .await
-    .unwrap();
+    let out = cli_async(&["wallet", "withdraw", "--config", f, "--amount", "1000"]).await;
     assert_eq!(
         out.status.code(),
         Some(3),
