@@ -63,10 +63,11 @@ if [ "$STORAGE" = btrfs ]; then apt_install btrfs-progs; fi
 
 # 2. lxcfs, before lxd (LXD only notices lxcfs at start).
 if ! mountpoint -q "$LXCFS_DIR" 2>/dev/null; then
-    mkdir -p "$LXCFS_DIR" "$LOG_DIR"
     log "starting lxcfs"
-    # A stale fuse mount (lxcfs died) shows as "Transport endpoint is not connected".
+    # A stale fuse mount (lxcfs died) shows as "Transport endpoint is not connected" and makes
+    # even mkdir fail, so it is detached before anything touches the directory.
     umount -l "$LXCFS_DIR" 2>/dev/null || true
+    mkdir -p "$LXCFS_DIR" "$LOG_DIR"
     setsid lxcfs "$LXCFS_DIR" </dev/null >>"$LOG_DIR/lxcfs.log" 2>&1 &
     for _ in $(seq 1 50); do mountpoint -q "$LXCFS_DIR" && break; sleep 0.1; done
     mountpoint -q "$LXCFS_DIR" || log "warning: lxcfs did not mount; containers will see host memory/cpu in free/nproc"
