@@ -29,11 +29,50 @@ pub fn init_logging() {
         .unwrap_or_else(|_| {
             "info,cdk=warn,cdk_common=warn,cdk_sql_common=warn,rmcp=warn,nostr=warn".into()
         });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+    init_logging_to(&filter, std::io::stderr);
+}
+
+/// Crates that carry protocol messages and print their bodies at debug and trace level: MCP
+/// arguments (Cashu tokens, passwords) and plaintext Nostr events. They are held at `info`
+/// whatever the filter says, so no log level can put a secret in the logs.
+const WIRE_CRATES: &[&str] = &[
+    "rmcp",
+    "contextvm_sdk",
+    "nostr",
+    "nostr_sdk",
+    "nostr_relay_pool",
+    "nostr_relay_builder",
+    "nostr_database",
+    "tungstenite",
+    "tokio_tungstenite",
+    "async_wsocket",
+];
+
+fn is_wire_target(target: &str) -> bool {
+    WIRE_CRATES.iter().any(|c| {
+        target
+            .strip_prefix(c)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+/// Install the logger with an explicit filter and writer (tests use this to capture output).
+pub fn init_logging_to<W>(filter: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let cap = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO || !is_wire_target(meta.target())
+    });
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
         .with_ansi(false)
-        .try_init();
+        .with_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_filter(cap);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// The config path from the flag or `PAYGRESS_CONFIG`.
@@ -56,6 +95,18 @@ pub async fn open_provider(cfg: Config) -> Result<Arc<Provider>, StartError> {
         .await
         .map_err(StartError::Provider)?;
     Ok(provider)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wire_crates_are_matched_by_crate_not_by_prefix() {
+        assert!(super::is_wire_target("rmcp"));
+        assert!(super::is_wire_target("rmcp::service"));
+        assert!(super::is_wire_target("nostr_relay_pool::relay::inner"));
+        assert!(!super::is_wire_target("nostrich"));
+        assert!(!super::is_wire_target("paygress::provider"));
+    }
 }
 
 /// Exit codes shared by the binaries.

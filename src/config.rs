@@ -114,6 +114,28 @@ pub struct NostrSection {
     /// The secret key itself (from `NOSTR_PRIVATE_KEY`); never written to the config file.
     #[serde(skip)]
     pub private_key: Option<crate::secret::Secret>,
+    /// ContextVM encryption (NIP-44 gift wraps): `optional` answers in kind the client asked
+    /// in, `required` refuses plaintext, `disabled` speaks plaintext only.
+    #[serde(default)]
+    pub encryption: Encryption,
+    /// Publish the public ContextVM server announcement (CEP-6) and relay list, on the
+    /// configured relays only.
+    #[serde(default)]
+    pub announce: bool,
+    /// Run an embedded relay on this address (`127.0.0.1:7777`) for development; its URL is
+    /// put first in `relays`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_relay: Option<std::net::SocketAddr>,
+}
+
+/// How the ContextVM door treats encryption.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    #[default]
+    Optional,
+    Required,
+    Disabled,
 }
 
 /// Which backend provisions workloads.
@@ -245,6 +267,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "MINIMUM_POD_DURATION_SECONDS",
     "BASE_IMAGE",
     "POD_NAMESPACE",
+    "CONTEXTVM_ENCRYPTION",
 ];
 
 impl Config {
@@ -298,6 +321,19 @@ impl Config {
             if !v.trim().is_empty() {
                 self.nostr.private_key = Some(crate::secret::Secret::new(v.trim()));
             }
+        }
+        if let Some(v) = env.get("CONTEXTVM_ENCRYPTION") {
+            self.nostr.encryption = match v.trim() {
+                "optional" => Encryption::Optional,
+                "required" => Encryption::Required,
+                "disabled" => Encryption::Disabled,
+                other => {
+                    return Err(ConfigError::new(
+                        "CONTEXTVM_ENCRYPTION",
+                        format!("expected optional, required or disabled, got {other:?}"),
+                    ))
+                }
+            };
         }
         if let Some(v) = env.get("WHITELISTED_MINTS") {
             self.payments.whitelisted_mints = list(v);
@@ -564,5 +600,28 @@ kind = "sandbox"
         env.insert("SSH_PORT_RANGE_END".to_string(), "many".into());
         let e = Config::from_toml_with_env(BASE, &env).unwrap_err();
         assert_eq!(e.key, "SSH_PORT_RANGE_END");
+    }
+
+    #[test]
+    fn contextvm_settings_parse_and_bad_ones_name_the_key() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.nostr.encryption, Encryption::Optional);
+        assert!(!c.nostr.announce);
+        let text = format!(
+            "{BASE}\n[nostr]\nrelays = [\"ws://127.0.0.1:7000\"]\nencryption = \"required\"\nannounce = true\nembedded_relay = \"127.0.0.1:0\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.nostr.encryption, Encryption::Required);
+        assert!(c.nostr.announce);
+        assert_eq!(c.nostr.embedded_relay, Some("127.0.0.1:0".parse().unwrap()));
+        let e = parse(&text.replace("\"required\"", "\"sometimes\"")).unwrap_err();
+        assert!(e.to_string().contains("sometimes"), "{e}");
+        let mut env = BTreeMap::new();
+        env.insert("CONTEXTVM_ENCRYPTION".to_string(), "disabled".to_string());
+        let c = Config::from_toml_with_env(&text, &env).unwrap();
+        assert_eq!(c.nostr.encryption, Encryption::Disabled);
+        env.insert("CONTEXTVM_ENCRYPTION".to_string(), "maybe".to_string());
+        let e = Config::from_toml_with_env(&text, &env).unwrap_err();
+        assert_eq!(e.key, "CONTEXTVM_ENCRYPTION");
     }
 }

@@ -11,7 +11,8 @@
 //! - [`store`]: SQLite journal of payments and workloads.
 //! - [`backend`]: the one trait every compute backend implements, and the backends.
 //! - [`config`], [`api`] (wire types), [`error`] (typed errors), [`validate`] (buyer input).
-//! - Doors (MCP, ContextVM, Nostr, HTTP, CLI) are thin adapters over [`provider::Provider`].
+//! - Doors (MCP, ContextVM, Nostr, HTTP, CLI) are thin adapters over [`provider::Provider`];
+//!   [`relay`] is the embedded Nostr relay for machines with no internet.
 
 pub mod api;
 pub mod app;
@@ -23,6 +24,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod payments;
 pub mod provider;
+pub mod relay;
 pub mod secret;
 pub mod store;
 pub mod validate;

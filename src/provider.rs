@@ -50,6 +50,8 @@ pub enum Caller {
     Local,
     /// A remote caller identified by a Nostr public key (hex).
     Nostr(String),
+    /// A remote caller with no identity: may pay and top up, but owns nothing it can see later.
+    Anonymous,
 }
 
 impl Caller {
@@ -57,6 +59,8 @@ impl Caller {
         match self {
             Caller::Local => None,
             Caller::Nostr(pk) => Some(pk.clone()),
+            // Recorded as an owner no caller can ever match.
+            Caller::Anonymous => Some("anonymous".into()),
         }
     }
 }
@@ -897,7 +901,7 @@ impl Provider {
             .workload(&req.pod_npub)?
             .ok_or_else(|| ProviderError::not_found(&req.pod_npub))?;
         let now = now_secs();
-        let owner = w.owner == caller.owner_key();
+        let owner = *caller != Caller::Anonymous && w.owner == caller.owner_key();
         let live = matches!(
             w.state,
             WorkloadStatus::Running | WorkloadStatus::Expired | WorkloadStatus::Provisioning

@@ -1,11 +1,15 @@
 //! `paygress-mcp-server`: the provider's MCP tool server (stdio; ContextVM over Nostr).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use paygress::app::{self, exit};
+use paygress::doors::contextvm::{self, ContextVmOptions};
 use paygress::doors::mcp::McpDoor;
+use paygress::relay::EmbeddedRelay;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
@@ -13,12 +17,18 @@ use tokio_util::sync::CancellationToken;
 enum Transport {
     /// MCP over standard input/output (for AI assistants and inspectors).
     Stdio,
+    /// MCP over Nostr relays (ContextVM), with the provider's Nostr key.
+    Contextvm,
+    /// Both at once; the server keeps serving ContextVM after stdin closes.
+    Both,
 }
 
 /// Sell SSH-ready compute for Cashu ecash, as MCP tools: get_offers, spawn_pod, topup_pod,
 /// get_pod_status.
 ///
-/// Logs go to stderr; stdout carries the MCP protocol.
+/// Logs go to stderr; in stdio mode stdout carries the MCP protocol. ContextVM mode serves the
+/// same tools over the relays in `nostr.relays`, answering as the provider's Nostr key; it runs
+/// until interrupted (Ctrl-C or SIGTERM).
 #[derive(Debug, Parser)]
 #[command(name = "paygress-mcp-server", version, about, long_about)]
 struct Args {
@@ -28,6 +38,10 @@ struct Args {
     /// How clients reach the server.
     #[arg(long, value_enum, default_value = "stdio")]
     transport: Transport,
+    /// Run an embedded Nostr relay on ADDR (e.g. 127.0.0.1:7777; port 0 picks one) and serve
+    /// ContextVM on it too. Overrides nostr.embedded_relay.
+    #[arg(long, value_name = "ADDR")]
+    embedded_relay: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -44,13 +58,36 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
-    let cfg = match app::load_config(args.config) {
+    let mut cfg = match app::load_config(args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("paygress-mcp-server: {e}");
             return ExitCode::from(exit::USAGE as u8);
         }
     };
+    let nostr = args.transport != Transport::Stdio;
+    // The embedded relay lives as long as this function.
+    let mut _relay = None;
+    if let Some(addr) = args.embedded_relay.or(cfg.nostr.embedded_relay) {
+        match EmbeddedRelay::start(addr).await {
+            Ok(r) => {
+                eprintln!("paygress-mcp-server: embedded relay at {}", r.url());
+                cfg.nostr.relays.insert(0, r.url());
+                _relay = Some(r);
+            }
+            Err(e) => {
+                eprintln!("paygress-mcp-server: cannot start the embedded relay on {addr}: {e}");
+                return ExitCode::from(exit::USAGE as u8);
+            }
+        }
+    }
+    if nostr && cfg.nostr.relays.is_empty() {
+        eprintln!(
+            "paygress-mcp-server: {}",
+            contextvm::ContextVmError::NoRelays
+        );
+        return ExitCode::from(exit::USAGE as u8);
+    }
     let provider = match app::open_provider(cfg).await {
         Ok(p) => p,
         Err(e) => {
@@ -60,27 +97,85 @@ async fn run(args: Args) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     let reaper = provider.start_reaper(shutdown.clone());
-    tracing::info!(npub = %provider.npub(), backend = %provider.backend().kind(), "serving MCP");
-    let code = match args.transport {
-        Transport::Stdio => {
-            let door = McpDoor::local(provider.clone());
-            paygress::doors::stdio::serve_filtered(
-                tokio::io::stdin(),
-                tokio::io::stdout(),
-                |r, w| async move {
-                    match door.serve((r, w)).await {
-                        Ok(service) => {
-                            let _ = service.waiting().await;
-                        }
-                        Err(e) => tracing::error!("MCP session ended during initialisation: {e}"),
-                    }
-                },
-            )
-            .await;
-            ExitCode::SUCCESS
+    tracing::info!(npub = %provider.npub(), backend = %provider.backend().kind(), "provider open");
+
+    let mut contextvm_task = None;
+    if nostr {
+        let opts = ContextVmOptions::from_config(provider.config());
+        let transport = match contextvm::transport(&provider, &opts).await {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("paygress-mcp-server: {e}");
+                shutdown.cancel();
+                let _ = reaper.await;
+                return ExitCode::from(exit::PROVIDER as u8);
+            }
+        };
+        let door =
+            McpDoor::local(provider.clone()).identified_by(contextvm::identify_by_client_pubkey());
+        contextvm_task = Some(tokio::spawn(contextvm::serve(
+            door,
+            transport,
+            shutdown.clone(),
+        )));
+        let pk = provider.keys().public_key();
+        if let Err(e) = contextvm::self_check(pk, &opts, Duration::from_secs(20)).await {
+            eprintln!("paygress-mcp-server: warning: {e}; serving anyway");
         }
-    };
+        eprintln!(
+            "paygress-mcp-server: ContextVM server {} on {} (encryption {}{})",
+            provider.npub(),
+            opts.relays.join(", "),
+            format!("{:?}", opts.encryption).to_lowercase(),
+            if opts.announce { ", announced" } else { "" }
+        );
+    }
+
+    let mut code = ExitCode::SUCCESS;
+    if args.transport != Transport::Contextvm {
+        let door = McpDoor::local(provider.clone());
+        paygress::doors::stdio::serve_filtered(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            |r, w| async move {
+                match door.serve((r, w)).await {
+                    Ok(service) => {
+                        let _ = service.waiting().await;
+                    }
+                    Err(e) => tracing::error!("MCP session ended during initialisation: {e}"),
+                }
+            },
+        )
+        .await;
+    }
+    if let Some(task) = contextvm_task {
+        tokio::select! {
+            _ = interrupted() => {}
+            r = &mut Box::pin(task) => {
+                if let Ok(Err(e)) = r {
+                    eprintln!("paygress-mcp-server: {e}");
+                    code = ExitCode::from(exit::PROVIDER as u8);
+                }
+            }
+        }
+    }
     shutdown.cancel();
     let _ = reaper.await;
     code
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -79,6 +79,12 @@ impl McpDoor {
         }
     }
 
+    /// Identify callers another way (ContextVM: the client's Nostr pubkey).
+    pub fn identified_by(mut self, identify: Identify) -> Self {
+        self.identify = identify;
+        self
+    }
+
     pub fn with_extra_tool(mut self, t: Arc<dyn ExtraTool>) -> Self {
         self.extra.push(t);
         self

@@ -1,4 +1,5 @@
 //! Doors: the ways in. Each is a thin adapter from a wire format to [`crate::provider::Provider`].
 
+pub mod contextvm;
 pub mod mcp;
 pub mod stdio;
