@@ -109,12 +109,89 @@ mod tests {
     }
 }
 
+/// Start the embedded relay when the flag or `nostr.embedded_relay` asks for one, and put its
+/// URL first in `nostr.relays`. The relay runs as long as the returned value lives.
+pub async fn start_embedded_relay(
+    cfg: &mut Config,
+    flag: Option<std::net::SocketAddr>,
+) -> Result<Option<crate::relay::EmbeddedRelay>, String> {
+    let Some(addr) = flag.or(cfg.nostr.embedded_relay) else {
+        return Ok(None);
+    };
+    let relay = crate::relay::EmbeddedRelay::start(addr)
+        .await
+        .map_err(|e| format!("cannot start the embedded relay on {addr}: {e}"))?;
+    eprintln!("paygress: embedded relay at {}", relay.url());
+    cfg.nostr.relays.insert(0, relay.url());
+    Ok(Some(relay))
+}
+
+/// Serve the MCP tools over ContextVM on the configured relays until `shutdown`; returns once
+/// the server has answered its own request through the relays (or failed to within 20 s, which
+/// is reported and not fatal) and has printed its npub and relays.
+pub async fn start_contextvm(
+    provider: &Arc<Provider>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<(), crate::doors::contextvm::ContextVmError>>, String> {
+    use crate::doors::contextvm::{self, ContextVmOptions};
+    let opts = ContextVmOptions::from_config(provider.config());
+    let transport = contextvm::transport(provider, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let door = crate::doors::mcp::McpDoor::local(provider.clone())
+        .identified_by(contextvm::identify_by_client_pubkey());
+    let task = tokio::spawn(contextvm::serve(door, transport, shutdown));
+    let pk = provider.keys().public_key();
+    if let Err(e) = contextvm::self_check(pk, &opts, std::time::Duration::from_secs(20)).await {
+        eprintln!("paygress: warning: {e}; serving anyway");
+    }
+    let encryption = match opts.encryption {
+        crate::config::Encryption::Optional => "optional",
+        crate::config::Encryption::Required => "required",
+        crate::config::Encryption::Disabled => "disabled",
+    };
+    eprintln!(
+        "paygress: ContextVM server {} on {} (encryption {encryption}{})",
+        provider.npub(),
+        opts.relays.join(", "),
+        if opts.announce { ", announced" } else { "" }
+    );
+    Ok(task)
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
 /// Exit codes shared by the binaries.
 pub mod exit {
     /// Bad command line or configuration.
     pub const USAGE: i32 = 2;
     /// A payment problem (token refused, mint unreachable, insufficient value).
     pub const PAYMENT: i32 = 3;
-    /// The provider or backend failed.
+    /// The provider or backend failed, or did not answer.
     pub const PROVIDER: i32 = 4;
+
+    /// The exit code for an error the provider returned.
+    pub fn for_error(t: crate::error::ErrorType) -> i32 {
+        use crate::error::ErrorType::*;
+        match t {
+            InvalidRequest | InvalidSpec | PodNotFound => USAGE,
+            InvalidToken | MintNotAllowed | TokenAlreadySpent | InsufficientPayment
+            | PaymentFailed => PAYMENT,
+            ResourceUnavailable | PodCreationFailed | InternalError => PROVIDER,
+        }
+    }
 }

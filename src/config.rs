@@ -101,7 +101,7 @@ impl Default for ImagesSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NostrSection {
     /// Relay URLs (`ws://` or `wss://`).
@@ -126,6 +126,40 @@ pub struct NostrSection {
     /// put first in `relays`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded_relay: Option<std::net::SocketAddr>,
+    /// Doors `paygress-cli provider start` opens on the relays: the marketplace (offer + private
+    /// requests) and ContextVM.
+    #[serde(default = "yes")]
+    pub marketplace: bool,
+    #[serde(default = "yes")]
+    pub contextvm: bool,
+    /// How often the marketplace offer is republished; buyers treat an offer older than three
+    /// heartbeats as a provider that is gone.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_seconds: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_heartbeat() -> u64 {
+    60
+}
+
+impl Default for NostrSection {
+    fn default() -> Self {
+        NostrSection {
+            relays: Vec::new(),
+            private_key_file: None,
+            private_key: None,
+            encryption: Encryption::default(),
+            announce: false,
+            embedded_relay: None,
+            marketplace: true,
+            contextvm: true,
+            heartbeat_seconds: default_heartbeat(),
+        }
+    }
 }
 
 /// How the ContextVM door treats encryption.
@@ -489,6 +523,12 @@ impl Config {
             return Err(ConfigError::new(
                 "images.default",
                 format!("{:?} is not in images.allowed", self.images.default),
+            ));
+        }
+        if !(5..=3600).contains(&self.nostr.heartbeat_seconds) {
+            return Err(ConfigError::new(
+                "nostr.heartbeat_seconds",
+                "must be between 5 and 3600",
             ));
         }
         for (i, r) in self.nostr.relays.iter().enumerate() {

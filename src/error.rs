@@ -159,3 +159,28 @@ impl From<crate::store::StoreError> for ProviderError {
         ProviderError::internal(format!("state store: {e}"))
     }
 }
+
+/// serde_json errors quote the offending value ("invalid type: string \"…\""); that value may be
+/// a secret, so only the expectation is kept.
+pub fn sanitize_serde(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    if let Some(pos) = msg.find(", expected") {
+        if msg.starts_with("invalid type")
+            || msg.starts_with("invalid value")
+            || msg.starts_with("invalid length")
+        {
+            return format!(
+                "a field has the wrong type or value (expected{})",
+                &msg[pos + ", expected".len()..]
+            );
+        }
+    }
+    if msg.starts_with("missing field")
+        || msg.starts_with("unknown field")
+        || msg.starts_with("duplicate field")
+    {
+        return msg;
+    }
+    "arguments do not match the tool's input schema".into()
+}

@@ -32,16 +32,7 @@ pub fn load_or_create(path: &Path) -> Result<Keys, IdentityError> {
         Ok(text) => parse_secret_key(&Secret::new(text), &path.display().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let keys = Keys::generate();
-            let nsec = keys
-                .secret_key()
-                .to_bech32()
-                .map_err(|_| IdentityError::Invalid("generated key".into()))?;
-            write_private(path, format!("{nsec}\n").as_bytes()).map_err(|err| {
-                IdentityError::Io {
-                    path: path.display().to_string(),
-                    err,
-                }
-            })?;
+            save(path, &keys)?;
             Ok(keys)
         }
         Err(err) => Err(IdentityError::Io {
@@ -56,4 +47,32 @@ pub fn npub(keys: &Keys) -> String {
     keys.public_key()
         .to_bech32()
         .unwrap_or_else(|_| keys.public_key().to_hex())
+}
+
+/// Where a buyer's identity lives: `$HOME/.paygress/identity` (the directory is 0700, the file
+/// 0600).
+pub fn buyer_identity_path() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| {
+        std::path::PathBuf::from(h)
+            .join(".paygress")
+            .join("identity")
+    })
+}
+
+/// Write `keys` to `path` as an nsec, 0600, creating the directory 0700.
+pub fn save(path: &Path, keys: &Keys) -> Result<(), IdentityError> {
+    let io = |err| IdentityError::Io {
+        path: path.display().to_string(),
+        err,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    let nsec = keys
+        .secret_key()
+        .to_bech32()
+        .map_err(|_| IdentityError::Invalid("key".into()))?;
+    write_private(path, format!("{nsec}\n").as_bytes()).map_err(io)
 }

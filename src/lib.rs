@@ -22,6 +22,7 @@ pub mod doors;
 pub mod error;
 pub mod fsutil;
 pub mod identity;
+pub mod market;
 pub mod payments;
 pub mod provider;
 pub mod relay;

@@ -3,13 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use paygress::app::{self, exit};
-use paygress::doors::contextvm::{self, ContextVmOptions};
+use paygress::doors::contextvm;
 use paygress::doors::mcp::McpDoor;
-use paygress::relay::EmbeddedRelay;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
@@ -67,20 +65,13 @@ async fn run(args: Args) -> ExitCode {
     };
     let nostr = args.transport != Transport::Stdio;
     // The embedded relay lives as long as this function.
-    let mut _relay = None;
-    if let Some(addr) = args.embedded_relay.or(cfg.nostr.embedded_relay) {
-        match EmbeddedRelay::start(addr).await {
-            Ok(r) => {
-                eprintln!("paygress-mcp-server: embedded relay at {}", r.url());
-                cfg.nostr.relays.insert(0, r.url());
-                _relay = Some(r);
-            }
-            Err(e) => {
-                eprintln!("paygress-mcp-server: cannot start the embedded relay on {addr}: {e}");
-                return ExitCode::from(exit::USAGE as u8);
-            }
+    let _relay = match app::start_embedded_relay(&mut cfg, args.embedded_relay).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("paygress-mcp-server: {e}");
+            return ExitCode::from(exit::USAGE as u8);
         }
-    }
+    };
     if nostr && cfg.nostr.relays.is_empty() {
         eprintln!(
             "paygress-mcp-server: {}",
@@ -101,34 +92,15 @@ async fn run(args: Args) -> ExitCode {
 
     let mut contextvm_task = None;
     if nostr {
-        let opts = ContextVmOptions::from_config(provider.config());
-        let transport = match contextvm::transport(&provider, &opts).await {
-            Ok(t) => t,
+        match app::start_contextvm(&provider, shutdown.clone()).await {
+            Ok(t) => contextvm_task = Some(t),
             Err(e) => {
                 eprintln!("paygress-mcp-server: {e}");
                 shutdown.cancel();
                 let _ = reaper.await;
                 return ExitCode::from(exit::PROVIDER as u8);
             }
-        };
-        let door =
-            McpDoor::local(provider.clone()).identified_by(contextvm::identify_by_client_pubkey());
-        contextvm_task = Some(tokio::spawn(contextvm::serve(
-            door,
-            transport,
-            shutdown.clone(),
-        )));
-        let pk = provider.keys().public_key();
-        if let Err(e) = contextvm::self_check(pk, &opts, Duration::from_secs(20)).await {
-            eprintln!("paygress-mcp-server: warning: {e}; serving anyway");
         }
-        eprintln!(
-            "paygress-mcp-server: ContextVM server {} on {} (encryption {}{})",
-            provider.npub(),
-            opts.relays.join(", "),
-            format!("{:?}", opts.encryption).to_lowercase(),
-            if opts.announce { ", announced" } else { "" }
-        );
     }
 
     let mut code = ExitCode::SUCCESS;
@@ -150,7 +122,7 @@ async fn run(args: Args) -> ExitCode {
     }
     if let Some(task) = contextvm_task {
         tokio::select! {
-            _ = interrupted() => {}
+            _ = app::interrupted() => {}
             r = &mut Box::pin(task) => {
                 if let Ok(Err(e)) = r {
                     eprintln!("paygress-mcp-server: {e}");
@@ -162,20 +134,4 @@ async fn run(args: Args) -> ExitCode {
     shutdown.cancel();
     let _ = reaper.await;
     code
-}
-
-/// Ctrl-C or SIGTERM.
-async fn interrupted() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }

@@ -2,4 +2,5 @@
 
 pub mod contextvm;
 pub mod mcp;
+pub mod nostr_dm;
 pub mod stdio;

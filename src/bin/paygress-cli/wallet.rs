@@ -1,32 +1,14 @@
-//! `paygress-cli`: the operator's and buyer's command line.
+//! `paygress-cli wallet`: the provider's earnings, one wallet per whitelisted mint.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use paygress::app::{self, exit};
 use paygress::payments::Payments;
 use paygress::ErrorType;
 
-/// Paygress command line: manage a provider's earnings.
-#[derive(Debug, Parser)]
-#[command(name = "paygress-cli", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(Debug, Subcommand)]
-enum Command {
-    /// The provider's earnings wallets (one per whitelisted mint).
-    Wallet {
-        #[command(subcommand)]
-        command: WalletCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum WalletCommand {
+pub enum WalletCommand {
     /// Show the spendable balance at each whitelisted mint.
     Balance {
         /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
@@ -50,26 +32,6 @@ enum WalletCommand {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    app::init_logging();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("paygress-cli: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let code = rt.block_on(run(cli));
-    ExitCode::from(code as u8)
-}
-
-async fn run(cli: Cli) -> i32 {
-    match cli.command {
-        Command::Wallet { command } => wallet(command).await,
-    }
-}
-
 async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
     let cfg = app::load_config(config).map_err(|e| {
         eprintln!("paygress-cli: {e}");
@@ -83,7 +45,7 @@ async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
         })
 }
 
-async fn wallet(cmd: WalletCommand) -> i32 {
+pub async fn run(cmd: WalletCommand) -> i32 {
     match cmd {
         WalletCommand::Balance { config, json } => {
             let payments = match open_payments(config).await {

@@ -1,0 +1,76 @@
+//! `paygress-cli`: the buyer's and the operator's command line.
+//!
+//! One file per command group: `market` (buy over Nostr), `identity` (the buyer's Nostr key),
+//! `provider` (run a provider's Nostr doors), `wallet` (take earnings out). Exit codes are shared
+//! with the server: 0 success, 2 usage (including a request the provider found malformed), 3
+//! payment, 4 provider (including no answer).
+
+mod identity;
+mod market;
+mod provider;
+mod wallet;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use paygress::app;
+
+/// Buy SSH-ready compute for Cashu ecash over Nostr, or run and manage a Paygress provider.
+///
+/// Buyers: `market list` finds live providers, `market spawn` pays and returns an ssh command,
+/// `market topup` adds time, `market status` shows a pod. Requests are NIP-17 private messages;
+/// your Nostr identity is created once in ~/.paygress/identity (see `identity`).
+///
+/// Providers: `provider start` runs the Nostr doors the config enables; `wallet` takes the
+/// earnings out.
+#[derive(Debug, Parser)]
+#[command(name = "paygress-cli", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Find providers and buy, top up or check pods over Nostr.
+    Market {
+        #[command(subcommand)]
+        command: market::MarketCommand,
+    },
+    /// Your buyer identity (a Nostr key in ~/.paygress/identity).
+    Identity {
+        #[command(subcommand)]
+        command: identity::IdentityCommand,
+    },
+    /// Run a provider.
+    Provider {
+        #[command(subcommand)]
+        command: provider::ProviderCommand,
+    },
+    /// The provider's earnings wallets (one per whitelisted mint).
+    Wallet {
+        #[command(subcommand)]
+        command: wallet::WalletCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    app::init_logging();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("paygress-cli: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(async {
+        match cli.command {
+            Command::Market { command } => market::run(command).await,
+            Command::Identity { command } => identity::run(command),
+            Command::Provider { command } => provider::run(command).await,
+            Command::Wallet { command } => wallet::run(command).await,
+        }
+    });
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

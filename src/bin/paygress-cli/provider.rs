@@ -1,0 +1,119 @@
+//! `paygress-cli provider start`: run a provider's Nostr doors until interrupted.
+//!
+//! The doors are the ones the config enables on its relays: the marketplace (offer, heartbeat,
+//! private requests) and ContextVM. stdio MCP is `paygress-mcp-server`'s job, since it owns
+//! standard input.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+use paygress::app::{self, exit};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Open every door the config enables (nostr.marketplace, nostr.contextvm) on nostr.relays
+    /// and serve until Ctrl-C or SIGTERM.
+    Start {
+        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Also run an embedded relay on ADDR (e.g. 127.0.0.1:7777) and serve on it.
+        #[arg(long, value_name = "ADDR")]
+        embedded_relay: Option<SocketAddr>,
+    },
+}
+
+pub async fn run(cmd: ProviderCommand) -> i32 {
+    let ProviderCommand::Start {
+        config,
+        embedded_relay,
+    } = cmd;
+    let mut cfg = match app::load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::USAGE;
+        }
+    };
+    let _relay = match app::start_embedded_relay(&mut cfg, embedded_relay).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::USAGE;
+        }
+    };
+    if cfg.nostr.relays.is_empty() {
+        eprintln!("paygress-cli: provider start needs relays: set nostr.relays (or NOSTR_RELAYS), or pass --embedded-relay");
+        return exit::USAGE;
+    }
+    if !cfg.nostr.marketplace && !cfg.nostr.contextvm {
+        eprintln!(
+            "paygress-cli: no door enabled: set nostr.marketplace or nostr.contextvm to true"
+        );
+        return exit::USAGE;
+    }
+    let provider = match app::open_provider(cfg).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::PROVIDER;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let reaper = provider.start_reaper(shutdown.clone());
+    let cfg = provider.config().clone();
+    let mut tasks = Vec::new();
+    if cfg.nostr.marketplace {
+        let heartbeat = Duration::from_secs(cfg.nostr.heartbeat_seconds);
+        tasks.push(tokio::spawn({
+            let (p, r, s) = (provider.clone(), cfg.nostr.relays.clone(), shutdown.clone());
+            async move {
+                paygress::doors::nostr_dm::run(p, r, heartbeat, s)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }));
+        eprintln!(
+            "paygress: marketplace: offer from {} on {} (heartbeat {} s)",
+            provider.npub(),
+            cfg.nostr.relays.join(", "),
+            cfg.nostr.heartbeat_seconds
+        );
+    }
+    if cfg.nostr.contextvm {
+        match app::start_contextvm(&provider, shutdown.clone()).await {
+            Ok(t) => tasks.push(tokio::spawn(async move {
+                match t.await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })),
+            Err(e) => {
+                eprintln!("paygress-cli: {e}");
+                shutdown.cancel();
+                return exit::PROVIDER;
+            }
+        }
+    }
+    eprintln!("paygress: provider running; Ctrl-C to stop");
+    let mut code = 0;
+    let first_end = futures::future::select_all(tasks.iter_mut());
+    tokio::select! {
+        _ = app::interrupted() => {}
+        (r, _, _) = first_end => {
+            if let Ok(Err(e)) = r {
+                eprintln!("paygress-cli: {e}");
+                code = exit::PROVIDER;
+            }
+        }
+    }
+    shutdown.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let _ = reaper.await;
+    code
+}
