@@ -53,7 +53,7 @@ async fn main() {
         .mint_url(mint.url.parse().expect("url"))
         .unit(cdk::nuts::CurrencyUnit::Sat)
         .localstore(Arc::new(bare_db))
-        .seed(common::mint::random_seed())
+        .seed(paygress::demo::mint::random_seed())
         .without_rate_limiting()
         .build()
         .expect("bare wallet");

@@ -131,6 +131,7 @@ pub async fn start_embedded_relay(
 /// is reported and not fatal) and has printed its npub and relays.
 pub async fn start_contextvm(
     provider: &Arc<Provider>,
+    extra_tools: &[Arc<dyn crate::doors::mcp::ExtraTool>],
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), crate::doors::contextvm::ContextVmError>>, String> {
     use crate::doors::contextvm::{self, ContextVmOptions};
@@ -138,8 +139,11 @@ pub async fn start_contextvm(
     let transport = contextvm::transport(provider, &opts)
         .await
         .map_err(|e| e.to_string())?;
-    let door = crate::doors::mcp::McpDoor::local(provider.clone())
+    let mut door = crate::doors::mcp::McpDoor::local(provider.clone())
         .identified_by(contextvm::identify_by_client_pubkey());
+    for t in extra_tools {
+        door = door.with_extra_tool(t.clone());
+    }
     let task = tokio::spawn(contextvm::serve(door, transport, shutdown));
     let pk = provider.keys().public_key();
     if let Err(e) = contextvm::self_check(pk, &opts, std::time::Duration::from_secs(20)).await {

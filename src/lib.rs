@@ -18,6 +18,8 @@ pub mod api;
 pub mod app;
 pub mod backend;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod doors;
 pub mod error;
 pub mod fsutil;

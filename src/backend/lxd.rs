@@ -1104,6 +1104,16 @@ impl LxdBackend {
         Ok(b)
     }
 
+    /// Whether the daemon has an image under `alias` (a name this program chose, not user input).
+    pub async fn has_image(&self, alias: &str) -> bool {
+        if !crate::validate::is_identifier(alias) {
+            return false;
+        }
+        self.get(&self.path(&format!("/1.0/images/aliases/{alias}")))
+            .await
+            .is_ok()
+    }
+
     /// The host SSH banners are read from.
     pub fn ssh_check_host(&self) -> &str {
         &self.check_host

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use paygress::app::{self, exit};
 use paygress::doors::contextvm;
-use paygress::doors::mcp::McpDoor;
+use paygress::backend::Backend;
+use paygress::config::Config;
+use paygress::doors::mcp::{ExtraTool, McpDoor};
+use paygress::Provider;
+use std::sync::Arc;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +44,22 @@ struct Args {
     /// ContextVM on it too. Overrides nostr.embedded_relay.
     #[arg(long, value_name = "ADDR")]
     embedded_relay: Option<SocketAddr>,
+    /// Demo mode (also chosen when there is no configuration): an embedded Cashu test mint
+    /// (fake Lightning; tokens are worthless), a temporary provider on this machine, an embedded
+    /// relay for ContextVM, and one more tool, get_demo_token, to pay with.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
+    /// The demo's backend: LXD when its socket answers and has the base image, else the local
+    /// sandbox.
+    #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
+    demo_backend: DemoChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DemoChoice {
+    Auto,
+    Lxd,
+    Sandbox,
 }
 
 fn main() -> ExitCode {
@@ -56,16 +76,32 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
-    let mut cfg = match app::load_config(args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("paygress-mcp-server: {e}");
-            return ExitCode::from(exit::USAGE as u8);
+    let nostr = args.transport != Transport::Stdio;
+    let demo_mode = args.demo || app::config_path(args.config.clone()).is_none();
+    let mut extra_tools: Vec<Arc<dyn ExtraTool>> = Vec::new();
+    let (mut cfg, backend, demo) = if demo_mode {
+        match start_demo(args.demo_backend, &mut extra_tools).await {
+            Ok((cfg, backend, demo)) => (cfg, Some(backend), demo),
+            Err(code) => return code,
+        }
+    } else {
+        match app::load_config(args.config) {
+            Ok(c) => (c, None, None),
+            Err(e) => {
+                eprintln!("paygress-mcp-server: {e}");
+                return ExitCode::from(exit::USAGE as u8);
+            }
         }
     };
-    let nostr = args.transport != Transport::Stdio;
+    // A demo serving ContextVM with no relays gets its own.
+    let relay_flag = match args.embedded_relay {
+        None if demo_mode && nostr && cfg.nostr.relays.is_empty() => {
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        }
+        other => other,
+    };
     // The embedded relay lives as long as this function.
-    let _relay = match app::start_embedded_relay(&mut cfg, args.embedded_relay).await {
+    let _relay = match app::start_embedded_relay(&mut cfg, relay_flag).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("paygress-mcp-server: {e}");
@@ -79,20 +115,28 @@ async fn run(args: Args) -> ExitCode {
         );
         return ExitCode::from(exit::USAGE as u8);
     }
-    let provider = match app::open_provider(cfg).await {
+    let opened = match backend {
+        Some(b) => Provider::open(cfg, b).await.map_err(|e| e.to_string()),
+        None => app::open_provider(cfg).await.map_err(|e| e.to_string()),
+    };
+    let provider = match opened {
         Ok(p) => p,
         Err(e) => {
             eprintln!("paygress-mcp-server: {e}");
             return ExitCode::from(exit::PROVIDER as u8);
         }
     };
+    if demo.is_some() {
+        eprintln!("demo: server {}", provider.npub());
+        eprintln!("demo: call get_demo_token, then get_offers and spawn_pod; Ctrl-C (or closing stdin) ends the demo and removes its pods");
+    }
     let shutdown = CancellationToken::new();
     let reaper = provider.start_reaper(shutdown.clone());
     tracing::info!(npub = %provider.npub(), backend = %provider.backend().kind(), "provider open");
 
     let mut contextvm_task = None;
     if nostr {
-        match app::start_contextvm(&provider, shutdown.clone()).await {
+        match app::start_contextvm(&provider, &extra_tools, shutdown.clone()).await {
             Ok(t) => contextvm_task = Some(t),
             Err(e) => {
                 eprintln!("paygress-mcp-server: {e}");
@@ -105,7 +149,10 @@ async fn run(args: Args) -> ExitCode {
 
     let mut code = ExitCode::SUCCESS;
     if args.transport != Transport::Contextvm {
-        let door = McpDoor::local(provider.clone());
+        let mut door = McpDoor::local(provider.clone());
+        for t in &extra_tools {
+            door = door.with_extra_tool(t.clone());
+        }
         paygress::doors::stdio::serve_filtered(
             tokio::io::stdin(),
             tokio::io::stdout(),
@@ -133,5 +180,61 @@ async fn run(args: Args) -> ExitCode {
     }
     shutdown.cancel();
     let _ = reaper.await;
+    if demo.is_some() {
+        remove_demo_workloads(&provider).await;
+    }
+    drop(demo);
     code
+}
+
+/// The demo's state is temporary, so its pods go with it.
+async fn remove_demo_workloads(provider: &Provider) {
+    let backend = provider.backend();
+    if let Ok(list) = backend.list(provider.provider_id()).await {
+        for w in list {
+            let _ = backend.destroy(&w.name).await;
+        }
+    }
+}
+
+#[cfg(feature = "demo")]
+type DemoGuard = paygress::demo::Demo;
+#[cfg(not(feature = "demo"))]
+type DemoGuard = ();
+
+/// Prepare the demo: mint, backend, config; say on stderr what is fake.
+#[cfg(feature = "demo")]
+async fn start_demo(
+    choice: DemoChoice,
+    extra_tools: &mut Vec<Arc<dyn ExtraTool>>,
+) -> Result<(Config, Arc<dyn Backend>, Option<DemoGuard>), ExitCode> {
+    use paygress::demo::{Demo, DemoBackend};
+    let choice = match choice {
+        DemoChoice::Auto => DemoBackend::Auto,
+        DemoChoice::Lxd => DemoBackend::Lxd,
+        DemoChoice::Sandbox => DemoBackend::Sandbox,
+    };
+    match Demo::prepare(choice).await {
+        Ok(demo) => {
+            for line in demo.describe() {
+                eprintln!("{line}");
+            }
+            extra_tools.push(demo.token_tool());
+            Ok((demo.config.clone(), demo.backend.clone(), Some(demo)))
+        }
+        Err(e) => {
+            eprintln!("paygress-mcp-server: {e}");
+            Err(ExitCode::from(exit::PROVIDER as u8))
+        }
+    }
+}
+
+#[cfg(not(feature = "demo"))]
+async fn start_demo(
+    _choice: DemoChoice,
+    _extra_tools: &mut Vec<Arc<dyn ExtraTool>>,
+) -> Result<(Config, Arc<dyn Backend>, Option<DemoGuard>), ExitCode> {
+    eprintln!("paygress-mcp-server: {}", app::StartError::NoConfig);
+    eprintln!("paygress-mcp-server: (this build has no demo mode; build with the default `demo` feature for it)");
+    Err(ExitCode::from(exit::USAGE as u8))
 }

@@ -84,7 +84,7 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
         );
     }
     if cfg.nostr.contextvm {
-        match app::start_contextvm(&provider, shutdown.clone()).await {
+        match app::start_contextvm(&provider, &[], shutdown.clone()).await {
             Ok(t) => tasks.push(tokio::spawn(async move {
                 match t.await {
                     Ok(r) => r.map_err(|e| e.to_string()),
