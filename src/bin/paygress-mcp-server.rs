@@ -6,13 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use paygress::app::{self, exit};
-use paygress::doors::contextvm;
 use paygress::backend::Backend;
 use paygress::config::Config;
+use paygress::doors::contextvm;
 use paygress::doors::mcp::{ExtraTool, McpDoor};
 use paygress::Provider;
-use std::sync::Arc;
 use rmcp::ServiceExt;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,10 +1,12 @@
 //! `paygress-cli`: the buyer's and the operator's command line.
 //!
 //! One file per command group: `market` (buy over Nostr), `identity` (the buyer's Nostr key),
-//! `provider` (run a provider's Nostr doors), `wallet` (take earnings out). Exit codes are shared
+//! `provider` (run a provider's Nostr doors), `wallet` (take earnings out), `demo` (the whole
+//! flow against the demo server). Exit codes are shared
 //! with the server: 0 success, 2 usage (including a request the provider found malformed), 3
 //! payment, 4 provider (including no answer).
 
+mod demo;
 mod identity;
 mod market;
 mod provider;
@@ -47,6 +49,8 @@ enum Command {
         #[command(subcommand)]
         command: provider::ProviderCommand,
     },
+    /// Walk through buying a pod in demo mode (test tokens), printed or run (--run).
+    Demo(demo::DemoArgs),
     /// The provider's earnings wallets (one per whitelisted mint).
     Wallet {
         #[command(subcommand)]
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
             Command::Market { command } => market::run(command).await,
             Command::Identity { command } => identity::run(command),
             Command::Provider { command } => provider::run(command).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Wallet { command } => wallet::run(command).await,
         }
     });
