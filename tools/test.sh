@@ -29,7 +29,7 @@ bash provider/build-base-image.sh
 
 # --- official npm clients for the end-to-end tests ---------------------------------------------
 # Versions are pinned in tools/e2e/package.json; npm reads its registry from the system's config.
-if ! [ -x tools/e2e/node_modules/.bin/mcp-inspector ]; then
+if ! [ -x tools/e2e/node_modules/.bin/mcp-inspector ] || ! [ -d tools/e2e/node_modules/@contextvm/sdk ]; then
   command -v npm >/dev/null || { sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"; $sudo_ apt-get install -y -qq nodejs npm >/dev/null; }
   npm install --prefix tools/e2e --no-audit --no-fund --loglevel=error
 fi
@@ -37,6 +37,8 @@ fi
 # --- checks ------------------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# A provider build without the demo (no embedded mint, no protoc) must keep compiling.
+cargo check --locked --no-default-features --lib --bins
 
 # --- tests -------------------------------------------------------------------------------------
 log=$(mktemp)
@@ -45,6 +47,19 @@ set +e
 cargo test --locked --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The README's first command, exactly as written, serves MCP: the official Inspector runs it and
+# calls get_offers (on a fresh machine that is the demo).
+first=$(awk '/^```sh$/ { inblock = 1; next } inblock { print; exit }' README.md | sed 's/[[:space:]]*#.*$//')
+echo "test.sh: the README's first command: $first"
+if out=$(tools/e2e/node_modules/.bin/mcp-inspector --cli $first --method tools/call --tool-name get_offers 2>"$log.first") \
+    && grep -q '"pod_specs"' <<<"$out"; then
+  echo "test result: ok. 1 passed; 0 failed (README first command answers get_offers)" | tee -a "$log"
+else
+  cat "$log.first" >&2
+  echo "test result: FAILED. 0 passed; 1 failed (README first command did not answer get_offers)" | tee -a "$log"
+  status=1
+fi
+rm -f "$log.first"
 passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) n += $i } END { print n + 0 }' "$log")
 failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) n += $i } END { print n + 0 }' "$log")
 echo "tests: ${passed:-0} passed, ${failed:-0} failed"

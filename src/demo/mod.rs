@@ -6,7 +6,8 @@
 //! the backend are the real ones, so a walk through the demo is a walk through the product:
 //! - the backend is LXD when its socket answers and has the base image, otherwise the local
 //!   sandbox (weaker isolation; for development, demos and trusted users);
-//! - state lives in a temporary directory that is removed, with every workload, at exit;
+//! - state lives in a temporary directory that is removed, with every workload, at exit, and an
+//!   expired pod is deleted 15 s after it stops (a real provider waits longer for a late top-up);
 //! - one extra MCP tool, `get_demo_token`, hands out test tokens so an agent can walk the whole
 //!   flow. It exists only here.
 
@@ -89,7 +90,7 @@ minimum_duration_seconds = 60
 maximum_duration_seconds = 86400
 ssh_port_range_start = {start}
 ssh_port_range_end = {end}
-expiry_grace_seconds = 120
+expiry_grace_seconds = 15
 reaper_interval_seconds = 1
 
 [payments]
@@ -122,7 +123,11 @@ kind = {kind:?}
             mint = mint.url,
             kind = kind.to_string(),
         );
-        let config = Config::from_toml_with_env(&text, &Default::default())?;
+        // The documented environment overrides apply to the demo too (tiers, durations, ...).
+        let env = std::env::vars()
+            .filter(|(k, _)| crate::config::ENV_OVERRIDES.contains(&k.as_str()))
+            .collect();
+        let config = Config::from_toml_with_env(&text, &env)?;
         Ok(Demo {
             mint,
             config,
