@@ -142,38 +142,65 @@ fn keygen(dir: &Path) -> (PathBuf, String) {
 // ---------------------------------------------------------------------------------------------
 
 struct Env {
+    /// First field: dropped before `dir` takes the state directory away.
+    guard: Cleanup,
     mint: TestMint,
     cfg: Config,
     backend: Arc<SandboxBackend>,
     provider: Arc<Provider>,
     dir: tempfile::TempDir,
-    guard: Cleanup,
 }
 
-/// Kills and removes whatever a test left running (cgroups are host-wide), even when it fails.
+/// Kills and removes whatever a test left running (inits and cgroups are host-wide), even when
+/// the test fails. Synchronous on purpose: it must not need the test's runtime, which is busy
+/// dropping the test.
 struct Cleanup {
     backend: Option<Arc<SandboxBackend>>,
-    provider_id: String,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let Some(backend) = self.backend.take() else {
+        let Some(b) = self.backend.take() else {
             return;
         };
-        let id = self.provider_id.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                for w in backend.list(&id).await.unwrap_or_default() {
-                    let _ = backend.destroy(&w.name).await;
+        let Ok(entries) = std::fs::read_dir(b.state_dir()) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta: serde_json::Value = std::fs::read(entry.path().join("meta.json"))
+                .ok()
+                .and_then(|t| serde_json::from_slice(&t).ok())
+                .unwrap_or_default();
+            if let Some(pid) = meta["init_pid"].as_i64() {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmdline.starts_with(b"paygress-init") {
+                    // SAFETY: plain syscall on the init this test started.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
                 }
-            })
-        })
-        .join();
+            }
+            for dir in b.cgroup_dirs(&name) {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while dir.exists()
+                    && std::fs::remove_dir(&dir).is_err()
+                    && Instant::now() < deadline
+                {
+                    for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                        .filter_map(|l| l.trim().parse::<i32>().ok())
+                    {
+                        // SAFETY: plain syscall on a process in this test's cgroup.
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 }
 
@@ -186,7 +213,10 @@ async fn sandbox(data_dir: &Path) -> Arc<SandboxBackend> {
 }
 
 /// A provider whose first tier has `memory_mb` of memory.
-async fn env_with(memory_mb: u32, wrap: Option<&dyn Fn(Arc<SandboxBackend>) -> Arc<dyn Backend>>) -> Env {
+async fn env_with(
+    memory_mb: u32,
+    wrap: Option<&dyn Fn(Arc<SandboxBackend>) -> Arc<dyn Backend>>,
+) -> Env {
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
@@ -199,7 +229,6 @@ async fn env_with(memory_mb: u32, wrap: Option<&dyn Fn(Arc<SandboxBackend>) -> A
     let provider = Provider::open(cfg.clone(), as_dyn).await.expect("provider");
     let guard = Cleanup {
         backend: Some(backend.clone()),
-        provider_id: provider.provider_id().to_string(),
     };
     Env {
         mint,
@@ -271,9 +300,14 @@ async fn a_paid_workload_is_a_jail_with_its_own_user_home_and_processes() {
     let pw = "jail-pass-123";
 
     // 1. Who, where, which host.
-    let out = ssh_password(port, "alice", pw, "whoami; echo $HOME; hostname; pwd; id -u")
-        .await
-        .expect("password login");
+    let out = ssh_password(
+        port,
+        "alice",
+        pw,
+        "whoami; echo $HOME; hostname; pwd; id -u",
+    )
+    .await
+    .expect("password login");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,
@@ -318,7 +352,10 @@ async fn a_paid_workload_is_a_jail_with_its_own_user_home_and_processes() {
 
     // 5. Key login works; a wrong password and a wrong user are refused.
     assert_eq!(
-        ssh_key(port, "alice", &key, "echo by-key").await.unwrap().trim(),
+        ssh_key(port, "alice", &key, "echo by-key")
+            .await
+            .unwrap()
+            .trim(),
         "by-key"
     );
     assert!(ssh_password(port, "alice", "wrong-password", "true")
@@ -330,7 +367,10 @@ async fn a_paid_workload_is_a_jail_with_its_own_user_home_and_processes() {
     let err = ssh_password(port, "alice", pw, "echo oops >&2; exit 7")
         .await
         .unwrap_err();
-    assert!(err.contains("exit status: 7") && err.contains("oops"), "{err}");
+    assert!(
+        err.contains("exit status: 7") && err.contains("oops"),
+        "{err}"
+    );
 
     // 6. An interactive PTY session.
     let mut c = ssh_password_cmd(port, "alice", pw);
@@ -350,9 +390,14 @@ async fn memory_beyond_the_tier_is_killed() {
         eprintln!("SKIPPED: no writable cgroup hierarchy on this host, memory is not enforced");
         return;
     }
-    let r = spawn(&e.provider, &e.mint.token(100).await, Some("mem-pass-123"), None)
-        .await
-        .expect("spawn");
+    let r = spawn(
+        &e.provider,
+        &e.mint.token(100).await,
+        Some("mem-pass-123"),
+        None,
+    )
+    .await
+    .expect("spawn");
     let err = ssh_password(
         r.node_port,
         "alice",
@@ -441,7 +486,9 @@ async fn expiry_closes_sessions_top_up_resumes_and_grace_removes() {
         WorkloadState::Stopped
     );
     assert!(!cgroup_exists(&e.backend, &name), "cgroup removed on stop");
-    assert!(ssh_password(r.node_port, "alice", pw, "true").await.is_err());
+    assert!(ssh_password(r.node_port, "alice", pw, "true")
+        .await
+        .is_err());
 
     // A late top-up resumes it, home intact.
     e.provider
@@ -492,12 +539,12 @@ async fn a_restarted_provider_readopts_its_live_workload() {
     let pid = e.backend.init_pid(&name).await.expect("init runs");
 
     let Env {
+        mut guard,
         mint,
         cfg,
         backend,
         provider,
         dir,
-        mut guard,
     } = e;
     guard.backend = None;
     let provider_id = provider.provider_id().to_string();
@@ -505,7 +552,10 @@ async fn a_restarted_provider_readopts_its_live_workload() {
     drop(backend);
 
     let fresh = sandbox(dir.path()).await;
-    guard.backend = Some(fresh.clone());
+    // Declared after `dir`, so dropped before it even when the test fails.
+    let _guard = Cleanup {
+        backend: Some(fresh.clone()),
+    };
     let reopened = Provider::open(cfg.clone(), fresh.clone())
         .await
         .expect("reopen");
@@ -595,9 +645,14 @@ async fn a_port_taken_after_payment_is_refunded_and_leaves_nothing() {
         t
     };
     let e = env_with(512, Some(&wrap)).await;
-    let err = spawn(&e.provider, &e.mint.token(100).await, Some("thief-pass-123"), None)
-        .await
-        .unwrap_err();
+    let err = spawn(
+        &e.provider,
+        &e.mint.token(100).await,
+        Some("thief-pass-123"),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(err.message.contains("port"), "{err:?}");
     assert!(!err.message.contains("thief-pass-123"));
     let refund = err.refund_token.clone().expect("a refund token");
@@ -618,6 +673,9 @@ async fn a_port_taken_after_payment_is_refunded_and_leaves_nothing() {
 async fn the_backend_lifecycle_and_rollback_through_the_trait() {
     let dir = tempfile::tempdir().unwrap();
     let b = sandbox(dir.path()).await;
+    let _guard = Cleanup {
+        backend: Some(b.clone()),
+    };
     let (port, _) = common::free_port_block(1);
     let tier = Tier {
         id: "t".into(),
@@ -652,7 +710,10 @@ async fn the_backend_lifecycle_and_rollback_through_the_trait() {
     // Creating it twice is refused and leaves the first alone.
     assert!(b.create(&spec).await.is_err());
     assert_eq!(
-        ssh_password(port, "bob", "life-pass-123", "whoami").await.unwrap().trim(),
+        ssh_password(port, "bob", "life-pass-123", "whoami")
+            .await
+            .unwrap()
+            .trim(),
         "bob"
     );
     assert_eq!(b.list("prov-life").await.unwrap().len(), 1);
@@ -666,16 +727,27 @@ async fn the_backend_lifecycle_and_rollback_through_the_trait() {
         WorkloadState::Stopped
     );
     b.resume(&name).await.unwrap();
-    b.resume(&name).await.expect("resuming a running one is fine");
+    b.resume(&name)
+        .await
+        .expect("resuming a running one is fine");
     assert_eq!(
-        ssh_password(port, "bob", "life-pass-123", "echo back").await.unwrap().trim(),
+        ssh_password(port, "bob", "life-pass-123", "echo back")
+            .await
+            .unwrap()
+            .trim(),
         "back"
     );
     b.destroy(&name).await.unwrap();
     b.destroy(&name).await.expect("destroying twice is fine");
     assert!(b.inspect(&name).await.unwrap().is_none());
-    assert!(matches!(b.stop(&name).await, Err(BackendError::NotFound(_))));
-    assert!(matches!(b.extend(&name, 1).await, Err(BackendError::NotFound(_))));
+    assert!(matches!(
+        b.stop(&name).await,
+        Err(BackendError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.extend(&name, 1).await,
+        Err(BackendError::NotFound(_))
+    ));
     for hostile in ["../x", "a/b", "", "UP"] {
         assert!(b.inspect(hostile).await.unwrap().is_none());
         b.destroy(hostile).await.unwrap();

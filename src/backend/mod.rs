@@ -150,12 +150,10 @@ pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, St
             Ok(std::sync::Arc::new(b))
         }
         BackendChoice::Sandbox => {
-            let b = sandbox::SandboxBackend::open(
-                cfg.backend.sandbox.clone(),
-                &cfg.provider.data_dir,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let b =
+                sandbox::SandboxBackend::open(cfg.backend.sandbox.clone(), &cfg.provider.data_dir)
+                    .await
+                    .map_err(|e| e.to_string())?;
             Ok(std::sync::Arc::new(b))
         }
         other => Err(format!("backend {other:?} is not available in this build")),

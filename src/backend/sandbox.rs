@@ -187,8 +187,9 @@ fn host_key(path: &Path) -> Result<russh::keys::PrivateKey, BackendError> {
         return russh::keys::PrivateKey::from_openssh(text)
             .map_err(|_| BackendError::Api(format!("unreadable SSH host key {}", path.display())));
     }
-    let key = russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
-        .map_err(|e| api("cannot generate an SSH host key", e))?;
+    let key =
+        russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
+            .map_err(|e| api("cannot generate an SSH host key", e))?;
     let pem = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
         .map_err(|e| api("cannot encode the SSH host key", e))?;
@@ -498,7 +499,8 @@ impl SandboxBackend {
             meta.save(&self.dir(&name))
                 .map_err(|e| api("cannot write the workload metadata", e))?;
             let server = self.serve(meta, &init, listener)?;
-            match wait_for_banner(&self.check_host(), meta.host_port, Duration::from_secs(10)).await {
+            match wait_for_banner(&self.check_host(), meta.host_port, Duration::from_secs(10)).await
+            {
                 Ok(()) => Ok(server),
                 Err(e) => {
                     server.shutdown().await;
@@ -594,7 +596,9 @@ impl SandboxBackend {
                             tracing::info!(workload = %name, "sandbox workload restarted after its init was lost");
                             live.insert(name, l);
                         }
-                        Err(e) => tracing::error!(workload = %name, "cannot restart a lost workload: {e}"),
+                        Err(e) => {
+                            tracing::error!(workload = %name, "cannot restart a lost workload: {e}")
+                        }
                     }
                 }
                 None => {

@@ -126,8 +126,10 @@ mod tests {
 
     #[test]
     fn keys_parse_and_match_on_material() {
-        let a = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ9Y2QwFDIlMSIMf3Ue3JNrZI1Ab1r6bDp2Ezd61Cm8 one";
-        let b = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ9Y2QwFDIlMSIMf3Ue3JNrZI1Ab1r6bDp2Ezd61Cm8 two";
+        let a =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ9Y2QwFDIlMSIMf3Ue3JNrZI1Ab1r6bDp2Ezd61Cm8 one";
+        let b =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ9Y2QwFDIlMSIMf3Ue3JNrZI1Ab1r6bDp2Ezd61Cm8 two";
         let ka = parse_public_key(a).unwrap();
         let kb = parse_public_key(b).unwrap();
         assert!(key_matches(&ka, &kb));

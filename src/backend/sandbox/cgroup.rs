@@ -281,7 +281,14 @@ mod tests {
             fs::write(dir.path().join(c).join("cgroup.procs"), "").unwrap();
         }
         let mode = Mode::detect_at(dir.path());
-        assert!(matches!(mode, Mode::V1 { cpu: Some(_), pids: Some(_), .. }));
+        assert!(matches!(
+            mode,
+            Mode::V1 {
+                cpu: Some(_),
+                pids: Some(_),
+                ..
+            }
+        ));
         // A fake tree has no kernel behind it: create the groups' files by hand after mkdir.
         let procs = mode.create("w1", &tier(), 64);
         // mkdir works but the limit files do not exist until written; writing creates them here.

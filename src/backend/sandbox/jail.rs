@@ -71,7 +71,8 @@ pub const ID_RANGE: u32 = 65536;
 
 /// The reaper the init execs: pid 1 of a pid namespace must reap orphans, and a shell waiting in
 /// `wait` reaps every child it gets, known or not. No buyer input is in it.
-const INIT_SCRIPT: &str = "trap '' HUP INT TERM QUIT USR1 USR2; while :; do sleep 2147483647 & wait; done";
+const INIT_SCRIPT: &str =
+    "trap '' HUP INT TERM QUIT USR1 USR2; while :; do sleep 2147483647 & wait; done";
 
 /// Only one jail fork at a time in this process, so the pipes one fork hands its child are never
 /// inherited (and held open) by another's.
@@ -236,7 +237,10 @@ fn cstring(s: impl AsRef<[u8]>, stage: &'static str) -> Result<CString, JailErro
     CString::new(s.as_ref().to_vec()).map_err(|_| {
         err(
             stage,
-            io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a path or argument"),
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NUL byte in a path or argument",
+            ),
         )
     })
 }
@@ -383,7 +387,13 @@ fn drop_capabilities() -> Result<(), ()> {
         for cap in 0..64 {
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
         #[repr(C)]
         struct Header {
             version: u32,
@@ -411,12 +421,7 @@ fn drop_capabilities() -> Result<(), ()> {
                 inheritable: 0,
             },
         ];
-        if libc::syscall(
-            libc::SYS_capset,
-            &header as *const Header,
-            data.as_ptr(),
-        ) != 0
-        {
+        if libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) != 0 {
             return Err(());
         }
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
@@ -645,7 +650,9 @@ fn init_child(p: &InitPlan) -> io::Result<()> {
                 *libc::__errno_location() = libc::EINVAL;
                 return Err(fail(e, "finding the host pid"));
             }
-            host_pid = host_pid.saturating_mul(10).saturating_add(i32::from(b - b'0'));
+            host_pid = host_pid
+                .saturating_mul(10)
+                .saturating_add(i32::from(b - b'0'));
         }
         if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) != 0 {
             return Err(fail(e, "unsharing namespaces"));
@@ -880,15 +887,20 @@ pub fn start_init(spec: &JailSpec, rt: &tokio::runtime::Handle) -> Result<Init, 
         unsafe {
             cmd.pre_exec(move || init_child(&child_plan));
         }
-        tokio::process::Command::from(cmd).kill_on_drop(false).spawn()
+        tokio::process::Command::from(cmd)
+            .kill_on_drop(false)
+            .spawn()
     })
     .join()
     .map_err(|_| err("forking", io::Error::other("spawn thread panicked")))?;
     // The child's copies are its own now; ours must go so the helper and we see EOF.
     drop(plan);
-    let mapped = helper
-        .join()
-        .map_err(|_| err("waiting for the id maps", io::Error::other("helper panicked")));
+    let mapped = helper.join().map_err(|_| {
+        err(
+            "waiting for the id maps",
+            io::Error::other("helper panicked"),
+        )
+    });
     let child = match spawned {
         Ok(c) => c,
         Err(e) => {

@@ -253,7 +253,9 @@ fn env_allowed(name: &str, value: &str) -> bool {
     let name_ok = ENV_ALLOWED.contains(&name)
         || (name.starts_with("LC_")
             && name.len() <= 32
-            && name[3..].bytes().all(|b| b.is_ascii_uppercase() || b == b'_'));
+            && name[3..]
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_'));
     name_ok && value.len() <= 256 && !value.chars().any(|c| c.is_control())
 }
 
@@ -487,14 +489,7 @@ impl Conn {
         let rt = tokio::runtime::Handle::current();
         let w2 = Arc::clone(&w);
         let spawned = tokio::task::spawn_blocking(move || {
-            jail::spawn_session(
-                &w2.init,
-                &w2.cgroup_procs,
-                w2.rlimits,
-                w2.nproc,
-                cmd,
-                &rt,
-            )
+            jail::spawn_session(&w2.init, &w2.cgroup_procs, w2.rlimits, w2.nproc, cmd, &rt)
         })
         .await;
         let mut child = match spawned {
@@ -788,7 +783,10 @@ mod tests {
 
     #[test]
     fn terminal_names_and_env_are_filtered() {
-        assert_eq!(clean_term("xterm-256color").as_deref(), Some("xterm-256color"));
+        assert_eq!(
+            clean_term("xterm-256color").as_deref(),
+            Some("xterm-256color")
+        );
         assert_eq!(clean_term("x;rm -rf /"), None);
         assert_eq!(clean_term(""), None);
         assert!(env_allowed("LANG", "en_US.UTF-8"));
