@@ -322,6 +322,15 @@ async fn a_paid_workload_is_a_jail_with_its_own_user_home_and_processes() {
     let count: usize = out.lines().next().unwrap().trim().parse().unwrap();
     assert!(count <= 8, "{count} processes visible: {out}");
     assert!(!out.contains("cargo") && !out.contains("sandbox-"), "{out}");
+    // Pid 1 is the workload's init (the OOM killer is told to spare it where the kernel lets
+    // root lower `oom_score_adj`; this test machine does not).
+    assert_eq!(
+        ssh_password(port, "alice", pw, "cat /proc/1/comm")
+            .await
+            .unwrap()
+            .trim(),
+        "sh"
+    );
 
     // 3. The host is read-only, the home is writable and survives sessions.
     for path in ["/etc/x", "/usr/x", "/x", "/var/tmp/x"] {
@@ -666,6 +675,89 @@ async fn a_port_taken_after_payment_is_refunded_and_leaves_nothing() {
     let _ = e.dir.path();
 }
 
+/// A workload spec for backend-level tests: user `bob`, password `life-pass-123`.
+fn spec(what: &str, provider_id: &str, port: u16) -> WorkloadSpec {
+    WorkloadSpec {
+        name: format!("pgt-{what}-{:08x}", rand::random::<u32>()),
+        provider_id: provider_id.into(),
+        tier: Tier {
+            id: "t".into(),
+            name: "t".into(),
+            description: String::new(),
+            cpu_millicores: 500,
+            memory_mb: 128,
+            disk_gb: None,
+            rate_msats_per_sec: 1,
+        },
+        image: "paygress-debian-12".into(),
+        ssh_username: "bob".into(),
+        ssh_password: Secret::new("life-pass-123"),
+        ssh_public_key: None,
+        host_port: port,
+        expires_at: paygress::provider::now_secs() + 3600,
+    }
+}
+
+/// The host "rebooted" under a workload: its init died without a stop. A new backend on the
+/// state directory brings it back, home intact (the core still counts it as running); a
+/// workload stopped on expiry stays stopped.
+#[tokio::test]
+async fn a_lost_init_is_restarted_at_open_and_a_stopped_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = sandbox(dir.path()).await;
+    let _guard = Cleanup {
+        backend: Some(b.clone()),
+    };
+    let (p1, p2) = common::free_port_block(2);
+    let lost = spec("lost", "prov-lost", p1);
+    let stopped = spec("stopped", "prov-lost", p2);
+    b.create(&lost).await.expect("create");
+    b.create(&stopped).await.expect("create");
+    ssh_password(p1, "bob", "life-pass-123", "echo mine > ~/f")
+        .await
+        .unwrap();
+    b.stop(&stopped.name).await.unwrap();
+    let pid = b.init_pid(&lost.name).await.expect("init runs");
+    // SAFETY: plain syscall on the init this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.inspect(&lost.name).await.unwrap().unwrap().state != WorkloadState::Stopped {
+        assert!(Instant::now() < deadline, "the init did not die");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(_guard);
+    drop(b);
+
+    let b2 = sandbox(dir.path()).await;
+    let _guard2 = Cleanup {
+        backend: Some(b2.clone()),
+    };
+    assert_eq!(
+        b2.inspect(&lost.name).await.unwrap().unwrap().state,
+        WorkloadState::Running
+    );
+    assert_ne!(b2.init_pid(&lost.name).await, Some(pid));
+    assert_eq!(
+        ssh_password(p1, "bob", "life-pass-123", "cat ~/f")
+            .await
+            .unwrap()
+            .trim(),
+        "mine"
+    );
+    assert_eq!(
+        b2.inspect(&stopped.name).await.unwrap().unwrap().state,
+        WorkloadState::Stopped
+    );
+    assert!(ssh_password(p2, "bob", "life-pass-123", "true")
+        .await
+        .is_err());
+    b2.destroy(&lost.name).await.unwrap();
+    b2.destroy(&stopped.name).await.unwrap();
+    assert!(b2.list("prov-lost").await.unwrap().is_empty());
+}
+
 /// Through the trait without payment: a failure after the workload was made (its SSH listener
 /// cannot serve the key, which fails late) — and the whole stop/resume/destroy cycle, hostile
 /// names, list per provider.
@@ -677,27 +769,8 @@ async fn the_backend_lifecycle_and_rollback_through_the_trait() {
         backend: Some(b.clone()),
     };
     let (port, _) = common::free_port_block(1);
-    let tier = Tier {
-        id: "t".into(),
-        name: "t".into(),
-        description: String::new(),
-        cpu_millicores: 500,
-        memory_mb: 128,
-        disk_gb: None,
-        rate_msats_per_sec: 1,
-    };
-    let name = format!("pgt-life-{:08x}", rand::random::<u32>());
-    let spec = WorkloadSpec {
-        name: name.clone(),
-        provider_id: "prov-life".into(),
-        tier,
-        image: "paygress-debian-12".into(),
-        ssh_username: "bob".into(),
-        ssh_password: Secret::new("life-pass-123"),
-        ssh_public_key: None,
-        host_port: port,
-        expires_at: paygress::provider::now_secs() + 3600,
-    };
+    let spec = spec("life", "prov-life", port);
+    let name = spec.name.clone();
 
     // An unsupported key type fails before anything is made, and names no secret.
     let mut bad = spec.clone();

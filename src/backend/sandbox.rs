@@ -587,7 +587,7 @@ impl SandboxBackend {
                     }
                 }
                 None if !meta.stopped && meta.expires_at > now => {
-                    let restarted = match self.bind(meta.host_port) {
+                    let restarted = match self.bind_patiently(meta.host_port).await {
                         Ok(l) => self.start(&mut meta, l).await,
                         Err(e) => Err(e),
                     };

@@ -49,6 +49,10 @@
 //!
 //! Everything the forked child touches is prepared before the fork (C strings, open file
 //! descriptors), and the child makes only plain syscalls, as `pre_exec` requires.
+//!
+//! Kernel requirements: Linux ≥ 5.8 (`pidfd_open`, `setns` on a pidfd, `open_tree`/`move_mount`
+//! for bind mounts whose source a tmpfs is about to cover); `mount_setattr` (≥ 5.12) is used for
+//! the read-only view when present, a remount of every mount point otherwise.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -636,6 +640,16 @@ fn init_child(p: &InitPlan) -> io::Result<()> {
         }
         if set_rlimits(p.rlimits, p.nproc).is_err() {
             return Err(fail(e, "setting rlimits"));
+        }
+        // The OOM killer must pick the buyer's hungry process, never the init (whose death
+        // would end the whole workload). Best effort: needs CAP_SYS_RESOURCE, which we have.
+        let oom = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if oom >= 0 {
+            libc::write(oom, b"-1000".as_ptr().cast(), 5);
+            libc::close(oom);
         }
         // Our pid as the host sees it: the host's /proc is still mounted, and its /proc/self
         // names us in the host's pid namespace (getpid() would say 1).
