@@ -470,11 +470,21 @@ struct MountStep {
     data: Option<CString>,
     /// Flags of a bind remount right after (0: none).
     remount: libc::c_ulong,
-    /// Create `target` as a directory first (inside a tmpfs made by an earlier step).
-    mkdir: bool,
-    /// Skip quietly if the mount point does not exist on this host.
+    /// Directories to create first, outermost first (inside a tmpfs made by an earlier step).
+    parents: Vec<CString>,
+    /// What to create as the mount point itself.
+    make: Make,
+    /// Skip quietly if the mount point does not exist on this host, or the mount fails.
     optional: bool,
     stage: &'static str,
+}
+
+/// A mount point a bind step creates before mounting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Make {
+    Nothing,
+    Dir,
+    File,
 }
 
 /// Everything the init's child needs, prepared before the fork.
@@ -502,7 +512,8 @@ fn tmpfs(target: &str, data: String, stage: &'static str) -> Result<MountStep, J
         flags: libc::MS_NOSUID | libc::MS_NODEV,
         data: Some(cstring(data, stage)?),
         remount: 0,
-        mkdir: false,
+        parents: Vec::new(),
+        make: Make::Nothing,
         optional: false,
         stage,
     })
@@ -515,7 +526,7 @@ fn bind(
     source: &Path,
     target: &str,
     remount: libc::c_ulong,
-    mkdir: bool,
+    make: Make,
     optional: bool,
     stage: &'static str,
 ) -> Result<MountStep, JailError> {
@@ -526,7 +537,8 @@ fn bind(
         flags: libc::MS_BIND,
         data: None,
         remount: libc::MS_REMOUNT | libc::MS_BIND | remount,
-        mkdir,
+        parents: Vec::new(),
+        make,
         optional,
         stage,
     })
@@ -545,7 +557,7 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
             &spec.home,
             &home,
             libc::MS_NOSUID | libc::MS_NODEV,
-            true,
+            Make::Dir,
             false,
             "mounting the home directory",
         )?,
@@ -560,10 +572,27 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
             &spec.etc.join(file),
             &format!("/etc/{file}"),
             ro,
-            false,
+            Make::Nothing,
             optional,
             "mounting /etc files",
         )?);
+    }
+    // Hosts with systemd-resolved point /etc/resolv.conf into /run, which the jail covers with
+    // a tmpfs: put the real file back at its path there, or DNS would not work inside.
+    if let Ok(real) = std::fs::canonicalize("/etc/resolv.conf") {
+        if real.starts_with("/run/") && real.is_file() {
+            let stage = "mounting /etc files";
+            let mut step = bind(&real, "/", ro, Make::File, true, stage)?;
+            step.target = cpath(&real, stage)?;
+            let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
+            dirs.retain(|d| d.starts_with("/run/") && *d != Path::new("/run"));
+            dirs.reverse();
+            step.parents = dirs
+                .into_iter()
+                .map(|d| cpath(d, stage))
+                .collect::<Result<_, _>>()?;
+            m.push(step);
+        }
     }
     m.push(MountStep {
         source: cstring("proc", "mounting /proc")?,
@@ -572,7 +601,8 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         data: None,
         remount: 0,
-        mkdir: false,
+        parents: Vec::new(),
+        make: Make::Nothing,
         optional: false,
         stage: "mounting /proc",
     });
@@ -752,8 +782,24 @@ fn init_child(p: &InitPlan) -> io::Result<()> {
                     if tree < 0 {
                         continue; // an optional target this host does not have
                     }
-                    if m.mkdir {
-                        libc::mkdir(m.target.as_ptr(), 0o755);
+                    for d in &m.parents {
+                        libc::mkdir(d.as_ptr(), 0o755);
+                    }
+                    match m.make {
+                        Make::Nothing => {}
+                        Make::Dir => {
+                            libc::mkdir(m.target.as_ptr(), 0o755);
+                        }
+                        Make::File => {
+                            let fd = libc::open(
+                                m.target.as_ptr(),
+                                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                                0o644,
+                            );
+                            if fd >= 0 {
+                                libc::close(fd);
+                            }
+                        }
                     }
                     let rc = libc::syscall(
                         libc::SYS_move_mount,
@@ -767,6 +813,9 @@ fn init_child(p: &InitPlan) -> io::Result<()> {
                     rc
                 }
             };
+            if rc != 0 && m.optional {
+                continue;
+            }
             if rc != 0 {
                 return Err(fail(e, m.stage));
             }
