@@ -277,11 +277,11 @@ fn open_write(p: &Path) -> io::Result<OwnedFd> {
 // ---------------------------------------------------------------------------------------------
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 /// Most bind mounts one jail makes (home and four /etc files).
 const MAX_BINDS: usize = 8;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
 
 #[repr(C)]
 struct MountAttr {
