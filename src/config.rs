@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::lxd::LxdConfig;
+use crate::backend::sandbox::SandboxConfig;
 
 /// A compute tier ("pod spec" on the wire): what a buyer gets and what a second of it costs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -188,6 +189,9 @@ pub struct BackendSection {
     pub kind: BackendChoice,
     #[serde(default)]
     pub lxd: LxdConfig,
+    /// `[backend.sandbox]`: the embedded namespace sandbox (no daemon needed).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
     /// Kubernetes namespace for workloads (`POD_NAMESPACE`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -198,6 +202,7 @@ impl Default for BackendSection {
         BackendSection {
             kind: BackendChoice::Sandbox,
             lxd: LxdConfig::default(),
+            sandbox: SandboxConfig::default(),
             namespace: default_namespace(),
         }
     }

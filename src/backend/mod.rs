@@ -24,6 +24,7 @@ use crate::config::{BackendChoice, Config, Tier};
 use crate::secret::Secret;
 
 pub mod lxd;
+pub mod sandbox;
 
 /// Which kind of backend serves workloads; published in offers so buyers can filter on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -146,6 +147,13 @@ pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, St
             let b = lxd::LxdBackend::connect(cfg.backend.lxd.clone())
                 .await
                 .map_err(|e| e.to_string())?;
+            Ok(std::sync::Arc::new(b))
+        }
+        BackendChoice::Sandbox => {
+            let b =
+                sandbox::SandboxBackend::open(cfg.backend.sandbox.clone(), &cfg.provider.data_dir)
+                    .await
+                    .map_err(|e| e.to_string())?;
             Ok(std::sync::Arc::new(b))
         }
         other => Err(format!("backend {other:?} is not available in this build")),

@@ -1,0 +1,869 @@
+//! The local sandbox backend: workloads as namespaced process trees on this very host.
+//!
+//! LXD, Proxmox and Kubernetes need a daemon; a provider that just wants to sell a slice of the
+//! machine it runs on should not. The sandbox is the embedded default: every workload is a
+//! process tree in its own user, pid, mount, uts and ipc namespaces (see [`jail`] for how they are
+//! made), with
+//!
+//! - a private, writable home at `/home/<user>` (kept in `<state_dir>/<name>/home` across stops),
+//!   private tmpfs on `/tmp`, `/dev/shm` and `/run`, and a **read-only, nosuid view of the host's
+//!   root filesystem** for everything else — the buyer runs the host's programs, not an image;
+//! - a generated `/etc/passwd` and `/etc/group`, so `whoami` is the buyer's name (uid 1000
+//!   inside, a dedicated unprivileged host uid outside) and `$HOME` is right;
+//! - its own `/proc`: `ps` shows the workload's processes only; the hostname is the workload name;
+//! - CPU, memory and task limits from the tier through cgroups (v2, or v1/hybrid), or rlimits
+//!   where no cgroup is writable (see [`cgroup`]);
+//! - SSH served by an embedded server on the workload's host port, bound to `listen_address`
+//!   (see [`ssh`]), password and public-key login, exec and interactive PTY sessions, each
+//!   started inside the workload's namespaces and cgroups.
+//!
+//! # Lifecycle
+//!
+//! `create` makes the state directory (0700) with the home and the generated files, writes the
+//! metadata ([`meta`]: the password only as a salted hash), makes the cgroups, starts the init,
+//! starts the SSH listener on the port it bound *first* (a taken port fails before anything is
+//! made, as `Capacity`), and returns once the port answers with an SSH banner. Any failure on the
+//! way undoes everything. `stop` closes the listener and its sessions and kills the init — which
+//! kills the whole tree — and keeps the home; `resume` starts init and listener again; `destroy`
+//! removes everything; `extend` rewrites the deadline in the metadata.
+//!
+//! Inits are not children that die with the provider: a restarted provider's
+//! [`SandboxBackend::open`] reads every metadata file, re-adopts workloads whose init still runs
+//! (same pid *and* start time) and serves their ports again. A workload whose init is gone
+//! without having been stopped (the host rebooted) is started again if its deadline is still
+//! ahead, because the provider core treats it as running; one stopped on expiry stays stopped
+//! until a top-up resumes it or the reaper destroys it.
+//!
+//! # Caveats (weaker than LXD)
+//!
+//! - The host's whole root filesystem is **readable** inside (read-only): whatever host files are
+//!   world-readable, the buyer can read. Provider state is safe only because the data directory
+//!   is 0700 root; `/home` and `/run` of the host are hidden behind tmpfs.
+//! - Network is the host's (no network namespace): the buyer can connect wherever the host can
+//!   and listen on free unprivileged host ports.
+//! - The kernel is shared; `nproc` and `free` show the host's numbers (limits are enforced, not
+//!   virtualised); host-owned files show up as `nobody`. There is no disk quota on the home.
+//! - It needs root on the host (namespaces are made by root so that nobody inside owns them).
+//!
+//! Nothing from the network is trusted to `unwrap()`, and no error or log line carries the
+//! password.
+
+pub mod auth;
+pub mod cgroup;
+pub mod jail;
+pub mod meta;
+pub mod ssh;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+
+use super::{Backend, BackendError, BackendKind, WorkloadInfo, WorkloadSpec, WorkloadState};
+use auth::PasswordHash;
+use meta::Meta;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/// `[backend.sandbox]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Address the per-workload SSH listeners bind to. The default, `127.0.0.1`, only serves
+    /// this machine (right for development); a provider selling to others sets `0.0.0.0`.
+    #[serde(default = "default_listen")]
+    pub listen_address: String,
+    /// Where workloads live (metadata, homes, the SSH host key). Default `<data_dir>/sandbox`;
+    /// a relative path is under the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// Login shell inside. Default `/bin/bash`, or `/bin/sh` where bash is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<PathBuf>,
+    /// Most tasks (processes and threads) one workload may run.
+    #[serde(default = "default_pids_max")]
+    pub pids_max: u32,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1".into()
+}
+fn default_pids_max() -> u32 {
+    512
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            listen_address: default_listen(),
+            state_dir: None,
+            shell: None,
+            pids_max: default_pids_max(),
+        }
+    }
+}
+
+/// Name of the SSH host key file in the state directory.
+pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
+
+/// First host uid/gid of the ranges workloads map (each gets `jail::ID_RANGE` ids from here).
+const HOST_ID_BASE: u32 = 0x4000_0000;
+/// Number of id ranges (workload slots).
+const SLOTS: u32 = 32_768;
+
+fn is_valid_name(s: &str) -> bool {
+    let first_ok = s.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+    first_ok
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_valid_user(u: &str) -> bool {
+    let first_ok = u
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    first_ok
+        && u.len() <= 32
+        && u != "root"
+        && u != "nobody"
+        && u.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn api(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Api(format!("sandbox: {what}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend
+// ---------------------------------------------------------------------------------------------
+
+/// A workload this backend instance serves right now.
+struct Live {
+    init: jail::Init,
+    server: ssh::Server,
+}
+
+struct Inner {
+    cfg: SandboxConfig,
+    state_dir: PathBuf,
+    shell: PathBuf,
+    ssh_config: Arc<russh::server::Config>,
+    cgroups: cgroup::Mode,
+    /// Live workloads; the lock also serialises every change of state.
+    live: Mutex<HashMap<String, Live>>,
+}
+
+/// The sandbox backend. See the module docs.
+#[derive(Clone)]
+pub struct SandboxBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SandboxBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxBackend")
+            .field("state_dir", &self.inner.state_dir)
+            .field("listen_address", &self.inner.cfg.listen_address)
+            .field("cgroups", &self.inner.cgroups)
+            .finish()
+    }
+}
+
+/// Load the host key, or make one (ed25519, 0600) the first time.
+fn host_key(path: &Path) -> Result<russh::keys::PrivateKey, BackendError> {
+    if let Ok(text) = std::fs::read(path) {
+        return russh::keys::PrivateKey::from_openssh(text)
+            .map_err(|_| BackendError::Api(format!("unreadable SSH host key {}", path.display())));
+    }
+    let key =
+        russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
+            .map_err(|e| api("cannot generate an SSH host key", e))?;
+    let pem = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| api("cannot encode the SSH host key", e))?;
+    crate::fsutil::write_private(path, pem.as_bytes())
+        .map_err(|e| api(&format!("cannot write {}", path.display()), e))?;
+    Ok(key)
+}
+
+fn mkdir_private(p: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(p)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Connect to the port and read the server's `SSH-` banner: proof that create is done.
+async fn wait_for_banner(host: &str, port: u16, limit: Duration) -> Result<(), BackendError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.ok()?;
+            (&buf == b"SSH-").then_some(())
+        };
+        if tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BackendError::NotReady(format!(
+                "no SSH banner on {host}:{port} in time"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl SandboxBackend {
+    /// Open the state directory, load or make the host key, find out how limits can be enforced,
+    /// and re-adopt the workloads a previous provider process left running.
+    pub async fn open(cfg: SandboxConfig, data_dir: &Path) -> Result<SandboxBackend, BackendError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(BackendError::Api(
+                "the sandbox backend needs root: it makes namespaces, mounts and cgroups".into(),
+            ));
+        }
+        if cfg.listen_address.parse::<std::net::IpAddr>().is_err() {
+            return Err(BackendError::Api(format!(
+                "backend.sandbox.listen_address: not an IP address: {:?}",
+                cfg.listen_address
+            )));
+        }
+        let state_dir = match &cfg.state_dir {
+            Some(p) => data_dir.join(p),
+            None => data_dir.join("sandbox"),
+        };
+        let state_dir = std::path::absolute(&state_dir).map_err(|e| api("state_dir", e))?;
+        mkdir_private(&state_dir)
+            .map_err(|e| api(&format!("cannot create {}", state_dir.display()), e))?;
+        let shell = match &cfg.shell {
+            Some(s) => s.clone(),
+            None if Path::new("/bin/bash").exists() => PathBuf::from("/bin/bash"),
+            None => PathBuf::from("/bin/sh"),
+        };
+        if !shell.is_absolute() || !shell.exists() {
+            return Err(BackendError::Api(format!(
+                "backend.sandbox.shell: {} is not an absolute path to a program",
+                shell.display()
+            )));
+        }
+        let key = host_key(&state_dir.join(HOST_KEY_FILE))?;
+        let cgroups = tokio::task::spawn_blocking(cgroup::Mode::detect)
+            .await
+            .map_err(|e| api("cgroup detection", e))?;
+        if !cgroups.enforces_memory() {
+            tracing::warn!(
+                "no writable cgroup hierarchy: sandbox limits fall back to per-process rlimits, \
+                 which do not cap a workload's total memory"
+            );
+        }
+        let backend = SandboxBackend {
+            inner: Arc::new(Inner {
+                ssh_config: Arc::new(ssh::config(key)),
+                cfg,
+                state_dir,
+                shell,
+                cgroups,
+                live: Mutex::new(HashMap::new()),
+            }),
+        };
+        backend.recover().await;
+        Ok(backend)
+    }
+
+    /// The state directory (workloads, host key).
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    /// How limits are enforced on this host.
+    pub fn cgroup_mode(&self) -> &cgroup::Mode {
+        &self.inner.cgroups
+    }
+
+    /// The cgroup directories workload `name` uses (whether or not they exist).
+    pub fn cgroup_dirs(&self, name: &str) -> Vec<PathBuf> {
+        self.inner.cgroups.dirs(name)
+    }
+
+    /// Host pid of the workload's init, if it runs.
+    pub async fn init_pid(&self, name: &str) -> Option<i32> {
+        let live = self.inner.live.lock().await;
+        match live.get(name) {
+            Some(l) if l.init.alive() => Some(l.init.pid),
+            _ => None,
+        }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.inner.state_dir.join(name)
+    }
+
+    fn check_host(&self) -> String {
+        match self.inner.cfg.listen_address.as_str() {
+            "0.0.0.0" => "127.0.0.1".into(),
+            "::" => "::1".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Bind the workload's port; a taken port is `Capacity`.
+    fn bind(&self, port: u16) -> Result<std::net::TcpListener, BackendError> {
+        let ip: std::net::IpAddr = self
+            .inner
+            .cfg
+            .listen_address
+            .parse()
+            .map_err(|e| api("listen_address", e))?;
+        std::net::TcpListener::bind((ip, port)).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                BackendError::Capacity(format!("host port {port} is already in use"))
+            } else {
+                api(&format!("cannot listen on port {port}"), e)
+            }
+        })
+    }
+
+    /// Bind, retrying for a while: a previous backend in this process may still be closing it.
+    async fn bind_patiently(&self, port: u16) -> Result<std::net::TcpListener, BackendError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.bind(port) {
+                Err(BackendError::Capacity(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A workload slot (host id range) no other workload in the state directory uses. Slots are
+    /// drawn at random so that two providers on one host (two state directories) almost never
+    /// pick the same range.
+    fn free_host_base(&self) -> Result<u32, BackendError> {
+        let used: Vec<u32> = self.metas().into_iter().map(|m| m.host_base).collect();
+        let start = rand::random::<u32>() % SLOTS;
+        (0..SLOTS)
+            .map(|i| HOST_ID_BASE + ((start + i) % SLOTS) * jail::ID_RANGE)
+            .find(|b| !used.contains(b))
+            .ok_or_else(|| BackendError::Capacity("no free sandbox id range".into()))
+    }
+
+    /// Every workload record in the state directory.
+    fn metas(&self) -> Vec<Meta> {
+        let Ok(entries) = std::fs::read_dir(&self.inner.state_dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| Meta::load(&e.path()))
+            .filter(|m| is_valid_name(&m.name))
+            .collect()
+    }
+
+    /// Write the generated files the jail binds over the host's.
+    fn write_etc(dir: &Path, meta: &Meta, shell: &str) -> io::Result<()> {
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc)?;
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755))?;
+        let uid = jail::INSIDE_UID;
+        let user = &meta.user;
+        let files = [
+            ("passwd", format!(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\n{user}:x:{uid}:{uid}:{user}:/home/{user}:{shell}\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            )),
+            ("group", format!("root:x:0:\n{user}:x:{uid}:\nnogroup:x:65534:\n")),
+            ("hosts", format!(
+                "127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                name = meta.name
+            )),
+            ("hostname", format!("{}\n", meta.name)),
+        ];
+        for (f, text) in files {
+            let p = etc.join(f);
+            std::fs::write(&p, text)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(())
+    }
+
+    /// The jail description of a workload.
+    fn jail_spec(&self, meta: &Meta, groups: Vec<PathBuf>) -> jail::JailSpec {
+        let dir = self.dir(&meta.name);
+        jail::JailSpec {
+            name: meta.name.clone(),
+            user: meta.user.clone(),
+            host_base: meta.host_base,
+            home: dir.join("home"),
+            etc: dir.join("etc"),
+            cgroup_procs: groups,
+            rlimits: self.inner.cgroups.rlimits(&meta.tier),
+            tmp_mb: meta.tier.memory_mb,
+            nproc: self.inner.cfg.pids_max,
+        }
+    }
+
+    fn procs_files(&self, name: &str) -> Vec<PathBuf> {
+        self.inner
+            .cgroups
+            .dirs(name)
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Serve SSH for a workload whose init runs, on an already bound listener.
+    fn serve(
+        &self,
+        meta: &Meta,
+        init: &jail::Init,
+        listener: std::net::TcpListener,
+    ) -> Result<ssh::Server, BackendError> {
+        let public_key = match &meta.public_key {
+            Some(k) => Some(auth::parse_public_key(k).map_err(BackendError::Api)?),
+            None => None,
+        };
+        let workload = Arc::new(ssh::Workload {
+            name: meta.name.clone(),
+            user: meta.user.clone(),
+            password: meta.password.clone(),
+            public_key,
+            init: init.handle(),
+            cgroup_procs: self.procs_files(&meta.name),
+            rlimits: self.inner.cgroups.rlimits(&meta.tier),
+            nproc: self.inner.cfg.pids_max,
+            shell: self.inner.shell.clone(),
+            host_uid: meta.host_base + jail::INSIDE_UID,
+        });
+        ssh::Server::start(listener, workload, Arc::clone(&self.inner.ssh_config))
+            .map_err(|e| api("cannot start the SSH listener", e))
+    }
+
+    /// Make cgroups, start the init and the SSH listener, and wait for the banner. On failure
+    /// everything this started is undone (the state directory is left to the caller).
+    async fn start(
+        &self,
+        meta: &mut Meta,
+        listener: std::net::TcpListener,
+    ) -> Result<Live, BackendError> {
+        let name = meta.name.clone();
+        let cg = self.inner.cgroups.clone();
+        let (tier, pids) = (meta.tier.clone(), self.inner.cfg.pids_max);
+        let n = name.clone();
+        let groups = tokio::task::spawn_blocking(move || {
+            // Leftovers of a crash would make mkdir fail: clear them first.
+            let _ = cg.remove(&n);
+            cg.create(&n, &tier, pids)
+        })
+        .await
+        .map_err(|e| api("cgroup", e))?
+        .map_err(|e| api("cannot set up the cgroup", e))?;
+        let spec = self.jail_spec(meta, groups);
+        let rt = tokio::runtime::Handle::current();
+        let started = tokio::task::spawn_blocking(move || jail::start_init(&spec, &rt))
+            .await
+            .map_err(|e| api("init", e))
+            .and_then(|r| r.map_err(|e| api("cannot start the workload", e)));
+        let undo_cgroup = |cg: cgroup::Mode, n: String| async move {
+            let _ = tokio::task::spawn_blocking(move || cg.remove(&n)).await;
+        };
+        let init = match started {
+            Ok(i) => i,
+            Err(e) => {
+                undo_cgroup(self.inner.cgroups.clone(), name).await;
+                return Err(e);
+            }
+        };
+        let ready = async {
+            meta.init_pid = Some(init.pid);
+            meta.init_start = Some(init.start_time);
+            meta.stopped = false;
+            meta.save(&self.dir(&name))
+                .map_err(|e| api("cannot write the workload metadata", e))?;
+            let server = self.serve(meta, &init, listener)?;
+            match wait_for_banner(&self.check_host(), meta.host_port, Duration::from_secs(10)).await
+            {
+                Ok(()) => Ok(server),
+                Err(e) => {
+                    server.shutdown().await;
+                    Err(e)
+                }
+            }
+        };
+        match ready.await {
+            Ok(server) => Ok(Live { init, server }),
+            Err(e) => {
+                let i = init;
+                let _ = tokio::task::spawn_blocking(move || i.kill(Duration::from_secs(5))).await;
+                undo_cgroup(self.inner.cgroups.clone(), name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Kill a workload's processes (its live entry, or an adopted init from the metadata) and
+    /// remove its cgroups.
+    async fn kill(&self, live: Option<Live>, meta: Option<&Meta>) {
+        let init = match live {
+            Some(l) => {
+                l.server.shutdown().await;
+                Some(l.init)
+            }
+            None => meta.and_then(|m| jail::Init::adopt(m.init_pid?, m.init_start?)),
+        };
+        if let Some(init) = init {
+            let _ = tokio::task::spawn_blocking(move || init.kill(Duration::from_secs(10))).await;
+        }
+        if let Some(m) = meta {
+            let cg = self.inner.cgroups.clone();
+            let n = m.name.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cg.remove(&n)).await {
+                tracing::warn!(workload = %m.name, "cannot remove the cgroup: {e}");
+            }
+        }
+    }
+
+    /// At open: serve workloads whose init still runs, restart those that died unexpectedly.
+    async fn recover(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.inner.state_dir) else {
+            return;
+        };
+        let now = crate::provider::now_secs();
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Some(mut meta) = Meta::load(&path) else {
+                // A create that crashed before writing its record: nobody can own it.
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_valid_name(&name) {
+                    tracing::warn!(workload = %name, "removing a half-made sandbox workload");
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+                continue;
+            };
+            if !is_valid_name(&meta.name) || path.file_name() != Some(meta.name.as_ref()) {
+                continue;
+            }
+            let name = meta.name.clone();
+            let adopted = meta
+                .init_pid
+                .zip(meta.init_start)
+                .and_then(|(p, s)| jail::Init::adopt(p, s));
+            let mut live = self.inner.live.lock().await;
+            match adopted {
+                Some(init) => {
+                    let served = match self.bind_patiently(meta.host_port).await {
+                        Ok(l) => self.serve(&meta, &init, l),
+                        Err(e) => Err(e),
+                    };
+                    match served {
+                        Ok(server) => {
+                            tracing::info!(workload = %name, "sandbox workload re-adopted");
+                            live.insert(name, Live { init, server });
+                        }
+                        Err(e) => {
+                            tracing::error!(workload = %name, "cannot serve a re-adopted workload: {e}")
+                        }
+                    }
+                }
+                None if !meta.stopped && meta.expires_at > now => {
+                    let restarted = match self.bind_patiently(meta.host_port).await {
+                        Ok(l) => self.start(&mut meta, l).await,
+                        Err(e) => Err(e),
+                    };
+                    match restarted {
+                        Ok(l) => {
+                            tracing::info!(workload = %name, "sandbox workload restarted after its init was lost");
+                            live.insert(name, l);
+                        }
+                        Err(e) => {
+                            tracing::error!(workload = %name, "cannot restart a lost workload: {e}")
+                        }
+                    }
+                }
+                None => {
+                    // Stopped: make sure nothing of it lingers.
+                    drop(live);
+                    self.kill(None, Some(&meta)).await;
+                }
+            }
+        }
+    }
+
+    async fn make(
+        &self,
+        spec: &WorkloadSpec,
+        listener: std::net::TcpListener,
+    ) -> Result<Live, BackendError> {
+        let dir = self.dir(&spec.name);
+        let host_base = self.free_host_base()?;
+        let mut meta = Meta {
+            name: spec.name.clone(),
+            provider_id: spec.provider_id.clone(),
+            user: spec.ssh_username.clone(),
+            host_port: spec.host_port,
+            expires_at: spec.expires_at,
+            tier: spec.tier.clone(),
+            image: spec.image.clone(),
+            password: PasswordHash::new(spec.ssh_password.expose()),
+            public_key: spec.ssh_public_key.as_ref().map(|k| k.trim().to_string()),
+            host_base,
+            init_pid: None,
+            init_start: None,
+            stopped: false,
+        };
+        let home = dir.join("home");
+        let owner = host_base + jail::INSIDE_UID;
+        let shell = self.inner.shell.to_string_lossy().into_owned();
+        let prepared = (|| -> io::Result<()> {
+            std::fs::create_dir(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            std::fs::create_dir(&home)?;
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755))?;
+            std::os::unix::fs::chown(&home, Some(owner), Some(owner))?;
+            Self::write_etc(&dir, &meta, &shell)?;
+            meta.save(&dir)
+        })();
+        prepared.map_err(|e| api("cannot prepare the workload directory", e))?;
+        self.start(&mut meta, listener).await
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Listeners close (their `Server`s cancel on drop); inits keep running, so a new backend
+        // on the same state directory re-adopts them.
+        tracing::debug!(state_dir = %self.state_dir.display(), "sandbox backend closed");
+    }
+}
+
+#[async_trait]
+impl Backend for SandboxBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Sandbox
+    }
+
+    async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
+        let t0 = Instant::now();
+        if !is_valid_name(&spec.name) {
+            return Err(BackendError::Api(format!(
+                "invalid workload name {:?}",
+                spec.name
+            )));
+        }
+        if !is_valid_user(&spec.ssh_username) {
+            return Err(BackendError::Api("invalid SSH username".into()));
+        }
+        if spec.ssh_password.expose().chars().any(|c| c.is_control()) {
+            return Err(BackendError::Api(
+                "the SSH password holds characters the backend cannot set".into(),
+            ));
+        }
+        if let Some(k) = &spec.ssh_public_key {
+            auth::parse_public_key(k).map_err(BackendError::Api)?;
+        }
+        // The port first: a taken one fails before anything is made, and holding it means no
+        // one can take it between here and the SSH server.
+        let listener = self.bind(spec.host_port)?;
+        let mut live = self.inner.live.lock().await;
+        let dir = self.dir(&spec.name);
+        if dir.exists() {
+            return Err(BackendError::Api(format!(
+                "workload {} already exists",
+                spec.name
+            )));
+        }
+        match self.make(spec, listener).await {
+            Ok(l) => {
+                live.insert(spec.name.clone(), l);
+                tracing::info!(
+                    name = %spec.name,
+                    port = spec.host_port,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "sandbox workload ready for SSH"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(name = %spec.name, "sandbox create failed, rolling back: {e}");
+                let meta = Meta::load(&dir);
+                self.kill(None, meta.as_ref()).await;
+                let cg = self.inner.cgroups.clone();
+                let n = spec.name.clone();
+                let _ = tokio::task::spawn_blocking(move || cg.remove(&n)).await;
+                if let Err(re) = std::fs::remove_dir_all(&dir) {
+                    if re.kind() != io::ErrorKind::NotFound {
+                        tracing::error!(name = %spec.name, "sandbox rollback left {}: {re}", dir.display());
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn extend(&self, name: &str, expires_at: u64) -> Result<(), BackendError> {
+        if !is_valid_name(name) {
+            return Err(BackendError::NotFound(name.to_string()));
+        }
+        let _live = self.inner.live.lock().await;
+        let dir = self.dir(name);
+        let mut meta = Meta::load(&dir).ok_or_else(|| BackendError::NotFound(name.to_string()))?;
+        meta.expires_at = expires_at;
+        meta.save(&dir)
+            .map_err(|e| api("cannot write the workload metadata", e))
+    }
+
+    async fn stop(&self, name: &str) -> Result<(), BackendError> {
+        if !is_valid_name(name) {
+            return Err(BackendError::NotFound(name.to_string()));
+        }
+        let mut live = self.inner.live.lock().await;
+        let dir = self.dir(name);
+        let mut meta = Meta::load(&dir).ok_or_else(|| BackendError::NotFound(name.to_string()))?;
+        self.kill(live.remove(name), Some(&meta)).await;
+        meta.stopped = true;
+        meta.init_pid = None;
+        meta.init_start = None;
+        meta.save(&dir)
+            .map_err(|e| api("cannot write the workload metadata", e))?;
+        tracing::info!(workload = %name, "sandbox workload stopped");
+        Ok(())
+    }
+
+    async fn resume(&self, name: &str) -> Result<(), BackendError> {
+        if !is_valid_name(name) {
+            return Err(BackendError::NotFound(name.to_string()));
+        }
+        let mut live = self.inner.live.lock().await;
+        let dir = self.dir(name);
+        let mut meta = Meta::load(&dir).ok_or_else(|| BackendError::NotFound(name.to_string()))?;
+        if live.get(name).is_some_and(|l| l.init.alive()) {
+            return Ok(());
+        }
+        // Whatever is left of a previous run (a half-dead tree) goes first.
+        self.kill(live.remove(name), Some(&meta)).await;
+        let listener = self.bind(meta.host_port)?;
+        let l = self.start(&mut meta, listener).await?;
+        live.insert(name.to_string(), l);
+        tracing::info!(workload = %name, "sandbox workload resumed");
+        Ok(())
+    }
+
+    async fn destroy(&self, name: &str) -> Result<(), BackendError> {
+        if !is_valid_name(name) {
+            return Ok(());
+        }
+        let mut live = self.inner.live.lock().await;
+        let dir = self.dir(name);
+        let meta = Meta::load(&dir);
+        self.kill(live.remove(name), meta.as_ref()).await;
+        let cg = self.inner.cgroups.clone();
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || cg.remove(&n))
+            .await
+            .map_err(|e| api("cgroup", e))?
+            .map_err(|e| api("cannot remove the cgroup", e))?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(api(&format!("cannot remove {}", dir.display()), e)),
+        }
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<WorkloadInfo>, BackendError> {
+        if !is_valid_name(name) {
+            return Ok(None);
+        }
+        let live = self.inner.live.lock().await;
+        let Some(meta) = Meta::load(&self.dir(name)) else {
+            return Ok(None);
+        };
+        Ok(Some(self.info(&live, &meta)))
+    }
+
+    async fn list(&self, provider_id: &str) -> Result<Vec<WorkloadInfo>, BackendError> {
+        let live = self.inner.live.lock().await;
+        let mut out: Vec<WorkloadInfo> = self
+            .metas()
+            .iter()
+            .filter(|m| m.provider_id == provider_id)
+            .map(|m| self.info(&live, m))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+impl SandboxBackend {
+    fn info(&self, live: &HashMap<String, Live>, meta: &Meta) -> WorkloadInfo {
+        let running = match live.get(&meta.name) {
+            Some(l) => l.init.alive(),
+            None => meta
+                .init_pid
+                .zip(meta.init_start)
+                .is_some_and(|(p, s)| jail::is_alive(p, s)),
+        };
+        WorkloadInfo {
+            name: meta.name.clone(),
+            state: if running {
+                WorkloadState::Running
+            } else {
+                WorkloadState::Stopped
+            },
+            host_port: Some(meta.host_port),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_users_are_checked() {
+        assert!(is_valid_name("pg-0123abcd"));
+        assert!(!is_valid_name("../x"));
+        assert!(!is_valid_name("Upper"));
+        assert!(!is_valid_name(""));
+        assert!(is_valid_user("alice"));
+        assert!(is_valid_user("_svc-1"));
+        assert!(!is_valid_user("root"));
+        assert!(!is_valid_user("a b"));
+        assert!(!is_valid_user("x:0:0"));
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let c: SandboxConfig = toml::from_str("").unwrap();
+        assert_eq!(c, SandboxConfig::default());
+        assert_eq!(c.listen_address, "127.0.0.1");
+        assert_eq!(c.pids_max, 512);
+        assert!(toml::from_str::<SandboxConfig>("listen = \"0.0.0.0\"").is_err());
+    }
+
+    #[test]
+    fn host_id_ranges_fit_in_a_uid() {
+        let last = u64::from(HOST_ID_BASE) + u64::from(SLOTS) * u64::from(jail::ID_RANGE);
+        assert!(last < u64::from(u32::MAX));
+    }
+}

@@ -1,0 +1,829 @@
+//! The local sandbox backend, for real: namespaces, cgroups and the embedded SSH server on this
+//! machine, logged into with the real OpenSSH client (`ssh`, `sshpass` for passwords) on
+//! 127.0.0.1:PORT, and paid for with real tokens from the in-process test mint.
+//!
+//! Needs root (the backend makes namespaces, mounts and cgroups). Every test has its own data
+//! directory, free ports and random workload names, and removes what it made, so the tests are
+//! independent and run in parallel.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::mint::TestMint;
+use paygress::api::{SpawnRequest, SpawnResult, StatusRequest, TopUpRequest};
+use paygress::backend::sandbox::{SandboxBackend, SandboxConfig, HOST_KEY_FILE};
+use paygress::backend::{
+    Backend, BackendError, BackendKind, WorkloadInfo, WorkloadSpec, WorkloadState,
+};
+use paygress::config::{Config, Tier};
+use paygress::secret::Secret;
+use paygress::{Caller, Provider, ProviderError};
+use tokio_util::sync::CancellationToken;
+
+/// Rate of the first tier in msat/s: 100 sats buy 1000 s.
+const RATE: u64 = 100;
+
+// ---------------------------------------------------------------------------------------------
+// SSH with the real client
+// ---------------------------------------------------------------------------------------------
+
+fn ssh_opts() -> [&'static str; 8] {
+    [
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+}
+
+/// An ssh command line with a password (through sshpass's environment, never argv).
+fn ssh_password_cmd(port: u16, user: &str, password: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("sshpass");
+    c.arg("-e")
+        .arg("ssh")
+        .args(ssh_opts())
+        .args([
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{user}@127.0.0.1"))
+        .env("SSHPASS", password);
+    c
+}
+
+/// Run `cmd` over SSH with a password; stdout on exit 0, else the status and stderr.
+async fn ssh_password(port: u16, user: &str, password: &str, cmd: &str) -> Result<String, String> {
+    let mut c = ssh_password_cmd(port, user, password);
+    c.arg(cmd);
+    run(c, None).await
+}
+
+async fn ssh_key(port: u16, user: &str, key: &Path, cmd: &str) -> Result<String, String> {
+    let mut c = tokio::process::Command::new("ssh");
+    c.args(ssh_opts())
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+        ])
+        .arg(key)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(cmd);
+    run(c, None).await
+}
+
+async fn run(mut c: tokio::process::Command, input: Option<&str>) -> Result<String, String> {
+    c.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = c.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt;
+        let text = text.to_string();
+        tokio::spawn(async move {
+            let _ = stdin.write_all(text.as_bytes()).await;
+            // Keep stdin open a little: a PTY session must finish on its own `exit`.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| "ssh timed out".to_string())?
+        .map_err(|e| format!("ssh failed: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ssh exited {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn keygen(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "paygress-test", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A provider on the sandbox backend, paid through the test mint
+// ---------------------------------------------------------------------------------------------
+
+struct Env {
+    /// First field: dropped before `dir` takes the state directory away.
+    guard: Cleanup,
+    mint: TestMint,
+    cfg: Config,
+    backend: Arc<SandboxBackend>,
+    provider: Arc<Provider>,
+    dir: tempfile::TempDir,
+}
+
+/// Kills and removes whatever a test left running (inits and cgroups are host-wide), even when
+/// the test fails. Synchronous on purpose: it must not need the test's runtime, which is busy
+/// dropping the test.
+struct Cleanup {
+    backend: Option<Arc<SandboxBackend>>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(b) = self.backend.take() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(b.state_dir()) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta: serde_json::Value = std::fs::read(entry.path().join("meta.json"))
+                .ok()
+                .and_then(|t| serde_json::from_slice(&t).ok())
+                .unwrap_or_default();
+            if let Some(pid) = meta["init_pid"].as_i64() {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmdline.starts_with(b"paygress-init") {
+                    // SAFETY: plain syscall on the init this test started.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                }
+            }
+            for dir in b.cgroup_dirs(&name) {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while dir.exists()
+                    && std::fs::remove_dir(&dir).is_err()
+                    && Instant::now() < deadline
+                {
+                    for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                        .filter_map(|l| l.trim().parse::<i32>().ok())
+                    {
+                        // SAFETY: plain syscall on a process in this test's cgroup.
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+async fn sandbox(data_dir: &Path) -> Arc<SandboxBackend> {
+    Arc::new(
+        SandboxBackend::open(SandboxConfig::default(), data_dir)
+            .await
+            .expect("sandbox backend"),
+    )
+}
+
+/// A provider whose first tier has `memory_mb` of memory.
+async fn env_with(
+    memory_mb: u32,
+    wrap: Option<&dyn Fn(Arc<SandboxBackend>) -> Arc<dyn Backend>>,
+) -> Env {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
+    cfg.tiers[0].memory_mb = memory_mb;
+    let backend = sandbox(dir.path()).await;
+    let as_dyn: Arc<dyn Backend> = match wrap {
+        Some(w) => w(backend.clone()),
+        None => backend.clone(),
+    };
+    let provider = Provider::open(cfg.clone(), as_dyn).await.expect("provider");
+    let guard = Cleanup {
+        backend: Some(backend.clone()),
+    };
+    Env {
+        mint,
+        cfg,
+        backend,
+        provider,
+        dir,
+        guard,
+    }
+}
+
+async fn env() -> Env {
+    env_with(512, None).await
+}
+
+async fn spawn(
+    p: &Arc<Provider>,
+    token: &str,
+    password: Option<&str>,
+    key: Option<String>,
+) -> Result<SpawnResult, ProviderError> {
+    let req = SpawnRequest {
+        cashu_token: Secret::new(token),
+        ssh_username: "alice".into(),
+        ssh_password: password.map(Secret::new),
+        ssh_public_key: key,
+        ..Default::default()
+    };
+    p.spawn(req, Caller::Local, None, CancellationToken::new())
+        .await
+}
+
+/// The workload name and deadline the core recorded for a pod.
+fn row(p: &Provider, pod: &str) -> (String, u64) {
+    let w = p.store().workload(pod).unwrap().expect("workload row");
+    (w.name, w.expires_at)
+}
+
+/// Pids (host view) of every process of the workload, from its cgroup.
+fn cgroup_exists(b: &SandboxBackend, name: &str) -> bool {
+    b.cgroup_dirs(name).iter().any(|d| d.exists())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// Pay → log in with the real client: the buyer's name, home and hostname; only the workload's
+/// own processes; the host read-only but the home writable and persistent; key login; a wrong
+/// password refused; an interactive PTY.
+#[tokio::test]
+async fn a_paid_workload_is_a_jail_with_its_own_user_home_and_processes() {
+    let e = env().await;
+    assert_eq!(e.provider.offers().backend, BackendKind::Sandbox);
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(keys.path());
+    let t = Instant::now();
+    let r = spawn(
+        &e.provider,
+        &e.mint.token(100).await,
+        Some("jail-pass-123"),
+        Some(public),
+    )
+    .await
+    .expect("paid spawn");
+    eprintln!("paid spawn → SSH ready: {:?}", t.elapsed());
+    let (name, _) = row(&e.provider, &r.pod_npub);
+    let port = r.node_port;
+    let pw = "jail-pass-123";
+
+    // 1. Who, where, which host.
+    let out = ssh_password(
+        port,
+        "alice",
+        pw,
+        "whoami; echo $HOME; hostname; pwd; id -u",
+    )
+    .await
+    .expect("password login");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["alice", "/home/alice", name.as_str(), "/home/alice", "1000"],
+        "{out}"
+    );
+
+    // 2. Its own process table: a handful, not the host's.
+    let out = ssh_password(port, "alice", pw, "ls /proc | grep -cE '^[0-9]+$'; ps -e")
+        .await
+        .unwrap();
+    let count: usize = out.lines().next().unwrap().trim().parse().unwrap();
+    assert!(count <= 8, "{count} processes visible: {out}");
+    assert!(!out.contains("cargo") && !out.contains("sandbox-"), "{out}");
+    // Pid 1 is the workload's init (the OOM killer is told to spare it where the kernel lets
+    // root lower `oom_score_adj`; this test machine does not).
+    assert_eq!(
+        ssh_password(port, "alice", pw, "cat /proc/1/comm")
+            .await
+            .unwrap()
+            .trim(),
+        "sh"
+    );
+
+    // 3. The host is read-only, the home is writable and survives sessions.
+    for path in ["/etc/x", "/usr/x", "/x", "/var/tmp/x"] {
+        let r = ssh_password(port, "alice", pw, &format!("touch {path}")).await;
+        assert!(r.is_err(), "writing {path} must fail");
+    }
+    ssh_password(port, "alice", pw, "echo kept > ~/note; touch /tmp/scratch")
+        .await
+        .expect("home and /tmp are writable");
+    assert_eq!(
+        ssh_password(port, "alice", pw, "cat ~/note; stat -c %U ~/note")
+            .await
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["kept", "alice"]
+    );
+    // The password is nowhere in the state directory.
+    let state = e.backend.state_dir().join(&name);
+    let meta = std::fs::read_to_string(state.join("meta.json")).unwrap();
+    assert!(!meta.contains(pw));
+    let host_key = e.backend.state_dir().join(HOST_KEY_FILE);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&host_key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // 5. Key login works; a wrong password and a wrong user are refused.
+    assert_eq!(
+        ssh_key(port, "alice", &key, "echo by-key")
+            .await
+            .unwrap()
+            .trim(),
+        "by-key"
+    );
+    assert!(ssh_password(port, "alice", "wrong-password", "true")
+        .await
+        .is_err());
+    assert!(ssh_password(port, "root", pw, "true").await.is_err());
+
+    // Exit status and stderr travel back.
+    let err = ssh_password(port, "alice", pw, "echo oops >&2; exit 7")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("exit status: 7") && err.contains("oops"),
+        "{err}"
+    );
+
+    // 6. An interactive PTY session.
+    let mut c = ssh_password_cmd(port, "alice", pw);
+    c.arg("-tt");
+    let out = run(c, Some("tty; echo TERM=$TERM; exit\n"))
+        .await
+        .expect("pty session");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("TERM=") && !out.contains("TERM=\r"), "{out}");
+}
+
+/// A process allocating beyond the tier's memory is killed (cgroup OOM), the workload lives on.
+#[tokio::test]
+async fn memory_beyond_the_tier_is_killed() {
+    let e = env_with(64, None).await;
+    if !e.backend.cgroup_mode().enforces_memory() {
+        eprintln!("SKIPPED: no writable cgroup hierarchy on this host, memory is not enforced");
+        return;
+    }
+    let r = spawn(
+        &e.provider,
+        &e.mint.token(100).await,
+        Some("mem-pass-123"),
+        None,
+    )
+    .await
+    .expect("spawn");
+    let err = ssh_password(
+        r.node_port,
+        "alice",
+        "mem-pass-123",
+        "head -c 300M /dev/zero | tail > /dev/null",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("137"), "{err}");
+    // Small allocations are fine, and the workload still answers.
+    assert_eq!(
+        ssh_password(
+            r.node_port,
+            "alice",
+            "mem-pass-123",
+            "head -c 16M /dev/zero | tail | wc -c"
+        )
+        .await
+        .unwrap()
+        .trim(),
+        "16777216"
+    );
+}
+
+/// A top-up before the deadline keeps it running; at the deadline the reaper stops it and a live
+/// session is closed; a late top-up resumes it with the home intact; after the grace period it
+/// is removed with everything it had.
+#[tokio::test]
+async fn expiry_closes_sessions_top_up_resumes_and_grace_removes() {
+    let e = env().await;
+    let pw = "exp-pass-123";
+    let r = spawn(&e.provider, &e.mint.token(100).await, Some(pw), None)
+        .await
+        .expect("spawn");
+    let (name, expires) = row(&e.provider, &r.pod_npub);
+    ssh_password(r.node_port, "alice", pw, "echo before > ~/f")
+        .await
+        .unwrap();
+
+    // Top-up before the deadline: the old deadline passes harmlessly.
+    e.provider
+        .top_up(TopUpRequest {
+            pod_npub: r.pod_npub.clone(),
+            cashu_token: Secret::new(e.mint.token(10).await),
+            request_id: None,
+        })
+        .await
+        .expect("top-up");
+    let (_, expires2) = row(&e.provider, &r.pod_npub);
+    assert_eq!(expires2, expires + 100);
+    let rep = e.provider.reap_at(expires).await;
+    assert!(rep.stopped.is_empty(), "{rep:?}");
+    assert_eq!(
+        e.backend.inspect(&name).await.unwrap().unwrap().state,
+        WorkloadState::Running
+    );
+
+    // A live session, then the deadline.
+    let mut live = ssh_password_cmd(r.node_port, "alice", pw);
+    live.arg("echo started; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut live = live.spawn().unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(live.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("session started")
+            .unwrap();
+        assert_eq!(first.as_deref(), Some("started"));
+    }
+    let t = Instant::now();
+    let rep = e.provider.reap_at(expires2).await;
+    assert_eq!(rep.stopped, vec![r.pod_npub.clone()]);
+    let status = tokio::time::timeout(Duration::from_secs(15), live.wait())
+        .await
+        .expect("the live session was closed by the stop")
+        .unwrap();
+    assert!(!status.success());
+    eprintln!("stop → session closed: {:?}", t.elapsed());
+    assert_eq!(
+        e.backend.inspect(&name).await.unwrap().unwrap().state,
+        WorkloadState::Stopped
+    );
+    assert!(!cgroup_exists(&e.backend, &name), "cgroup removed on stop");
+    assert!(ssh_password(r.node_port, "alice", pw, "true")
+        .await
+        .is_err());
+
+    // A late top-up resumes it, home intact.
+    e.provider
+        .top_up(TopUpRequest {
+            pod_npub: r.pod_npub.clone(),
+            cashu_token: Secret::new(e.mint.token(10).await),
+            request_id: None,
+        })
+        .await
+        .expect("late top-up");
+    assert_eq!(
+        ssh_password(r.node_port, "alice", pw, "cat ~/f")
+            .await
+            .unwrap()
+            .trim(),
+        "before"
+    );
+
+    // Expires again; after the grace period it is deleted with its state.
+    let (_, expires3) = row(&e.provider, &r.pod_npub);
+    let grace = e.cfg.provider.expiry_grace_seconds;
+    assert_eq!(
+        e.provider.reap_at(expires3 + 1).await.stopped,
+        vec![r.pod_npub.clone()]
+    );
+    assert_eq!(
+        e.provider.reap_at(expires3 + 1 + grace).await.deleted,
+        vec![r.pod_npub.clone()]
+    );
+    assert!(e.backend.inspect(&name).await.unwrap().is_none());
+    assert!(!e.backend.state_dir().join(&name).exists());
+    assert!(!cgroup_exists(&e.backend, &name));
+}
+
+/// A provider that restarts (core and backend dropped, new ones on the same data directory)
+/// finds its live workload and serves it again.
+#[tokio::test]
+async fn a_restarted_provider_readopts_its_live_workload() {
+    let e = env().await;
+    let pw = "restart-pass-123";
+    let r = spawn(&e.provider, &e.mint.token(100).await, Some(pw), None)
+        .await
+        .expect("spawn");
+    let (name, _) = row(&e.provider, &r.pod_npub);
+    ssh_password(r.node_port, "alice", pw, "sleep 600 > /dev/null 2>&1 &")
+        .await
+        .unwrap();
+    let pid = e.backend.init_pid(&name).await.expect("init runs");
+
+    let Env {
+        mut guard,
+        mint,
+        cfg,
+        backend,
+        provider,
+        dir,
+    } = e;
+    guard.backend = None;
+    let provider_id = provider.provider_id().to_string();
+    drop(provider);
+    drop(backend);
+
+    let fresh = sandbox(dir.path()).await;
+    // Declared after `dir`, so dropped before it even when the test fails.
+    let _guard = Cleanup {
+        backend: Some(fresh.clone()),
+    };
+    let reopened = Provider::open(cfg.clone(), fresh.clone())
+        .await
+        .expect("reopen");
+    assert_eq!(reopened.provider_id(), provider_id);
+    assert_eq!(fresh.init_pid(&name).await, Some(pid), "the same init");
+    let status = reopened
+        .status(
+            StatusRequest {
+                pod_npub: r.pod_npub.clone(),
+            },
+            &Caller::Local,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.state, "running");
+    let out = ssh_password(r.node_port, "alice", pw, "echo still; pgrep -c sleep")
+        .await
+        .expect("login after restart");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "still");
+    assert!(lines[1].trim().parse::<u32>().unwrap() >= 1, "{out}");
+    let listed = fresh.list(&provider_id).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![WorkloadInfo {
+            name: name.clone(),
+            state: WorkloadState::Running,
+            host_port: Some(r.node_port)
+        }]
+    );
+    fresh.destroy(&name).await.unwrap();
+    assert!(!cgroup_exists(&fresh, &name));
+    drop(mint);
+}
+
+/// A backend wrapper that takes the host port right after the core reserved it and was paid.
+struct PortThief {
+    inner: Arc<SandboxBackend>,
+    held: Mutex<Vec<std::net::TcpListener>>,
+    names: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Backend for PortThief {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Sandbox
+    }
+    async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
+        self.names.lock().unwrap().push(spec.name.clone());
+        let l = std::net::TcpListener::bind(("127.0.0.1", spec.host_port)).expect("steal the port");
+        self.held.lock().unwrap().push(l);
+        self.inner.create(spec).await
+    }
+    async fn extend(&self, n: &str, at: u64) -> Result<(), BackendError> {
+        self.inner.extend(n, at).await
+    }
+    async fn stop(&self, n: &str) -> Result<(), BackendError> {
+        self.inner.stop(n).await
+    }
+    async fn resume(&self, n: &str) -> Result<(), BackendError> {
+        self.inner.resume(n).await
+    }
+    async fn destroy(&self, n: &str) -> Result<(), BackendError> {
+        self.inner.destroy(n).await
+    }
+    async fn inspect(&self, n: &str) -> Result<Option<WorkloadInfo>, BackendError> {
+        self.inner.inspect(n).await
+    }
+    async fn list(&self, p: &str) -> Result<Vec<WorkloadInfo>, BackendError> {
+        self.inner.list(p).await
+    }
+}
+
+/// The port is taken after payment: the buyer gets a refund a fresh wallet can receive, and no
+/// state directory, cgroup or process is left.
+#[tokio::test]
+async fn a_port_taken_after_payment_is_refunded_and_leaves_nothing() {
+    let thief: Arc<Mutex<Option<Arc<PortThief>>>> = Arc::new(Mutex::new(None));
+    let t2 = thief.clone();
+    let wrap = move |b: Arc<SandboxBackend>| -> Arc<dyn Backend> {
+        let t = Arc::new(PortThief {
+            inner: b,
+            held: Mutex::new(Vec::new()),
+            names: Mutex::new(Vec::new()),
+        });
+        *t2.lock().unwrap() = Some(t.clone());
+        t
+    };
+    let e = env_with(512, Some(&wrap)).await;
+    let err = spawn(
+        &e.provider,
+        &e.mint.token(100).await,
+        Some("thief-pass-123"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.message.contains("port"), "{err:?}");
+    assert!(!err.message.contains("thief-pass-123"));
+    let refund = err.refund_token.clone().expect("a refund token");
+    assert_eq!(e.mint.receive_fresh(refund.expose()).await.unwrap(), 100);
+    let thief = thief.lock().unwrap().clone().unwrap();
+    let names = thief.names.lock().unwrap().clone();
+    assert_eq!(names.len(), 1);
+    assert!(e.backend.inspect(&names[0]).await.unwrap().is_none());
+    assert!(!e.backend.state_dir().join(&names[0]).exists());
+    assert!(!cgroup_exists(&e.backend, &names[0]));
+    let _ = e.dir.path();
+}
+
+/// A workload spec for backend-level tests: user `bob`, password `life-pass-123`.
+fn spec(what: &str, provider_id: &str, port: u16) -> WorkloadSpec {
+    WorkloadSpec {
+        name: format!("pgt-{what}-{:08x}", rand::random::<u32>()),
+        provider_id: provider_id.into(),
+        tier: Tier {
+            id: "t".into(),
+            name: "t".into(),
+            description: String::new(),
+            cpu_millicores: 500,
+            memory_mb: 128,
+            disk_gb: None,
+            rate_msats_per_sec: 1,
+        },
+        image: "paygress-debian-12".into(),
+        ssh_username: "bob".into(),
+        ssh_password: Secret::new("life-pass-123"),
+        ssh_public_key: None,
+        host_port: port,
+        expires_at: paygress::provider::now_secs() + 3600,
+    }
+}
+
+/// The host "rebooted" under a workload: its init died without a stop. A new backend on the
+/// state directory brings it back, home intact (the core still counts it as running); a
+/// workload stopped on expiry stays stopped.
+#[tokio::test]
+async fn a_lost_init_is_restarted_at_open_and_a_stopped_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = sandbox(dir.path()).await;
+    let _guard = Cleanup {
+        backend: Some(b.clone()),
+    };
+    let (p1, p2) = common::free_port_block(2);
+    let lost = spec("lost", "prov-lost", p1);
+    let stopped = spec("stopped", "prov-lost", p2);
+    b.create(&lost).await.expect("create");
+    b.create(&stopped).await.expect("create");
+    ssh_password(p1, "bob", "life-pass-123", "echo mine > ~/f")
+        .await
+        .unwrap();
+    b.stop(&stopped.name).await.unwrap();
+    let pid = b.init_pid(&lost.name).await.expect("init runs");
+    // SAFETY: plain syscall on the init this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.inspect(&lost.name).await.unwrap().unwrap().state != WorkloadState::Stopped {
+        assert!(Instant::now() < deadline, "the init did not die");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(_guard);
+    drop(b);
+
+    let b2 = sandbox(dir.path()).await;
+    let _guard2 = Cleanup {
+        backend: Some(b2.clone()),
+    };
+    assert_eq!(
+        b2.inspect(&lost.name).await.unwrap().unwrap().state,
+        WorkloadState::Running
+    );
+    assert_ne!(b2.init_pid(&lost.name).await, Some(pid));
+    assert_eq!(
+        ssh_password(p1, "bob", "life-pass-123", "cat ~/f")
+            .await
+            .unwrap()
+            .trim(),
+        "mine"
+    );
+    assert_eq!(
+        b2.inspect(&stopped.name).await.unwrap().unwrap().state,
+        WorkloadState::Stopped
+    );
+    assert!(ssh_password(p2, "bob", "life-pass-123", "true")
+        .await
+        .is_err());
+    b2.destroy(&lost.name).await.unwrap();
+    b2.destroy(&stopped.name).await.unwrap();
+    assert!(b2.list("prov-lost").await.unwrap().is_empty());
+}
+
+/// Through the trait without payment: a failure after the workload was made (its SSH listener
+/// cannot serve the key, which fails late) — and the whole stop/resume/destroy cycle, hostile
+/// names, list per provider.
+#[tokio::test]
+async fn the_backend_lifecycle_and_rollback_through_the_trait() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = sandbox(dir.path()).await;
+    let _guard = Cleanup {
+        backend: Some(b.clone()),
+    };
+    let (port, _) = common::free_port_block(1);
+    let spec = spec("life", "prov-life", port);
+    let name = spec.name.clone();
+
+    // An unsupported key type fails before anything is made, and names no secret.
+    let mut bad = spec.clone();
+    bad.ssh_public_key = Some("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 x".into());
+    let err = b.create(&bad).await.unwrap_err();
+    assert!(!err.to_string().contains("life-pass-123"), "{err}");
+    assert!(b.inspect(&name).await.unwrap().is_none());
+
+    b.create(&spec).await.expect("create");
+    // Creating it twice is refused and leaves the first alone.
+    assert!(b.create(&spec).await.is_err());
+    assert_eq!(
+        ssh_password(port, "bob", "life-pass-123", "whoami")
+            .await
+            .unwrap()
+            .trim(),
+        "bob"
+    );
+    assert_eq!(b.list("prov-life").await.unwrap().len(), 1);
+    assert!(b.list("someone-else").await.unwrap().is_empty());
+
+    b.extend(&name, 42).await.unwrap();
+    b.stop(&name).await.unwrap();
+    b.stop(&name).await.expect("stopping twice is fine");
+    assert_eq!(
+        b.inspect(&name).await.unwrap().unwrap().state,
+        WorkloadState::Stopped
+    );
+    b.resume(&name).await.unwrap();
+    b.resume(&name)
+        .await
+        .expect("resuming a running one is fine");
+    assert_eq!(
+        ssh_password(port, "bob", "life-pass-123", "echo back")
+            .await
+            .unwrap()
+            .trim(),
+        "back"
+    );
+    b.destroy(&name).await.unwrap();
+    b.destroy(&name).await.expect("destroying twice is fine");
+    assert!(b.inspect(&name).await.unwrap().is_none());
+    assert!(matches!(
+        b.stop(&name).await,
+        Err(BackendError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.extend(&name, 1).await,
+        Err(BackendError::NotFound(_))
+    ));
+    for hostile in ["../x", "a/b", "", "UP"] {
+        assert!(b.inspect(hostile).await.unwrap().is_none());
+        b.destroy(hostile).await.unwrap();
+    }
+    assert!(!dir.path().join("sandbox").join(&name).exists());
+}
