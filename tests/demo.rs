@@ -254,13 +254,26 @@ async fn expiry_closes_the_session_and_removes_the_pod_and_a_top_up_prevents_it(
         "session lasted {lasted:?}"
     );
     assert!(!out(&session).contains("survived"));
-    let st = ok(
-        &d,
-        "get_pod_status",
-        json!({"pod_npub": doomed["pod_npub"]}),
-    )
-    .await;
-    assert_eq!(st["state"], "expired");
+    assert!(
+        String::from_utf8_lossy(&session.stderr).contains("stopped"),
+        "{session:?}"
+    );
+    // The reaper records the stop right after it closes the session.
+    let mut state = Value::Null;
+    for _ in 0..50 {
+        let st = ok(
+            &d,
+            "get_pod_status",
+            json!({"pod_npub": doomed["pod_npub"]}),
+        )
+        .await;
+        state = st["state"].clone();
+        if state == "expired" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "expired");
     // The topped-up pod is still there.
     let alive = ssh(kport, "carol", "expiry-pass-1", "echo alive").await;
     assert_eq!(out(&alive), "alive");

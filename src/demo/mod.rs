@@ -178,10 +178,13 @@ async fn choose_backend(
 }
 
 async fn sandbox_backend(state: &std::path::Path) -> Result<Arc<dyn Backend>, DemoError> {
-    let _ = state;
-    Err(DemoError::Backend(
-        "the sandbox backend is not available in this build".into(),
-    ))
+    let b = crate::backend::sandbox::SandboxBackend::open(
+        crate::backend::sandbox::SandboxConfig::default(),
+        &state.join("data"),
+    )
+    .await
+    .map_err(|e| DemoError::Backend(e.to_string()))?;
+    Ok(Arc::new(b))
 }
 
 /// `n` consecutive free ports, searched from 30000 upwards with a random start.
