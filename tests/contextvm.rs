@@ -162,21 +162,6 @@ fn node_client() -> std::path::PathBuf {
     p
 }
 
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("lxc")
-            .args(["delete", "--force", &self.0])
-            .output();
-    }
-}
-
-fn instance_name(pod_npub: &str) -> String {
-    let pk = PublicKey::from_bech32(pod_npub).unwrap();
-    format!("pg-{}", &pk.to_hex()[..12])
-}
-
 struct ServerProcess {
     child: tokio::process::Child,
     relay_url: String,
@@ -190,14 +175,20 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn start_binary(mint: &TestMint, encryption: &str) -> ServerProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(3));
+/// A provider config on the LXD backend in `dir`, accepting `mint`'s tokens.
+fn lxd_config_file(dir: &Path, mint: &TestMint) -> std::path::PathBuf {
+    let cfg = common::config(dir, &[&mint.url], 100, common::free_port_block(3));
     let text = toml::to_string(&cfg)
         .unwrap()
         .replace("kind = \"sandbox\"", "kind = \"lxd\"");
-    let file = dir.path().join("paygress.toml");
+    let file = dir.join("paygress.toml");
     std::fs::write(&file, text).unwrap();
+    file
+}
+
+async fn start_binary(mint: &TestMint, encryption: &str) -> ServerProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let file = lxd_config_file(dir.path(), mint);
     let relay_port = common::free_port_block(1).0;
     let keys = Keys::generate();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_paygress-mcp-server"))
@@ -297,7 +288,7 @@ async fn ts_flow(encryption: &str) {
         .as_str()
         .unwrap()
         .to_string();
-    let _cleanup = Cleanup(instance_name(&pod));
+    let _cleanup = common::LxdCleanup::for_pod(&pod);
     assert_eq!(spawn["structuredContent"]["duration_seconds"], 1000);
 
     // Status as the owner (a new session with the same key) and as another key.
@@ -328,12 +319,7 @@ async fn official_typescript_client_without_encryption() {
 async fn the_start_script_serves_contextvm_and_prints_npub_and_relays() {
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(3));
-    let text = toml::to_string(&cfg)
-        .unwrap()
-        .replace("kind = \"sandbox\"", "kind = \"lxd\"");
-    let file = dir.path().join("paygress.toml");
-    std::fs::write(&file, text).unwrap();
+    let file = lxd_config_file(dir.path(), &mint);
     let relay_port = common::free_port_block(1).0;
     let keys = Keys::generate();
     let mut child = tokio::process::Command::new("bash")
@@ -392,12 +378,7 @@ async fn both_transports_serve_the_same_provider() {
     use rmcp::transport::TokioChildProcess;
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(3));
-    let text = toml::to_string(&cfg)
-        .unwrap()
-        .replace("kind = \"sandbox\"", "kind = \"lxd\"");
-    let file = dir.path().join("paygress.toml");
-    std::fs::write(&file, text).unwrap();
+    let file = lxd_config_file(dir.path(), &mint);
     let relay_port = common::free_port_block(1).0;
     let keys = Keys::generate();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_paygress-mcp-server"));

@@ -2,6 +2,8 @@
 //! no config and a clean environment, on the local sandbox backend. An MCP client gets a demo
 //! token, spawns, and a real `ssh` client logs in and looks around.
 
+mod common;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -80,24 +82,15 @@ async fn token(d: &Demo, sats: u64) -> String {
         .to_string()
 }
 
-/// Run `cmd` over a real OpenSSH client with a password.
+/// Run `cmd` over a real OpenSSH client with a password (given to sshpass in its environment).
 async fn ssh(port: u64, user: &str, password: &str, cmd: &str) -> std::process::Output {
     tokio::process::Command::new("sshpass")
-        .args(["-p", password, "ssh", "-p", &port.to_string()])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "PubkeyAuthentication=no",
-        ])
+        .args(["-e", "ssh", "-p", &port.to_string()])
+        .args(common::SSH_OPTS)
+        .args(["-o", "PubkeyAuthentication=no"])
         .arg(format!("{user}@127.0.0.1"))
         .arg(cmd)
+        .env("SSHPASS", password)
         .output()
         .await
         .unwrap()

@@ -4,29 +4,16 @@
 
 mod common;
 
-use std::io::Write;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::backend::{FakeBackend, Step};
 use common::mint::TestMint;
+use common::Capture;
 use paygress::api::{SpawnRequest, StatusRequest, TopUpRequest};
 use paygress::secret::Secret;
 use paygress::{Caller, Provider};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn a_full_flow_at_trace_level_logs_no_secret() {
@@ -135,7 +122,7 @@ async fn a_full_flow_at_trace_level_logs_no_secret() {
     let seed = std::fs::read_to_string(dir.path().join("wallet.seed")).unwrap();
     secrets.push(seed.trim().to_string());
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    let logs = capture.text();
     assert!(
         logs.lines().count() > 20,
         "the flow did log: {} lines",

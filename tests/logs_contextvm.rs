@@ -7,27 +7,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use common::Capture;
 
 use common::cvm::{body, call, rust_client, world};
 use contextvm_sdk::EncryptionMode;
 use nostr_sdk::prelude::*;
 use paygress::config::Encryption;
 use serde_json::json;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn contextvm_flows_at_trace_level_log_no_secret() {
@@ -72,10 +58,7 @@ async fn contextvm_flows_at_trace_level_log_no_secret() {
         let _ = c.cancel().await;
     }
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
-    if let Ok(p) = std::env::var("DUMP_LOGS") {
-        std::fs::write(p, &logs).unwrap();
-    }
+    let logs = capture.text();
     assert!(
         logs.len() > 10_000,
         "TRACE captured the flows ({} bytes)",

@@ -124,7 +124,7 @@ async fn ssh_password(port: u16, user: &str, password: &str, cmd: &str) -> Resul
     let mut c = tokio::process::Command::new("sshpass");
     c.arg("-e")
         .arg("ssh")
-        .args(ssh_opts())
+        .args(common::SSH_OPTS)
         .args([
             "-o",
             "PubkeyAuthentication=no",
@@ -141,7 +141,7 @@ async fn ssh_password(port: u16, user: &str, password: &str, cmd: &str) -> Resul
 
 async fn ssh_key(port: u16, user: &str, key: &Path, cmd: &str) -> Result<String, String> {
     let mut c = tokio::process::Command::new("ssh");
-    c.args(ssh_opts())
+    c.args(common::SSH_OPTS)
         .args([
             "-o",
             "BatchMode=yes",
@@ -157,19 +157,6 @@ async fn ssh_key(port: u16, user: &str, key: &Path, cmd: &str) -> Result<String,
         .arg(format!("{user}@127.0.0.1"))
         .arg(cmd);
     run(c).await
-}
-
-fn ssh_opts() -> [&'static str; 8] {
-    [
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=10",
-    ]
 }
 
 async fn run(mut c: tokio::process::Command) -> Result<String, String> {

@@ -17,21 +17,6 @@ use serde_json::{json, Value};
 
 const CLI: &str = env!("CARGO_BIN_EXE_paygress-cli");
 
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("lxc")
-            .args(["delete", "--force", &self.0])
-            .output();
-    }
-}
-
-fn instance_name(pod_npub: &str) -> String {
-    let pk = PublicKey::from_bech32(pod_npub).unwrap();
-    format!("pg-{}", &pk.to_hex()[..12])
-}
-
 struct Market {
     relay: EmbeddedRelay,
     provider_keys: Keys,
@@ -59,6 +44,28 @@ async fn cli_in(home: &Path, args: &[&str]) -> Output {
     .await
     .expect("cli finished in time")
     .unwrap()
+}
+
+/// Run the CLI with `input` on its standard input.
+async fn cli_with_stdin(home: &Path, args: &[&str], input: &[u8]) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(CLI)
+        .args(args)
+        .env("HOME", home)
+        .env_remove("NOSTR_RELAYS")
+        .env_remove("PAYGRESS_NOSTR_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("cli finished in time")
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -316,7 +323,7 @@ async fn spawn_topup_status_over_private_messages() {
     );
     let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let pod = r["pod_npub"].as_str().unwrap().to_string();
-    let _cleanup = Cleanup(instance_name(&pod));
+    let _cleanup = common::LxdCleanup::for_pod(&pod);
     assert_eq!(r["duration_seconds"], 1000);
     assert_eq!(r["ssh_username"], "alice");
     let port = r["node_port"].as_u64().unwrap() as u16;
@@ -363,8 +370,9 @@ async fn spawn_topup_status_over_private_messages() {
     // Another buyer: may top up (token from stdin), sees no credentials.
     let other = Keys::generate().secret_key().to_bech32().unwrap();
     let top = m.mint.token(10).await;
-    let mut child = tokio::process::Command::new(CLI)
-        .args([
+    let out = cli_with_stdin(
+        m.home.path(),
+        &[
             "market",
             "topup",
             "--relay",
@@ -378,22 +386,10 @@ async fn spawn_topup_status_over_private_messages() {
             "--nostr-key",
             &other,
             "--json",
-        ])
-        .env("HOME", m.home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(top.as_bytes())
-        .await
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
+        ],
+        top.as_bytes(),
+    )
+    .await;
     assert!(out.status.success(), "topup failed: {}", stderr(&out));
     let t: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(t["extended_duration_seconds"], 100);
@@ -504,7 +500,7 @@ async fn a_replayed_gift_wrap_is_answered_once_and_bad_requests_get_errors() {
         .as_str()
         .unwrap()
         .to_string();
-    let _cleanup = Cleanup(instance_name(&pod));
+    let _cleanup = common::LxdCleanup::for_pod(&pod);
 
     // The very same event again, sent by someone replaying it (the relay drops a duplicate it
     // already has), then the case that matters: a restarted provider, whose subscription gets
@@ -593,7 +589,7 @@ async fn a_replayed_gift_wrap_is_answered_once_and_bad_requests_get_errors() {
     assert_eq!(
         names
             .lines()
-            .filter(|l| l.trim() == instance_name(&pod))
+            .filter(|l| l.trim() == common::lxd_instance_name(&pod))
             .count(),
         1
     );
@@ -623,24 +619,13 @@ async fn identity_commands_keep_one_key_in_home() {
 
     // Import from stdin.
     let keys = Keys::generate();
-    let mut child = tokio::process::Command::new(CLI)
-        .args(["identity", "import", "--force"])
-        .env("HOME", home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
     let nsec = keys.secret_key().to_bech32().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(nsec.as_bytes())
-        .await
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
+    let out = cli_with_stdin(
+        home.path(),
+        &["identity", "import", "--force"],
+        nsec.as_bytes(),
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), keys.public_key().to_bech32().unwrap());
     assert!(!stdout(&out).contains(&nsec) && !stderr(&out).contains(&nsec));
@@ -659,22 +644,12 @@ async fn identity_commands_keep_one_key_in_home() {
         0o700
     );
     // A bad key is refused and changes nothing.
-    let mut child = tokio::process::Command::new(CLI)
-        .args(["identity", "import", "--force"])
-        .env("HOME", home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"nsec1notakey")
-        .await
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
+    let out = cli_with_stdin(
+        home.path(),
+        &["identity", "import", "--force"],
+        b"nsec1notakey",
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
         !stderr(&out).contains("nsec1notakey"),

@@ -37,25 +37,6 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-/// The LXD instance behind a pod id (`pg-` and the first 12 hex digits of its public key).
-fn instance_name(pod_npub: &str) -> String {
-    use nostr_sdk::prelude::{FromBech32, PublicKey};
-    let pk = PublicKey::from_bech32(pod_npub).unwrap();
-    format!("pg-{}", &pk.to_hex()[..12])
-}
-
-/// Removes a test's container however the test ends (the provider keeps workloads across its
-/// own restarts on purpose, so stopping the server does not).
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("lxc")
-            .args(["delete", "--force", &self.0])
-            .output();
-    }
-}
-
 fn write_config(dir: &Path, mints: &[&str], ports: (u16, u16)) -> std::path::PathBuf {
     let cfg = common::config(dir, mints, 100, ports);
     let mut text = toml::to_string(&cfg).unwrap();
@@ -195,7 +176,7 @@ async fn a_paid_spawn_reports_progress_then_top_up_and_status_work() {
     assert_eq!(&banner, b"SSH-2.0");
 
     let pod = b["pod_npub"].as_str().unwrap().to_string();
-    let _cleanup = Cleanup(instance_name(&pod));
+    let _cleanup = common::LxdCleanup::for_pod(&pod);
     let up = call(
         &s,
         "topup_pod",

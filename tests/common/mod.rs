@@ -75,3 +75,60 @@ pub fn free_port_block(n: u16) -> (u16, u16) {
     }
     panic!("no free port block of {n}");
 }
+
+/// The LXD instance behind a pod id (`pg-` and the first 12 hex digits of its public key).
+pub fn lxd_instance_name(pod_npub: &str) -> String {
+    use nostr_sdk::prelude::{FromBech32, PublicKey};
+    let pk = PublicKey::from_bech32(pod_npub).expect("pod npub");
+    format!("pg-{}", &pk.to_hex()[..12])
+}
+
+/// Removes a test's LXD container however the test ends (the provider keeps workloads across
+/// its own restarts on purpose, so stopping a server does not).
+pub struct LxdCleanup(pub String);
+
+impl LxdCleanup {
+    pub fn for_pod(pod_npub: &str) -> LxdCleanup {
+        LxdCleanup(lxd_instance_name(pod_npub))
+    }
+}
+
+impl Drop for LxdCleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("lxc")
+            .args(["delete", "--force", &self.0])
+            .output();
+    }
+}
+
+/// A log writer that keeps everything written, for searching.
+#[derive(Clone, Default)]
+pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).to_string()
+    }
+}
+
+/// OpenSSH client options for logging in to fresh test workloads.
+pub const SSH_OPTS: [&str; 8] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "ConnectTimeout=10",
+];
