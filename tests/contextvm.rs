@@ -13,7 +13,7 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use common::cvm::{body, call, rust_client, world, World};
+use common::cvm::{body, call, rust_client, world, world_with, World};
 use common::mint::TestMint;
 use contextvm_sdk::transport::client::{NostrClientTransport, NostrClientTransportConfig};
 use contextvm_sdk::EncryptionMode;
@@ -148,6 +148,51 @@ async fn a_plaintext_client_is_refused_when_encryption_is_required() {
         !matches!(r, Ok(Ok(_))),
         "a plaintext session must not be established"
     );
+}
+
+/// Announcements (CEP-6 server announcement, kind 11316) appear only when the config asks.
+#[tokio::test]
+async fn the_server_announces_itself_only_when_configured() {
+    let kinds = Filter::new().kinds([Kind::Custom(11316), Kind::Custom(10002)]);
+    let quiet = world(Encryption::Optional).await;
+    let loud = world_with(Encryption::Optional, true).await;
+    let fetch = |w: &World, author: PublicKey| {
+        let url = w.relay.url();
+        let filter = kinds.clone().author(author);
+        async move {
+            let c = Client::default();
+            c.add_relay(url).await.unwrap();
+            c.connect().await;
+            let mut found = Vec::new();
+            for _ in 0..30 {
+                found = c
+                    .fetch_events(filter.clone(), Duration::from_secs(2))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .collect::<Vec<_>>();
+                if !found.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            found
+        }
+    };
+    let announced = fetch(&loud, loud.provider.keys().public_key()).await;
+    assert!(
+        announced.iter().any(|e| e.kind == Kind::Custom(11316)),
+        "announcement published: {announced:?}"
+    );
+    let silent = quiet.provider.keys().public_key();
+    let c = Client::default();
+    c.add_relay(quiet.relay.url()).await.unwrap();
+    c.connect().await;
+    let none = c
+        .fetch_events(kinds.clone().author(silent), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(none.len(), 0, "nothing announced without nostr.announce");
 }
 
 // ---- end to end: the real binary and the official TypeScript client -----------------------

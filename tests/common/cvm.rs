@@ -71,6 +71,10 @@ impl Drop for World {
 }
 
 pub async fn world(encryption: Encryption) -> World {
+    world_with(encryption, false).await
+}
+
+pub async fn world_with(encryption: Encryption, announce: bool) -> World {
     let mint = TestMint::start().await;
     let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -79,6 +83,7 @@ pub async fn world(encryption: Encryption) -> World {
     let mut cfg = super::config(dir.path(), &[&mint.url], 100, super::free_port_block(5));
     cfg.nostr.relays = vec![relay.url()];
     cfg.nostr.encryption = encryption;
+    cfg.nostr.announce = announce;
     let provider = Provider::open(cfg, Arc::new(FakeBackend::new()))
         .await
         .unwrap();
