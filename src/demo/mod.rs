@@ -178,10 +178,11 @@ async fn choose_backend(
 }
 
 async fn sandbox_backend(state: &std::path::Path) -> Result<Arc<dyn Backend>, DemoError> {
-    let _ = state;
-    Err(DemoError::Backend(
-        "the sandbox backend is not available in this build".into(),
-    ))
+    use crate::backend::sandbox::{SandboxBackend, SandboxConfig};
+    let backend = SandboxBackend::open(SandboxConfig::default(), &state.join("data"))
+        .await
+        .map_err(|e| DemoError::Backend(e.to_string()))?;
+    Ok(Arc::new(backend))
 }
 
 /// `n` consecutive free ports, searched from 30000 upwards with a random start.
