@@ -5,6 +5,10 @@
 //! Needs root (the backend makes namespaces, mounts and cgroups). Every test has its own data
 //! directory, free ports and random workload names, and removes what it made, so the tests are
 //! independent and run in parallel.
+//!
+//! Rootless mode is tested for real too: a dedicated unprivileged system user (`paygress-test`,
+//! made if missing) runs the real `paygress-mcp-server --demo --demo-backend sandbox`, driven
+//! over MCP, and the real `ssh` client logs into what it sold.
 
 mod common;
 
@@ -826,4 +830,554 @@ async fn the_backend_lifecycle_and_rollback_through_the_trait() {
         b.destroy(hostile).await.unwrap();
     }
     assert!(!dir.path().join("sandbox").join(&name).exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rootless: the demo run by an ordinary user
+// ---------------------------------------------------------------------------------------------
+
+const TEST_USER: &str = "paygress-test";
+
+/// uid and gid of the dedicated unprivileged test user, made the first time.
+fn test_user() -> (u32, u32) {
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|p| p.into_inner());
+    let id = |flag: &str| -> Option<u32> {
+        let out = std::process::Command::new("id")
+            .arg(flag)
+            .arg(TEST_USER)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let st = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(TEST_USER)
+            .status()
+            .expect("useradd");
+        // 9: the name was taken meanwhile (another test binary made it).
+        assert!(st.success() || st.code() == Some(9), "useradd: {st}");
+    }
+    let ids = (id("-u").expect("uid"), id("-g").expect("gid"));
+    assert_ne!(ids.0, 0, "{TEST_USER} must not be root");
+    ids
+}
+
+/// A directory the test user owns, outside `/tmp` and `/home` (so that the jail's own tmpfs
+/// do not hide it by chance: hiding it is rootless mode's job), with `home/` and `tmp/` for
+/// the demo's `$HOME` and `$TMPDIR`. Dropping it kills whatever inits the demo left (by the pids
+/// its state records) and removes it.
+struct UserWork {
+    dir: tempfile::TempDir,
+}
+
+impl UserWork {
+    fn new(uid: u32, gid: u32) -> UserWork {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        for sub in ["", "home", "tmp"] {
+            let p = dir.path().join(sub);
+            std::fs::create_dir_all(&p).unwrap();
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+        UserWork { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The demo's data directory (`$TMPDIR/paygress-demo-*/data`), once it exists.
+    fn data_dir(&self) -> Option<PathBuf> {
+        std::fs::read_dir(self.path().join("tmp"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("data"))
+            .find(|p| p.is_dir())
+    }
+
+    /// Every workload directory of the demo's sandbox.
+    fn workloads(&self) -> Vec<PathBuf> {
+        let Some(data) = self.data_dir() else {
+            return Vec::new();
+        };
+        std::fs::read_dir(data.join("sandbox"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.join("meta.json").exists())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The init pid a workload's metadata records.
+    fn init_pid(workload: &Path) -> Option<i32> {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(workload.join("meta.json")).ok()?).ok()?;
+        meta["init_pid"].as_i64().map(|p| p as i32)
+    }
+}
+
+impl Drop for UserWork {
+    fn drop(&mut self) {
+        for w in self.workloads() {
+            if let Some(pid) = Self::init_pid(&w) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmdline.starts_with(b"paygress-init") {
+                    // SAFETY: plain syscall on the init the demo under test started.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The server binary, where the test user can run it: as built if every directory on the way
+/// lets others through, else a copy (it is self-contained) in `work`.
+fn binary_for(work: &UserWork) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_paygress-mcp-server"));
+    let others = |p: &Path, bits: u32| {
+        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bits == bits)
+    };
+    if bin.ancestors().skip(1).all(|d| others(d, 0o001)) && others(&bin, 0o005) {
+        return bin;
+    }
+    let copy = work.path().join("paygress-mcp-server");
+    std::fs::copy(&bin, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+/// `setpriv` arguments that run a program as the test user with no supplementary groups.
+fn as_user(uid: u32, gid: u32) -> Vec<String> {
+    vec![
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--clear-groups".into(),
+        "--".into(),
+    ]
+}
+
+/// The demo as the test user, in a clean environment.
+fn demo_as_user(work: &UserWork, uid: u32, gid: u32) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("setpriv");
+    cmd.args(as_user(uid, gid))
+        .arg(binary_for(work))
+        .args(["--demo", "--demo-backend", "sandbox"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", work.path().join("home"))
+        .env("TMPDIR", work.path().join("tmp"))
+        .current_dir(work.path());
+    cmd
+}
+
+/// Whether this machine lets an ordinary user make a user namespace and mount in it, asked of
+/// util-linux's `unshare` (independently of the code under test).
+fn userns_works_for(uid: u32, gid: u32) -> bool {
+    std::process::Command::new("setpriv")
+        .args(as_user(uid, gid))
+        .args([
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--pid",
+            "--fork",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "mount -t tmpfs none /tmp && mount -t proc proc /proc",
+        ])
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What the demo says on stderr when it cannot start; panics if it starts.
+async fn demo_failure(mut cmd: tokio::process::Command) -> String {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the demo ended in time")
+        .expect("the demo ran");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the demo started: {stderr}");
+    stderr
+}
+
+fn assert_precise_userns_error(stderr: &str, uid: u32) {
+    assert!(
+        stderr.contains(&format!(
+            "the sandbox backend cannot run as an unprivileged user (uid {uid})"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("LXD"), "{stderr}");
+}
+
+/// An ordinary user runs `paygress-mcp-server --demo --demo-backend sandbox`: an MCP client
+/// pays for a pod, and the real ssh client finds a rootless jail — the buyer's name, only the
+/// workload's processes, the host and the provider's own files not writable (nor its secrets
+/// readable), the home writable — running under the user's own uid in its own user namespace.
+#[tokio::test]
+async fn an_unprivileged_user_runs_the_demo_on_a_rootless_sandbox() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+    use rmcp::ServiceExt;
+    use serde_json::{json, Value};
+    use tokio::io::AsyncBufReadExt;
+
+    let (uid, gid) = test_user();
+    let work = UserWork::new(uid, gid);
+    let cmd = demo_as_user(&work, uid, gid);
+    if !userns_works_for(uid, gid) {
+        let stderr = demo_failure(cmd).await;
+        assert_precise_userns_error(&stderr, uid);
+        eprintln!(
+            "this machine cannot do unprivileged user namespaces: checked that the sandbox \
+             says so precisely instead:\n{stderr}"
+        );
+        return;
+    }
+
+    let (transport, stderr) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the demo as the test user");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let mut reader = tokio::io::BufReader::new(stderr.expect("stderr")).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = reader.next_line().await {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let log = || lines.lock().unwrap().join("\n");
+    let client = match tokio::time::timeout(Duration::from_secs(90), ().serve(transport)).await {
+        Ok(Ok(c)) => c,
+        other => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            panic!("the demo did not come up ({:?}):\n{}", other.is_ok(), log());
+        }
+    };
+    let call = |name: &'static str, args: Value| {
+        let client = &client;
+        let log = &log;
+        async move {
+            let r = client
+                .call_tool(
+                    CallToolRequestParams::new(name)
+                        .with_arguments(args.as_object().cloned().unwrap_or_default()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}\n{}", log()));
+            assert_ne!(
+                r.is_error,
+                Some(true),
+                "{name}: {:?}\n{}",
+                r.structured_content,
+                log()
+            );
+            r.structured_content.expect("structured content")
+        }
+    };
+    let token = call("get_demo_token", json!({"amount_sats": 10})).await["cashu_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let pw = "rootless-pass-123";
+    let pod = call(
+        "spawn_pod",
+        json!({"cashu_token": token, "pod_spec_id": "small", "ssh_username": "alice", "ssh_password": pw}),
+    )
+    .await;
+    let port = pod["node_port"].as_u64().expect("a port") as u16;
+    assert!(log().contains("rootless mode"), "{}", log());
+
+    // Who and where.
+    let out = ssh_password(port, "alice", pw, "whoami; id -u; echo $HOME; pwd")
+        .await
+        .unwrap_or_else(|e| panic!("login: {e}\n{}", log()));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["alice", "1000", "/home/alice", "/home/alice"],
+        "{out}"
+    );
+
+    // Only the workload's own processes: its init, the session's shell, ps.
+    let out = ssh_password(port, "alice", pw, "ps -e -o pid=,comm=")
+        .await
+        .unwrap();
+    assert!(out.lines().count() <= 6, "ps shows the host:\n{out}");
+    assert!(out.contains("ps"), "{out}");
+    for host_only in ["paygress-mcp", "setpriv", "cargo", "sandbox-"] {
+        assert!(
+            !out.contains(host_only),
+            "{host_only} visible inside:\n{out}"
+        );
+    }
+
+    // The init really is rootless: the test user's uid on the host, in a user namespace of its
+    // own.
+    let workloads = work.workloads();
+    assert_eq!(workloads.len(), 1, "{workloads:?}");
+    let init = UserWork::init_pid(&workloads[0]).expect("the init's pid");
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let host_uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .expect("Uid line");
+    assert_eq!(host_uid, uid.to_string(), "{status}");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{init}/ns/user")).unwrap(),
+        std::fs::read_link("/proc/self/ns/user").unwrap()
+    );
+
+    // Writes outside the home fail — the host's directories and the ones the provider's user
+    // owns on the host alike — and leave nothing behind.
+    let data = work.data_dir().expect("the demo's data directory");
+    let provider_home = work.path().join("home");
+    let outside = [
+        PathBuf::from("/usr/pg-x"),
+        PathBuf::from("/etc/pg-x"),
+        PathBuf::from("/var/tmp/pg-x"),
+        PathBuf::from("/pg-x"),
+        work.path().join("pg-x"),
+        provider_home.join("pg-x"),
+        data.join("pg-x"),
+        workloads[0].join("home").join("pg-x"),
+    ];
+    for p in &outside {
+        let cmd = format!(
+            "touch '{}' 2>/dev/null && echo wrote || echo denied",
+            p.display()
+        );
+        let out = ssh_password(port, "alice", pw, &cmd).await.unwrap();
+        assert_eq!(out.trim(), "denied", "writing {} inside", p.display());
+        assert!(!p.exists(), "{} was written on the host", p.display());
+    }
+    // The provider's secrets (SSH host key, metadata) and home are not even readable.
+    let key = data.join("sandbox").join(HOST_KEY_FILE);
+    assert!(key.exists());
+    let cmd = format!(
+        "cat '{}' >/dev/null 2>&1 && echo read-key; cat '{}' >/dev/null 2>&1 && echo read-meta; ls -A '{}' 2>/dev/null | wc -l",
+        key.display(),
+        workloads[0].join("meta.json").display(),
+        provider_home.display()
+    );
+    let out = ssh_password(port, "alice", pw, &cmd).await.unwrap();
+    assert_eq!(out.trim(), "0", "{out}");
+
+    // The home is writable, survives sessions, and is the workload's home on the host.
+    ssh_password(
+        port,
+        "alice",
+        pw,
+        "echo kept > ~/f; mkdir -p ~/d && touch ~/d/x",
+    )
+    .await
+    .expect("the home is writable");
+    assert_eq!(
+        ssh_password(port, "alice", pw, "cat ~/f")
+            .await
+            .unwrap()
+            .trim(),
+        "kept"
+    );
+    let on_host = workloads[0].join("home").join("f");
+    assert_eq!(std::fs::read_to_string(&on_host).unwrap().trim(), "kept");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&on_host).unwrap().uid(), uid);
+    // /tmp inside is the workload's own.
+    ssh_password(port, "alice", pw, "touch /tmp/scratch")
+        .await
+        .expect("/tmp is writable");
+
+    // Exit status and stderr travel back from the session (a grandchild here, see the jail).
+    let err = ssh_password(port, "alice", pw, "echo oops >&2; exit 7")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("exit status: 7") && err.contains("oops"),
+        "{err}"
+    );
+    // The tier's 256 MiB hold (a cgroup, or RLIMIT_AS per process without one).
+    let out = ssh_password(
+        port,
+        "alice",
+        pw,
+        "head -c 600M /dev/zero | tail > /dev/null 2>&1; echo exit=$?",
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.trim().starts_with("exit=") && out.trim() != "exit=0",
+        "600 MB in a 256 MiB pod: {out}"
+    );
+
+    // A wrong password is refused; an interactive terminal works.
+    assert!(ssh_password(port, "alice", "wrong-password", "true")
+        .await
+        .is_err());
+    let mut c = ssh_password_cmd(port, "alice", pw);
+    c.arg("-tt");
+    let out = run(c, Some("tty; exit\n")).await.expect("pty session");
+    assert!(out.contains("/dev/pts/"), "{out}");
+
+    // Abstract unix sockets ignore mount namespaces, and their servers (X11, some D-Bus buses)
+    // often trust any peer with their uid, which the buyer shares with the provider here: where
+    // Landlock can scope them, the jail cannot reach the host's. Perl (in the host's read-only
+    // /usr) makes the connection; the test user reaches the same socket outside the jail.
+    if Path::new("/usr/bin/perl").exists() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("paygress-test-{:08x}", rand::random::<u32>());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        let script = format!(
+            "socket(S, PF_UNIX, SOCK_STREAM, 0) or die; \
+             print connect(S, pack_sockaddr_un(\"\\0{name}\")) ? \"connected\" : \"refused: $!\""
+        );
+        let outside = std::process::Command::new("setpriv")
+            .args(as_user(uid, gid))
+            .args(["/usr/bin/perl", "-MSocket", "-e", &script])
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&outside.stdout), "connected");
+        let inside = ssh_password(
+            port,
+            "alice",
+            pw,
+            &format!("/usr/bin/perl -MSocket -e '{script}'"),
+        )
+        .await
+        .unwrap();
+        if log().contains("Landlock cannot scope abstract unix sockets") {
+            eprintln!("this kernel cannot scope abstract sockets: the jail reaches them");
+            assert_eq!(inside, "connected");
+        } else {
+            assert!(inside.starts_with("refused"), "{inside}");
+        }
+    } else {
+        eprintln!("no /usr/bin/perl: abstract socket check skipped");
+    }
+
+    // Closing stdin ends the demo, which destroys its pods: the init is killed and reaped (it is
+    // the demo's own child), its state removed.
+    let _ = client.cancel().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Path::new(&format!("/proc/{init}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the init outlived the demo:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!workloads[0].exists(), "the workload's state is left");
+}
+
+/// Where unprivileged user namespaces are off, `open` fails at once with what is off, how to
+/// switch it on, and the alternatives — checked for real: the demo runs as the test user inside
+/// a user namespace whose `user.max_user_namespaces` is 0 (the limit is per user namespace, so
+/// the host is untouched).
+#[tokio::test]
+async fn without_user_namespaces_an_unprivileged_open_says_what_to_do() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let (uid, gid) = test_user();
+    if uid >= 65536 || gid >= 65536 {
+        eprintln!("SKIPPED: {TEST_USER} has ids beyond the range this test maps");
+        return;
+    }
+    let work = UserWork::new(uid, gid);
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(as_user(uid, gid))
+        .arg(binary_for(&work))
+        .args(["--demo", "--demo-backend", "sandbox"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", work.path().join("home"))
+        .env("TMPDIR", work.path().join("tmp"))
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // The child makes a user namespace; this process maps ids 0..65536 one to one into it; the
+    // child (root in there) sets the namespace's user.max_user_namespaces to 0, then execs.
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    // SAFETY: the closure makes only plain syscalls on a socket and paths prepared before.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let pid = libc::getpid().to_le_bytes();
+            let mut go = [0u8; 1];
+            if libc::write(fd, pid.as_ptr().cast(), 4) != 4
+                || libc::read(fd, go.as_mut_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let f = libc::open(
+                c"/proc/sys/user/max_user_namespaces".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if f < 0 || libc::write(f, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(f);
+            Ok(())
+        });
+    }
+    let mapper = std::thread::spawn(move || {
+        let mut pid = [0u8; 4];
+        ours.read_exact(&mut pid).unwrap();
+        let pid = i32::from_le_bytes(pid);
+        std::fs::write(format!("/proc/{pid}/uid_map"), "0 0 65536\n").unwrap();
+        std::fs::write(format!("/proc/{pid}/gid_map"), "0 0 65536\n").unwrap();
+        ours.write_all(b"1").unwrap();
+    });
+    let child = cmd.spawn().expect("the demo in a user namespace");
+    drop(theirs);
+    mapper.join().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the demo started: {stderr}");
+    assert_precise_userns_error(&stderr, uid);
+    assert!(
+        stderr.contains("user namespaces are disabled (sysctl user.max_user_namespaces = 0)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sudo sysctl -w user.max_user_namespaces="),
+        "{stderr}"
+    );
+    assert!(work.workloads().is_empty());
 }

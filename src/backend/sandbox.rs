@@ -17,6 +17,17 @@
 //!   (see [`ssh`]), password and public-key login, exec and interactive PTY sessions, each
 //!   started inside the workload's namespaces and cgroups.
 //!
+//! # Root or rootless
+//!
+//! Run as root, the provider makes every namespace but the user namespace outside any user
+//! namespace, and maps each workload to its own range of host ids. Run as anyone else — the
+//! usual case for `paygress-mcp-server --demo` on a machine without LXD — it switches to
+//! rootless mode by itself: a user namespace mapping the provider's own uid to 1000 inside, the
+//! other namespaces made in it, limits through a delegated cgroup or rlimits, the same view of
+//! the host as far as the kernel allows (see [`rootless`] for what differs and why). Where the
+//! host forbids unprivileged user namespaces, [`SandboxBackend::open`] fails with what is off
+//! and how to switch it on.
+//!
 //! # Lifecycle
 //!
 //! `create` makes the state directory (0700) with the home and the generated files, writes the
@@ -38,12 +49,15 @@
 //!
 //! - The host's whole root filesystem is **readable** inside (read-only): whatever host files are
 //!   world-readable, the buyer can read. Provider state is safe only because the data directory
-//!   is 0700 root; `/home` and `/run` of the host are hidden behind tmpfs.
+//!   is 0700 root (rootless: because it is covered inside); `/home` and `/run` of the host are
+//!   hidden behind tmpfs.
 //! - Network is the host's (no network namespace): the buyer can connect wherever the host can
 //!   and listen on free unprivileged host ports.
 //! - The kernel is shared; `nproc` and `free` show the host's numbers (limits are enforced, not
 //!   virtualised); host-owned files show up as `nobody`. There is no disk quota on the home.
-//! - It needs root on the host (namespaces are made by root so that nobody inside owns them).
+//! - Rootless mode is weaker still: the buyer's processes are the provider's uid on the host, the
+//!   namespaces belong to the workload's user namespace, and limits may be per process only
+//!   (see [`rootless`]).
 //!
 //! Nothing from the network is trusted to `unwrap()`, and no error or log line carries the
 //! password.
@@ -52,6 +66,7 @@ pub mod auth;
 pub mod cgroup;
 pub mod jail;
 pub mod meta;
+pub mod rootless;
 pub mod ssh;
 
 use std::collections::HashMap;
@@ -161,6 +176,8 @@ struct Inner {
     shell: PathBuf,
     ssh_config: Arc<russh::server::Config>,
     cgroups: cgroup::Mode,
+    /// Root or rootless jails (see [`rootless`]).
+    privilege: jail::Privilege,
     /// Live workloads; the lock also serialises every change of state.
     live: Mutex<HashMap<String, Live>>,
 }
@@ -177,6 +194,7 @@ impl std::fmt::Debug for SandboxBackend {
             .field("state_dir", &self.inner.state_dir)
             .field("listen_address", &self.inner.cfg.listen_address)
             .field("cgroups", &self.inner.cgroups)
+            .field("privilege", &self.inner.privilege)
             .finish()
     }
 }
@@ -233,13 +251,13 @@ async fn wait_for_banner(host: &str, port: u16, limit: Duration) -> Result<(), B
 impl SandboxBackend {
     /// Open the state directory, load or make the host key, find out how limits can be enforced,
     /// and re-adopt the workloads a previous provider process left running.
+    ///
+    /// As root, jails are made as described in [`jail`]; as any other user, in rootless mode
+    /// (see [`rootless`]), which fails here, with what to do about it, where the host does not
+    /// allow unprivileged user namespaces.
     pub async fn open(cfg: SandboxConfig, data_dir: &Path) -> Result<SandboxBackend, BackendError> {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(BackendError::Api(
-                "the sandbox backend needs root: it makes namespaces, mounts and cgroups".into(),
-            ));
-        }
+        let as_root = unsafe { libc::geteuid() } == 0;
         if cfg.listen_address.parse::<std::net::IpAddr>().is_err() {
             return Err(BackendError::Api(format!(
                 "backend.sandbox.listen_address: not an IP address: {:?}",
@@ -264,16 +282,31 @@ impl SandboxBackend {
                 shell.display()
             )));
         }
+        let (privilege, cgroups) = if as_root {
+            let cgroups = tokio::task::spawn_blocking(cgroup::Mode::detect)
+                .await
+                .map_err(|e| api("cgroup detection", e))?;
+            if !cgroups.enforces_memory() {
+                tracing::warn!(
+                    "no writable cgroup hierarchy: sandbox limits fall back to per-process rlimits, \
+                     which do not cap a workload's total memory"
+                );
+            }
+            (jail::Privilege::Root, cgroups)
+        } else {
+            let data_dir = std::path::absolute(data_dir).map_err(|e| api("data_dir", e))?;
+            let own = state_dir.clone();
+            let r = tokio::task::spawn_blocking(move || rootless::detect(&[&data_dir, &own]))
+                .await
+                .map_err(|e| api("rootless detection", e))?
+                .map_err(|e| BackendError::Api(e.to_string()))?;
+            let cgroups = tokio::task::spawn_blocking(cgroup::Mode::detect_delegated)
+                .await
+                .map_err(|e| api("cgroup detection", e))?;
+            log_rootless(&r, &cgroups);
+            (jail::Privilege::Rootless(r), cgroups)
+        };
         let key = host_key(&state_dir.join(HOST_KEY_FILE))?;
-        let cgroups = tokio::task::spawn_blocking(cgroup::Mode::detect)
-            .await
-            .map_err(|e| api("cgroup detection", e))?;
-        if !cgroups.enforces_memory() {
-            tracing::warn!(
-                "no writable cgroup hierarchy: sandbox limits fall back to per-process rlimits, \
-                 which do not cap a workload's total memory"
-            );
-        }
         let backend = SandboxBackend {
             inner: Arc::new(Inner {
                 ssh_config: Arc::new(ssh::config(key)),
@@ -281,11 +314,17 @@ impl SandboxBackend {
                 state_dir,
                 shell,
                 cgroups,
+                privilege,
                 live: Mutex::new(HashMap::new()),
             }),
         };
         backend.recover().await;
         Ok(backend)
+    }
+
+    /// Whether jails are made rootless (the provider is not root).
+    pub fn is_rootless(&self) -> bool {
+        self.inner.privilege.is_rootless()
     }
 
     /// The state directory (workloads, host key).
@@ -409,6 +448,7 @@ impl SandboxBackend {
     fn jail_spec(&self, meta: &Meta, groups: Vec<PathBuf>) -> jail::JailSpec {
         let dir = self.dir(&meta.name);
         jail::JailSpec {
+            privilege: self.inner.privilege.clone(),
             name: meta.name.clone(),
             user: meta.user.clone(),
             host_base: meta.host_base,
@@ -451,7 +491,11 @@ impl SandboxBackend {
             rlimits: self.inner.cgroups.rlimits(&meta.tier),
             nproc: self.inner.cfg.pids_max,
             shell: self.inner.shell.clone(),
-            host_uid: meta.host_base + jail::INSIDE_UID,
+            host_uid: match &self.inner.privilege {
+                jail::Privilege::Root => meta.host_base + jail::INSIDE_UID,
+                jail::Privilege::Rootless(r) => r.uid,
+            },
+            privilege: self.inner.privilege.clone(),
         });
         ssh::Server::start(listener, workload, Arc::clone(&self.inner.ssh_config))
             .map_err(|e| api("cannot start the SSH listener", e))
@@ -465,6 +509,13 @@ impl SandboxBackend {
         listener: std::net::TcpListener,
     ) -> Result<Live, BackendError> {
         let name = meta.name.clone();
+        if meta.rootless != self.inner.privilege.is_rootless() {
+            return Err(BackendError::Api(format!(
+                "workload {name} was made by a {} provider; this one runs {}",
+                if meta.rootless { "rootless" } else { "root" },
+                if meta.rootless { "as root" } else { "rootless" },
+            )));
+        }
         let cg = self.inner.cgroups.clone();
         let (tier, pids) = (meta.tier.clone(), self.inner.cfg.pids_max);
         let n = name.clone();
@@ -631,21 +682,69 @@ impl SandboxBackend {
             init_pid: None,
             init_start: None,
             stopped: false,
+            rootless: self.inner.privilege.is_rootless(),
         };
         let home = dir.join("home");
         let owner = host_base + jail::INSIDE_UID;
+        let rootless = meta.rootless;
         let shell = self.inner.shell.to_string_lossy().into_owned();
         let prepared = (|| -> io::Result<()> {
             std::fs::create_dir(&dir)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
             std::fs::create_dir(&home)?;
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755))?;
-            std::os::unix::fs::chown(&home, Some(owner), Some(owner))?;
+            // Rootless: the buyer is the provider's own uid, which owns it already.
+            if !rootless {
+                std::os::unix::fs::chown(&home, Some(owner), Some(owner))?;
+            }
             Self::write_etc(&dir, &meta, &shell)?;
             meta.save(&dir)
         })();
         prepared.map_err(|e| api("cannot prepare the workload directory", e))?;
         self.start(&mut meta, listener).await
+    }
+}
+
+/// One line per way rootless mode is weaker than root mode on this host.
+fn log_rootless(r: &jail::Rootless, cgroups: &cgroup::Mode) {
+    tracing::info!(
+        uid = r.uid,
+        "sandbox: rootless mode: workloads run in user namespaces as this user's uid; its data \
+         directory and home are hidden inside"
+    );
+    match cgroups {
+        cgroup::Mode::V2 { root } => tracing::info!(
+            "sandbox: limits through the delegated cgroup {}",
+            root.display()
+        ),
+        _ => tracing::warn!(
+            "sandbox (rootless): no writable delegated cgroup v2 subtree (run the provider as a \
+             systemd user service or under `systemd-run --user --scope`), so limits are weaker: \
+             RLIMIT_AS per process only, no CPU limit (RLIMIT_CPU is not a rate) and no task \
+             limit (RLIMIT_NPROC would count every process of this user)"
+        ),
+    }
+    if !r.own_proc {
+        tracing::warn!(
+            "sandbox (rootless): the kernel refuses a fresh /proc here (a masked /proc, as in \
+             containers): workloads get an empty /proc, so ps and similar tools do not work"
+        );
+    }
+    if !r.scope_sockets {
+        tracing::warn!(
+            "sandbox (rootless): Landlock cannot scope abstract unix sockets on this kernel \
+             (needs Linux 6.12): workloads can reach this user's abstract sockets (X11, some \
+             D-Bus buses), which may trust them by uid"
+        );
+    }
+    let groups = rootless::extra_groups();
+    if !groups.is_empty() {
+        tracing::warn!(
+            ?groups,
+            "sandbox (rootless): this user's supplementary groups stay in effect inside \
+             workloads (an unprivileged process cannot drop them); run the provider as a user \
+             without them"
+        );
     }
 }
 

@@ -14,6 +14,11 @@
 //! - cgroup v1 or hybrid: one group per controller hierarchy,
 //!   `/sys/fs/cgroup/{memory,cpu,pids}/paygress/<name>`. Memory is required; cpu and pids are used
 //!   when their hierarchies are mounted and writable.
+//! - rootless (the provider is an ordinary user, see [`super::rootless`]): the v2 layout again,
+//!   rooted at the provider's *own* cgroup when the user may write it — systemd delegates a user
+//!   service's or `systemd-run --user --scope`'s cgroup to the user. A v2 cgroup with controllers
+//!   enabled for its children may hold no processes itself, so the provider first moves itself
+//!   into a leaf, `<own>/paygress-provider`; workloads live in `<own>/paygress/<name>`.
 //! - neither writable (no root, a read-only cgroupfs in a container): per-process rlimits
 //!   (`RLIMIT_AS` for memory). These are much weaker — they limit each process, not the tree — and
 //!   the backend says so once in the log.
@@ -81,6 +86,61 @@ impl Mode {
             },
             None => Mode::Rlimits,
         }
+    }
+
+    /// Rootless: the provider's own cgroup v2 directory as the root of the v2 layout, if this
+    /// user may write it (see the module docs); rlimits otherwise.
+    pub fn detect_delegated() -> Mode {
+        match fs::read_to_string("/proc/self/cgroup") {
+            Ok(text) => Self::detect_delegated_at(Path::new("/sys/fs/cgroup"), &text),
+            Err(_) => Mode::Rlimits,
+        }
+    }
+
+    fn detect_delegated_at(base: &Path, self_cgroup: &str) -> Mode {
+        // Only a pure v2 host: on hybrid ones the controllers live in the v1 hierarchies.
+        if !base.join("cgroup.controllers").exists() {
+            return Mode::Rlimits;
+        }
+        let Some(rel) = self_cgroup
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(|p| p.trim().trim_start_matches('/'))
+        else {
+            return Mode::Rlimits;
+        };
+        let rel = Path::new(rel);
+        let plain = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if rel.as_os_str().is_empty() || !plain {
+            return Mode::Rlimits; // the root cgroup is never delegated
+        }
+        let own = base.join(rel);
+        let writable = ["", "cgroup.procs", "cgroup.subtree_control"]
+            .iter()
+            .all(|f| may_write(&own.join(f)));
+        let has_memory = fs::read_to_string(own.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
+        if !writable || !has_memory {
+            return Mode::Rlimits;
+        }
+        // No internal processes: move this process into a leaf before enabling controllers.
+        let leaf = own.join("paygress-provider");
+        let moved = match fs::create_dir(&leaf) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::AlreadyExists,
+        } && write(&leaf, "cgroup.procs", "0").is_ok();
+        let parent = own.join(PARENT);
+        if moved && ensure_dir(&parent).is_ok() && enable_controllers(&own, &parent).is_ok() {
+            return Mode::V2 { root: own };
+        }
+        // Not possible after all (other processes in our cgroup, say): leave things as found.
+        if moved {
+            let _ = write(&own, "cgroup.procs", "0");
+        }
+        let _ = fs::remove_dir(&leaf);
+        Mode::Rlimits
     }
 
     /// Whether memory is enforced for the whole tree (false in rlimit mode).
@@ -253,6 +313,16 @@ fn enable_controllers(root: &Path, parent: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether this process may write `p` (by its real ids, which an ordinary user's are).
+fn may_write(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access on a valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
     fs::write(dir.join(file), value)
 }
@@ -304,6 +374,42 @@ mod tests {
             "50000"
         );
         assert!(mode.rlimits(&tier()).is_none());
+    }
+
+    /// A fake delegated v2 subtree: the provider's own cgroup becomes the root of the layout,
+    /// with the provider moved into a leaf first.
+    #[test]
+    fn a_delegated_v2_subtree_is_used_rootless() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        fs::write(base.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let own = base.join("user.slice/user@1000.service/app.slice/paygress.service");
+        fs::create_dir_all(&own).unwrap();
+        for f in ["cgroup.procs", "cgroup.subtree_control"] {
+            fs::write(own.join(f), "").unwrap();
+        }
+        fs::write(own.join("cgroup.controllers"), "memory pids").unwrap();
+        let me = "0::/user.slice/user@1000.service/app.slice/paygress.service\n";
+        let mode = Mode::detect_delegated_at(base, me);
+        assert_eq!(mode, Mode::V2 { root: own.clone() });
+        assert_eq!(
+            fs::read_to_string(own.join("paygress-provider/cgroup.procs")).unwrap(),
+            "0"
+        );
+        assert_eq!(
+            mode.dirs("w"),
+            vec![own.join("paygress").join("w")],
+            "workloads under the provider's own cgroup"
+        );
+        // Without the memory controller delegated, or outside v2, or at the root: rlimits.
+        fs::write(own.join("cgroup.controllers"), "pids").unwrap();
+        assert_eq!(Mode::detect_delegated_at(base, me), Mode::Rlimits);
+        assert_eq!(Mode::detect_delegated_at(base, "0::/\n"), Mode::Rlimits);
+        assert_eq!(Mode::detect_delegated_at(base, "0::/../x\n"), Mode::Rlimits);
+        assert_eq!(
+            Mode::detect_delegated_at(&base.join("missing"), me),
+            Mode::Rlimits
+        );
     }
 
     #[test]

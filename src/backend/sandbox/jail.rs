@@ -50,9 +50,44 @@
 //! Everything the forked child touches is prepared before the fork (C strings, open file
 //! descriptors), and the child makes only plain syscalls, as `pre_exec` requires.
 //!
+//! # Rootless mode (the provider is an ordinary user)
+//!
+//! Without root the order above is impossible: an unprivileged process may not make a pid, mount,
+//! uts or ipc namespace, nor join one, unless it first makes (or joins) a *user* namespace in
+//! which it holds capabilities. And a multi-threaded process may do neither (`unshare` and
+//! `setns` of a user namespace need a single-threaded caller). So [`Privilege::Rootless`] works
+//! with two forks instead (see [`super::rootless`] for how the mode is detected and why):
+//!
+//! - **Init.** The forked child (single-threaded) calls `unshare(CLONE_NEWUSER | CLONE_NEWNS |
+//!   CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID)` — the user namespace first, the others owned by
+//!   it — and writes its own id maps: `setgroups` = `deny`, then the provider's uid and gid mapped
+//!   to 1000 inside, a single id each (the only mapping an unprivileged process may write; no
+//!   `newuidmap`, no subordinate ids). Then it forks once more with `CLONE_PARENT`: the grandchild
+//!   is pid 1 of the new pid namespace and a direct child of the provider (which reaps it, see
+//!   [`Init::kill`]); the middle process reports the grandchild's host pid and exits. The
+//!   grandchild builds the same filesystem view as in root mode, with two differences: bind
+//!   mounts get their flags with `mount_setattr` on the detached clone (a remount of a mount
+//!   copied from the host must repeat every flag the kernel locked), and the provider's own
+//!   directories (data directory, `$HOME`) are covered with an empty read-only tmpfs, because the
+//!   workload runs as the provider's host uid and could otherwise read them. It runs as uid 1000
+//!   (the only mapped id; there is no `nobody`), drops every capability, sets `no_new_privs`,
+//!   and, where Landlock can (ABI ≥ 6), confines itself so that abstract unix sockets of the host
+//!   (X11, D-Bus) cannot be reached: they check the peer's uid, which is the provider's.
+//! - **Sessions.** The forked child joins the init's user namespace and, with the capabilities
+//!   that gives it, its mount, uts, ipc and pid namespaces in one `setns` on the pidfd; switches
+//!   user, drops capabilities, and forks with `CLONE_PARENT` (joining a pid namespace only
+//!   affects children). The grandchild execs the shell; [`SessionChild`] waits for it through
+//!   its pidfd.
+//!
+//! The namespaces then belong to the workload's user namespace instead of the host's, so what
+//! keeps the view read-only is the kernel's locking of mounts copied into a less privileged
+//! namespace (they cannot be made writable again or unmounted to reveal what they cover), and
+//! that nothing inside holds a capability after exec.
+//!
 //! Kernel requirements: Linux ≥ 5.8 (`pidfd_open`, `setns` on a pidfd, `open_tree`/`move_mount`
 //! for bind mounts whose source a tmpfs is about to cover); `mount_setattr` (≥ 5.12) is used for
-//! the read-only view when present, a remount of every mount point otherwise.
+//! the read-only view when present, a remount of every mount point otherwise. Rootless mode
+//! needs `mount_setattr` (there is no safe remount fallback there, see below).
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -101,9 +136,41 @@ fn err(stage: &'static str, source: io::Error) -> JailError {
     JailError { stage, source }
 }
 
+/// Who makes the jails: see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Privilege {
+    /// The provider is root.
+    Root,
+    /// The provider is an ordinary user.
+    Rootless(Rootless),
+}
+
+impl Privilege {
+    pub fn is_rootless(&self) -> bool {
+        matches!(self, Privilege::Rootless(_))
+    }
+}
+
+/// What rootless jails can do on this host (found by [`super::rootless::detect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootless {
+    /// The provider's effective uid and gid: mapped to 1000 inside.
+    pub uid: u32,
+    pub gid: u32,
+    /// A fresh `/proc` can be mounted. Where it cannot (a `/proc` partly masked, as in most
+    /// containers) an empty read-only tmpfs covers the host's instead.
+    pub own_proc: bool,
+    /// Landlock can scope abstract unix sockets (ABI ≥ 6).
+    pub scope_sockets: bool,
+    /// Host directories to cover with an empty read-only tmpfs inside.
+    pub hide: Vec<PathBuf>,
+}
+
 /// What the init of one workload needs.
 #[derive(Debug, Clone)]
 pub struct JailSpec {
+    /// Root or rootless.
+    pub privilege: Privilege,
     /// Workload name: the hostname inside.
     pub name: String,
     /// Login name inside (already validated).
@@ -133,6 +200,8 @@ pub struct Init {
     pidfd: Arc<OwnedFd>,
     /// Present when this provider process started it (tokio then reaps it).
     _child: Option<tokio::process::Child>,
+    /// A rootless init is this process's child without tokio knowing: [`Init::kill`] reaps it.
+    reap: bool,
 }
 
 impl Init {
@@ -151,6 +220,7 @@ impl Init {
             start_time,
             pidfd: Arc::new(pidfd),
             _child: None,
+            reap: false,
         };
         init.alive().then_some(init)
     }
@@ -191,6 +261,25 @@ impl Init {
                 libc::poll(&mut pfd, 1, 50);
             }
         }
+        if self.reap {
+            reap_pidfd(&self.pidfd);
+        }
+    }
+}
+
+/// Reap an exited child through its pidfd (never another process that reuses the pid); a
+/// child still running, or not ours, is left alone.
+fn reap_pidfd(pidfd: &OwnedFd) {
+    // SAFETY: siginfo_t is plain data; waitid writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall on a pidfd we own, with a valid siginfo buffer.
+    unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        );
     }
 }
 
@@ -278,6 +367,8 @@ fn open_write(p: &Path) -> io::Result<OwnedFd> {
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 /// Most bind mounts one jail makes (home and four /etc files).
@@ -311,6 +402,10 @@ const STAGES: &[&str] = &[
     "changing directory",
     "joining the namespaces",
     "taking the terminal",
+    "writing the id maps",
+    "forking",
+    "restricting abstract sockets",
+    "hiding the provider's directories",
 ];
 
 fn stage_name(code: u8) -> &'static str {
@@ -371,6 +466,133 @@ fn set_rlimits(r: Option<Rlimits>, nproc: u32) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// Rootless rlimits: only `RLIMIT_AS`, never above the hard limit we already have (an ordinary
+/// user may lower limits, not raise them). `RLIMIT_NPROC` is left alone: it counts every
+/// process of the real uid — the provider's user, with all its other processes — so it would
+/// limit the wrong thing.
+fn set_rlimits_rootless(r: Option<Rlimits>) -> Result<(), ()> {
+    if let Some(r) = r {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid rlimit structs on the stack.
+        unsafe {
+            check(libc::getrlimit(libc::RLIMIT_AS, &mut cur))?;
+            let v = r.address_space.min(cur.rlim_max);
+            let lim = libc::rlimit {
+                rlim_cur: v,
+                rlim_max: v,
+            };
+            check(libc::setrlimit(libc::RLIMIT_AS, &lim))?;
+        }
+    }
+    Ok(())
+}
+
+/// Rootless: become uid/gid 1000 inside (the provider's ids, already ours through the map).
+/// Supplementary groups cannot be changed once `setgroups` is denied; they stay as they were.
+fn become_user_rootless() -> Result<(), ()> {
+    // SAFETY: plain credential syscalls.
+    unsafe {
+        check(libc::setresgid(INSIDE_UID, INSIDE_UID, INSIDE_UID))?;
+        check(libc::setresuid(INSIDE_UID, INSIDE_UID, INSIDE_UID))?;
+    }
+    Ok(())
+}
+
+/// Landlock ABI version, 0 where Landlock is missing or disabled.
+pub fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the version query takes no ruleset and returns a number or -1.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0)
+}
+
+/// Confine the calling process (and everything it starts) so that it cannot connect to abstract
+/// unix sockets made outside its Landlock domain. Needs `no_new_privs` and Landlock ABI ≥ 6.
+fn restrict_abstract_sockets() -> Result<(), ()> {
+    #[repr(C)]
+    struct RulesetAttr {
+        handled_access_fs: u64,
+        handled_access_net: u64,
+        scoped: u64,
+    }
+    const LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1;
+    let attr = RulesetAttr {
+        handled_access_fs: 0,
+        handled_access_net: 0,
+        scoped: LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET,
+    };
+    // SAFETY: plain syscalls with a valid attribute struct; the ruleset fd is closed after use.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            std::mem::size_of::<RulesetAttr>(),
+            0u32,
+        );
+        if fd < 0 {
+            return Err(());
+        }
+        let rc = libc::syscall(libc::SYS_landlock_restrict_self, fd as libc::c_int, 0u32);
+        libc::close(fd as libc::c_int);
+        if rc != 0 {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// `fork` as a raw `clone`, optionally with `CLONE_PARENT` (the child becomes our parent's
+/// child). Returns the child's pid (in our pid namespace), 0 in the child, -1 on error.
+fn raw_fork(parent: bool) -> libc::pid_t {
+    let flags = libc::SIGCHLD as libc::c_ulong
+        | if parent {
+            libc::CLONE_PARENT as libc::c_ulong
+        } else {
+            0
+        };
+    // SAFETY: clone without CLONE_VM and without a new stack behaves like fork; every other
+    // argument is unused for these flags.
+    unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) as libc::pid_t }
+}
+
+/// Write `data` to the file at `path` (a prepared C string), all at once.
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> Result<(), ()> {
+    // SAFETY: open/write/close on a prepared path and buffer.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let saved = *libc::__errno_location();
+        libc::close(fd);
+        *libc::__errno_location() = saved;
+        if n != data.len() as isize {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// Rootless: map the provider's uid and gid (the maps are prepared text) to 1000 inside the user
+/// namespace this process just made. `setgroups` must be denied before an unprivileged process
+/// may write a gid map.
+fn write_own_maps(uid_map: &[u8], gid_map: &[u8]) -> Result<(), ()> {
+    write_file(c"/proc/self/setgroups", b"deny")?;
+    write_file(c"/proc/self/uid_map", uid_map)?;
+    write_file(c"/proc/self/gid_map", gid_map)
 }
 
 /// Become `uid`/`gid` inside the user namespace just joined or made, with no capabilities left
@@ -470,6 +692,9 @@ struct MountStep {
     data: Option<CString>,
     /// Flags of a bind remount right after (0: none).
     remount: libc::c_ulong,
+    /// The same flags as `mount_setattr` attributes to set and clear (rootless binds).
+    attr_set: u64,
+    attr_clr: u64,
     /// Directories to create first, outermost first (inside a tmpfs made by an earlier step).
     parents: Vec<CString>,
     /// What to create as the mount point itself.
@@ -502,6 +727,26 @@ struct InitPlan {
     /// Parent-side ends the child must close so that EOF works both ways.
     ready_r: RawFd,
     go_w: RawFd,
+    /// Present in rootless mode.
+    rootless: Option<RootlessPlan>,
+}
+
+/// The rootless part of an init's plan.
+struct RootlessPlan {
+    /// `/proc/self/uid_map` and `gid_map` text.
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+    scope_sockets: bool,
+}
+
+impl RootlessPlan {
+    fn new(r: &Rootless) -> RootlessPlan {
+        RootlessPlan {
+            uid_map: format!("{INSIDE_UID} {} 1\n", r.uid).into_bytes(),
+            gid_map: format!("{INSIDE_UID} {} 1\n", r.gid).into_bytes(),
+            scope_sockets: r.scope_sockets,
+        }
+    }
 }
 
 fn tmpfs(target: &str, data: String, stage: &'static str) -> Result<MountStep, JailError> {
@@ -512,6 +757,8 @@ fn tmpfs(target: &str, data: String, stage: &'static str) -> Result<MountStep, J
         flags: libc::MS_NOSUID | libc::MS_NODEV,
         data: Some(cstring(data, stage)?),
         remount: 0,
+        attr_set: 0,
+        attr_clr: 0,
         parents: Vec::new(),
         make: Make::Nothing,
         optional: false,
@@ -537,6 +784,8 @@ fn bind(
         flags: libc::MS_BIND,
         data: None,
         remount: libc::MS_REMOUNT | libc::MS_BIND | remount,
+        attr_set: mount_attrs(remount),
+        attr_clr: MOUNT_ATTR_RDONLY & !mount_attrs(remount),
         parents: Vec::new(),
         make,
         optional,
@@ -601,12 +850,56 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         data: None,
         remount: 0,
+        attr_set: 0,
+        attr_clr: 0,
         parents: Vec::new(),
         make: Make::Nothing,
         optional: false,
         stage: "mounting /proc",
     });
+    if let Privilege::Rootless(r) = &spec.privilege {
+        rootless_mounts(r, &mut m)?;
+    }
     Ok(m)
+}
+
+/// `MS_*` flags of a bind remount as `MOUNT_ATTR_*` bits.
+fn mount_attrs(flags: libc::c_ulong) -> u64 {
+    [
+        (libc::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (libc::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (libc::MS_NODEV, MOUNT_ATTR_NODEV),
+        (libc::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ]
+    .into_iter()
+    .filter(|(ms, _)| flags & ms != 0)
+    .fold(0, |acc, (_, attr)| acc | attr)
+}
+
+/// Rootless changes to the plan: the provider's own directories are covered first (the
+/// workload runs as the provider's uid), and where no fresh `/proc` may be mounted, an empty
+/// one hides the host's (whose entries for the provider's own processes would be the
+/// workload's to read and write).
+fn rootless_mounts(r: &Rootless, m: &mut Vec<MountStep>) -> Result<(), JailError> {
+    let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mut hidden = Vec::new();
+    for dir in &r.hide {
+        let stage = "hiding the provider's directories";
+        let mut step = tmpfs(&dir.to_string_lossy(), "mode=000,size=4k".into(), stage)?;
+        step.target = cpath(dir, stage)?;
+        step.flags = ro;
+        hidden.push(step);
+    }
+    m.splice(0..0, hidden);
+    if !r.own_proc {
+        if let Some(step) = m.iter_mut().find(|s| s.stage == "mounting /proc") {
+            step.source = cstring("tmpfs", "mounting /proc")?;
+            step.fstype = Some(cstring("tmpfs", "mounting /proc")?);
+            step.flags = ro;
+            step.data = Some(cstring("mode=555,size=4k", "mounting /proc")?);
+        }
+    }
+    Ok(())
 }
 
 /// Mount points of this (the provider's) mount namespace with the flags a read-only bind
@@ -650,6 +943,177 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The filesystem view and hostname, made in the init's fresh mount and uts namespaces: every
+/// mount private, the host read-only and nosuid, then the planned mounts on top.
+fn build_view(p: &InitPlan, e: RawFd) -> io::Result<()> {
+    let rootless = p.rootless.is_some();
+    // SAFETY (whole function): raw syscalls on data prepared before the fork; no allocation.
+    unsafe {
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(fail(e, "making mounts private"));
+        }
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let rc = libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        );
+        if rc != 0 {
+            // Rootless, a remount must repeat every flag the kernel locked, and a mount point it
+            // misses would stay writable: no fallback there (Linux ≥ 5.12 is required).
+            if rootless || *libc::__errno_location() != libc::ENOSYS {
+                return Err(fail(e, "making the host read-only"));
+            }
+            // Old kernel: remount each mount point read-only, parents first. A point hidden by
+            // a later mount fails harmlessly; "/" itself must succeed.
+            for (i, (point, flags)) in p.remount_points.iter().enumerate() {
+                let rc = libc::mount(
+                    std::ptr::null(),
+                    point.as_ptr(),
+                    std::ptr::null(),
+                    *flags,
+                    std::ptr::null(),
+                );
+                if rc != 0 && i == 0 {
+                    return Err(fail(e, "making the host read-only"));
+                }
+            }
+        }
+        if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) != 0 {
+            return Err(fail(e, "setting the hostname"));
+        }
+        // Clone every bind source first, while its path is still visible.
+        let mut trees: [RawFd; MAX_BINDS] = [-1; MAX_BINDS];
+        for (i, m) in p.mounts.iter().filter(|m| m.fstype.is_none()).enumerate() {
+            if i >= MAX_BINDS || (m.optional && libc::access(m.target.as_ptr(), libc::F_OK) != 0) {
+                continue;
+            }
+            let fd = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                m.source.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            );
+            if fd < 0 {
+                return Err(fail(e, m.stage));
+            }
+            trees[i] = fd as RawFd;
+        }
+        let mut bind_index = 0;
+        for m in &p.mounts {
+            // Rootless binds get their flags on the detached clone instead of by a remount.
+            let mut flags_set = false;
+            let rc = match &m.fstype {
+                Some(fstype) => libc::mount(
+                    m.source.as_ptr(),
+                    m.target.as_ptr(),
+                    fstype.as_ptr(),
+                    m.flags,
+                    m.data
+                        .as_ref()
+                        .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
+                ),
+                None => {
+                    let tree = trees.get(bind_index).copied().unwrap_or(-1);
+                    bind_index += 1;
+                    if tree < 0 {
+                        continue; // an optional target this host does not have
+                    }
+                    for d in &m.parents {
+                        libc::mkdir(d.as_ptr(), 0o755);
+                    }
+                    match m.make {
+                        Make::Nothing => {}
+                        Make::Dir => {
+                            libc::mkdir(m.target.as_ptr(), 0o755);
+                        }
+                        Make::File => {
+                            let fd = libc::open(
+                                m.target.as_ptr(),
+                                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                                0o644,
+                            );
+                            if fd >= 0 {
+                                libc::close(fd);
+                            }
+                        }
+                    }
+                    if rootless && m.remount != 0 {
+                        let attr = MountAttr {
+                            attr_set: m.attr_set,
+                            attr_clr: m.attr_clr,
+                            propagation: 0,
+                            userns_fd: 0,
+                        };
+                        let rc = libc::syscall(
+                            libc::SYS_mount_setattr,
+                            tree,
+                            c"".as_ptr(),
+                            libc::AT_EMPTY_PATH as libc::c_uint,
+                            &attr as *const MountAttr,
+                            std::mem::size_of::<MountAttr>(),
+                        );
+                        if rc != 0 {
+                            let errno = *libc::__errno_location();
+                            libc::close(tree);
+                            if m.optional {
+                                continue;
+                            }
+                            *libc::__errno_location() = errno;
+                            return Err(fail(e, m.stage));
+                        }
+                        flags_set = true;
+                    }
+                    let rc = libc::syscall(
+                        libc::SYS_move_mount,
+                        tree,
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        m.target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    ) as libc::c_int;
+                    libc::close(tree);
+                    rc
+                }
+            };
+            if rc != 0 && m.optional {
+                continue;
+            }
+            if rc != 0 {
+                return Err(fail(e, m.stage));
+            }
+            if m.remount != 0
+                && !flags_set
+                && libc::mount(
+                    std::ptr::null(),
+                    m.target.as_ptr(),
+                    std::ptr::null(),
+                    m.remount,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(fail(e, m.stage));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The init's side of the fork: runs in the child, between fork and exec.
@@ -701,136 +1165,7 @@ fn init_child(p: &InitPlan) -> io::Result<()> {
         if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) != 0 {
             return Err(fail(e, "unsharing namespaces"));
         }
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(fail(e, "making mounts private"));
-        }
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        let rc = libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            c"/".as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        );
-        if rc != 0 {
-            if *libc::__errno_location() != libc::ENOSYS {
-                return Err(fail(e, "making the host read-only"));
-            }
-            // Old kernel: remount each mount point read-only, parents first. A point hidden by
-            // a later mount fails harmlessly; "/" itself must succeed.
-            for (i, (point, flags)) in p.remount_points.iter().enumerate() {
-                let rc = libc::mount(
-                    std::ptr::null(),
-                    point.as_ptr(),
-                    std::ptr::null(),
-                    *flags,
-                    std::ptr::null(),
-                );
-                if rc != 0 && i == 0 {
-                    return Err(fail(e, "making the host read-only"));
-                }
-            }
-        }
-        if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) != 0 {
-            return Err(fail(e, "setting the hostname"));
-        }
-        // Clone every bind source first, while its path is still visible.
-        let mut trees: [RawFd; MAX_BINDS] = [-1; MAX_BINDS];
-        for (i, m) in p.mounts.iter().filter(|m| m.fstype.is_none()).enumerate() {
-            if i >= MAX_BINDS || (m.optional && libc::access(m.target.as_ptr(), libc::F_OK) != 0) {
-                continue;
-            }
-            let fd = libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                m.source.as_ptr(),
-                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-            );
-            if fd < 0 {
-                return Err(fail(e, m.stage));
-            }
-            trees[i] = fd as RawFd;
-        }
-        let mut bind_index = 0;
-        for m in &p.mounts {
-            let rc = match &m.fstype {
-                Some(fstype) => libc::mount(
-                    m.source.as_ptr(),
-                    m.target.as_ptr(),
-                    fstype.as_ptr(),
-                    m.flags,
-                    m.data
-                        .as_ref()
-                        .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
-                ),
-                None => {
-                    let tree = trees.get(bind_index).copied().unwrap_or(-1);
-                    bind_index += 1;
-                    if tree < 0 {
-                        continue; // an optional target this host does not have
-                    }
-                    for d in &m.parents {
-                        libc::mkdir(d.as_ptr(), 0o755);
-                    }
-                    match m.make {
-                        Make::Nothing => {}
-                        Make::Dir => {
-                            libc::mkdir(m.target.as_ptr(), 0o755);
-                        }
-                        Make::File => {
-                            let fd = libc::open(
-                                m.target.as_ptr(),
-                                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                                0o644,
-                            );
-                            if fd >= 0 {
-                                libc::close(fd);
-                            }
-                        }
-                    }
-                    let rc = libc::syscall(
-                        libc::SYS_move_mount,
-                        tree,
-                        c"".as_ptr(),
-                        libc::AT_FDCWD,
-                        m.target.as_ptr(),
-                        MOVE_MOUNT_F_EMPTY_PATH,
-                    ) as libc::c_int;
-                    libc::close(tree);
-                    rc
-                }
-            };
-            if rc != 0 && m.optional {
-                continue;
-            }
-            if rc != 0 {
-                return Err(fail(e, m.stage));
-            }
-            if m.remount != 0
-                && libc::mount(
-                    std::ptr::null(),
-                    m.target.as_ptr(),
-                    std::ptr::null(),
-                    m.remount,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(fail(e, m.stage));
-            }
-        }
+        build_view(p, e)?;
         if libc::unshare(libc::CLONE_NEWUSER) != 0 {
             return Err(fail(e, "creating the user namespace"));
         }
@@ -858,6 +1193,171 @@ fn init_child(p: &InitPlan) -> io::Result<()> {
         mark_fds_cloexec();
     }
     Ok(())
+}
+
+/// The rootless init's side of the fork (see the module docs): the middle process makes the
+/// namespaces and maps, forks the init with `CLONE_PARENT`, reports its pid and exits; the init
+/// builds the view and drops everything before exec.
+fn rootless_init_child(p: &InitPlan, r: &RootlessPlan) -> io::Result<()> {
+    let e = p.err_w.as_raw_fd();
+    // SAFETY (whole function): raw syscalls on data prepared before the fork; no allocation.
+    unsafe {
+        libc::close(p.ready_r);
+        libc::close(p.go_w);
+        let fds: [RawFd; 3] = [
+            p.cgroup_fds.first().map_or(-1, |f| f.as_raw_fd()),
+            p.cgroup_fds.get(1).map_or(-1, |f| f.as_raw_fd()),
+            p.cgroup_fds.get(2).map_or(-1, |f| f.as_raw_fd()),
+        ];
+        if join_cgroups(&fds[..p.cgroup_fds.len().min(3)]).is_err() {
+            return Err(fail(e, "joining the cgroup"));
+        }
+        if set_rlimits_rootless(p.rlimits).is_err() {
+            return Err(fail(e, "setting rlimits"));
+        }
+        if libc::unshare(
+            libc::CLONE_NEWUSER
+                | libc::CLONE_NEWNS
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWPID,
+        ) != 0
+        {
+            return Err(fail(e, "creating the user namespace"));
+        }
+        if write_own_maps(&r.uid_map, &r.gid_map).is_err() {
+            return Err(fail(e, "writing the id maps"));
+        }
+        let pid = raw_fork(true);
+        if pid < 0 {
+            return Err(fail(e, "forking"));
+        }
+        if pid > 0 {
+            // The middle process: report the init's host pid, and go.
+            let bytes = pid.to_le_bytes();
+            libc::write(p.ready_w.as_raw_fd(), bytes.as_ptr().cast(), 4);
+            libc::_exit(0);
+        }
+        build_view(p, e)?;
+        if become_user_rootless().is_err() {
+            return Err(fail(e, "switching user"));
+        }
+        if drop_capabilities().is_err() {
+            return Err(fail(e, "dropping capabilities"));
+        }
+        if r.scope_sockets && restrict_abstract_sockets().is_err() {
+            return Err(fail(e, "restricting abstract sockets"));
+        }
+        if libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(fail(e, "changing directory"));
+        }
+        mark_fds_cloexec();
+    }
+    Ok(())
+}
+
+/// Read a pid a forked child reported on `fd`, if it did.
+fn read_pid(fd: &OwnedFd) -> Option<i32> {
+    if !poll_in(fd.as_raw_fd(), 0) {
+        return None;
+    }
+    let mut buf = [0u8; 4];
+    // SAFETY: reading into a stack buffer from our pipe.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 4) };
+    (n == 4).then(|| i32::from_le_bytes(buf)).filter(|p| *p > 1)
+}
+
+/// Reap a child we know has exited or is about to (blocking).
+fn reap_pid(pid: i32) {
+    let mut status = 0;
+    // SAFETY: plain syscall on our own child.
+    unsafe {
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
+fn start_init_rootless(spec: &JailSpec, r: &Rootless) -> Result<Init, JailError> {
+    let cgroup_fds = spec
+        .cgroup_procs
+        .iter()
+        .map(|p| open_write(p))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| err("joining the cgroup", e))?;
+    let (ready_r, ready_w) = pipe().map_err(|e| err("creating pipes", e))?;
+    let (go_r, go_w) = pipe().map_err(|e| err("creating pipes", e))?;
+    let (err_r, err_w) = pipe().map_err(|e| err("creating pipes", e))?;
+    let mounts = plan_mounts(spec)?;
+    let plan = Arc::new(InitPlan {
+        cgroup_fds,
+        rlimits: spec.rlimits,
+        nproc: 0,
+        hostname: cstring(&spec.name, "setting the hostname")?,
+        mounts,
+        remount_points: remount_points(),
+        ready_w,
+        go_r,
+        err_w,
+        ready_r: ready_r.as_raw_fd(),
+        go_w: go_w.as_raw_fd(),
+        rootless: Some(RootlessPlan::new(r)),
+    });
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg0("paygress-init")
+        .arg("-c")
+        .arg(INIT_SCRIPT)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child_plan = Arc::clone(&plan);
+    // SAFETY: rootless_init_child only makes syscalls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || match &child_plan.rootless {
+            Some(r) => rootless_init_child(&child_plan, r),
+            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        });
+    }
+    let _fork = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    // spawn returns once the middle process is gone and the init has exec'd (or failed).
+    let spawned = cmd.spawn();
+    drop(cmd);
+    drop(plan);
+    drop(go_w);
+    let pid = read_pid(&ready_r);
+    let mut middle = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(pid) = pid {
+                reap_pid(pid);
+            }
+            return Err(match read_stage(&err_r) {
+                Some((stage, source)) => err(stage, source),
+                None => err("forking", e),
+            });
+        }
+    };
+    let _ = middle.wait();
+    let pid = pid.ok_or_else(|| err("forking", io::Error::from(io::ErrorKind::UnexpectedEof)))?;
+    let finish = || -> Result<Init, JailError> {
+        let pidfd = pidfd_open(pid).map_err(|e| err("opening a pidfd", e))?;
+        let start_time = process_start(pid)
+            .ok_or_else(|| err("reading the init", io::Error::from(io::ErrorKind::NotFound)))?;
+        Ok(Init {
+            pid,
+            start_time,
+            pidfd: Arc::new(pidfd),
+            _child: None,
+            reap: true,
+        })
+    };
+    finish().inspect_err(|_| {
+        // SAFETY: plain syscalls on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        reap_pid(pid);
+    })
 }
 
 /// Read the child's stage report, if it wrote one.
@@ -901,6 +1401,9 @@ fn write_maps(ready_r: OwnedFd, go_w: OwnedFd, host_base: u32) -> Result<(), Jai
 /// Make the namespaces and start the init of a workload. Blocking: call from a blocking task.
 /// `rt` is the runtime that will reap the process.
 pub fn start_init(spec: &JailSpec, rt: &tokio::runtime::Handle) -> Result<Init, JailError> {
+    if let Privilege::Rootless(r) = &spec.privilege {
+        return start_init_rootless(spec, r);
+    }
     let cgroup_fds = spec
         .cgroup_procs
         .iter()
@@ -923,6 +1426,7 @@ pub fn start_init(spec: &JailSpec, rt: &tokio::runtime::Handle) -> Result<Init, 
         err_w,
         ready_r: ready_r.as_raw_fd(),
         go_w: go_w.as_raw_fd(),
+        rootless: None,
     });
     let base = spec.host_base;
     let _fork = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -984,6 +1488,7 @@ pub fn start_init(spec: &JailSpec, rt: &tokio::runtime::Handle) -> Result<Init, 
             start_time,
             pidfd: Arc::new(pidfd),
             _child: None,
+            reap: false,
         })
     };
     match finish() {
@@ -1031,6 +1536,9 @@ struct SessionPlan {
     cwd: CString,
     pty: bool,
     err_w: OwnedFd,
+    /// Rootless: where the middle process reports the session's pid, and whether to scope
+    /// abstract sockets.
+    rootless: Option<(OwnedFd, bool)>,
 }
 
 fn session_child(p: &SessionPlan) -> io::Result<()> {
@@ -1044,6 +1552,9 @@ fn session_child(p: &SessionPlan) -> io::Result<()> {
         ];
         if join_cgroups(&fds[..p.cgroup_fds.len().min(3)]).is_err() {
             return Err(fail(e, "joining the cgroup"));
+        }
+        if let Some((pid_w, scope_sockets)) = &p.rootless {
+            return rootless_session_child(p, e, pid_w.as_raw_fd(), *scope_sockets);
         }
         if set_rlimits(p.rlimits, p.nproc).is_err() {
             return Err(fail(e, "setting rlimits"));
@@ -1078,22 +1589,222 @@ fn session_child(p: &SessionPlan) -> io::Result<()> {
     Ok(())
 }
 
+/// Rootless session (see the module docs): join every namespace through the user namespace,
+/// become the buyer, fork the session with `CLONE_PARENT` so it is born in the pid namespace,
+/// report its pid from the middle process and exit there.
+fn rootless_session_child(
+    p: &SessionPlan,
+    e: RawFd,
+    pid_w: RawFd,
+    scope_sockets: bool,
+) -> io::Result<()> {
+    // SAFETY (whole function): raw syscalls on data prepared before the fork; no allocation.
+    unsafe {
+        if set_rlimits_rootless(p.rlimits).is_err() {
+            return Err(fail(e, "setting rlimits"));
+        }
+        if libc::setns(
+            p.pidfd,
+            libc::CLONE_NEWUSER
+                | libc::CLONE_NEWNS
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWPID,
+        ) != 0
+        {
+            return Err(fail(e, "joining the namespaces"));
+        }
+        if become_user_rootless().is_err() {
+            return Err(fail(e, "switching user"));
+        }
+        if drop_capabilities().is_err() {
+            return Err(fail(e, "dropping capabilities"));
+        }
+        if scope_sockets && restrict_abstract_sockets().is_err() {
+            return Err(fail(e, "restricting abstract sockets"));
+        }
+        let pid = raw_fork(true);
+        if pid < 0 {
+            return Err(fail(e, "forking"));
+        }
+        if pid > 0 {
+            let bytes = pid.to_le_bytes();
+            libc::write(pid_w, bytes.as_ptr().cast(), 4);
+            libc::_exit(0);
+        }
+        if libc::chdir(p.cwd.as_ptr()) != 0 && libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(fail(e, "changing directory"));
+        }
+        if libc::setsid() < 0 {
+            return Err(fail(e, "taking the terminal"));
+        }
+        if p.pty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            return Err(fail(e, "taking the terminal"));
+        }
+        mark_fds_cloexec();
+    }
+    Ok(())
+}
+
+/// A running session process, whichever way it was started.
+#[derive(Debug)]
+pub struct SessionChild {
+    pub stdin: Option<tokio::process::ChildStdin>,
+    pub stdout: Option<tokio::process::ChildStdout>,
+    pub stderr: Option<tokio::process::ChildStderr>,
+    proc: SessionProc,
+}
+
+#[derive(Debug)]
+enum SessionProc {
+    /// Root mode: the session is the spawned child itself.
+    Direct(tokio::process::Child),
+    /// Rootless: the spawned child only forked it (with `CLONE_PARENT`, so it is our child too,
+    /// unknown to tokio) and exited; it was reaped at once.
+    Forked(Forked),
+}
+
+#[derive(Debug)]
+struct Forked {
+    pid: i32,
+    pidfd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    status: Option<std::process::ExitStatus>,
+}
+
+/// Reap `pid` if it has exited.
+fn try_reap(pid: i32) -> io::Result<Option<std::process::ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: plain syscall on our own child, which nobody else reaps.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match rc {
+        0 => Ok(None),
+        r if r == pid => Ok(Some(std::process::ExitStatus::from_raw(status))),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+impl Forked {
+    async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        loop {
+            if let Some(s) = self.status {
+                return Ok(s);
+            }
+            if let Some(s) = try_reap(self.pid)? {
+                self.status = Some(s);
+                return Ok(s);
+            }
+            let fd = self
+                .pidfd
+                .as_ref()
+                .ok_or_else(|| io::Error::other("no pidfd"))?;
+            // A pidfd polls readable once its process has exited.
+            let mut guard = fd.readable().await?;
+            guard.clear_ready();
+        }
+    }
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        // Still running (the connection went away): reap it whenever it ends.
+        let pid = self.pid;
+        let pidfd = self.pidfd.take();
+        match (tokio::runtime::Handle::try_current(), pidfd) {
+            (Ok(rt), Some(fd)) => {
+                rt.spawn(async move {
+                    loop {
+                        match try_reap(pid) {
+                            Ok(None) => {}
+                            _ => return,
+                        }
+                        match fd.readable().await {
+                            Ok(mut g) => g.clear_ready(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+            _ => {
+                std::thread::spawn(move || reap_pid(pid));
+            }
+        }
+    }
+}
+
+impl SessionChild {
+    fn direct(mut child: tokio::process::Child) -> SessionChild {
+        SessionChild {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            proc: SessionProc::Direct(child),
+        }
+    }
+
+    /// Wait for the session process to exit.
+    pub async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        match &mut self.proc {
+            SessionProc::Direct(c) => c.wait().await,
+            SessionProc::Forked(f) => f.wait().await,
+        }
+    }
+
+    /// Send SIGKILL to the session process.
+    pub fn start_kill(&mut self) -> io::Result<()> {
+        match &mut self.proc {
+            SessionProc::Direct(c) => c.start_kill(),
+            SessionProc::Forked(f) => match &f.pidfd {
+                Some(fd) if f.status.is_none() => {
+                    // SAFETY: plain syscall on a pidfd we own.
+                    let rc = unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            fd.get_ref().as_raw_fd(),
+                            libc::SIGKILL,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        )
+                    };
+                    if rc == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
 /// Start `cmd` inside the namespaces and cgroups of a running init, as the buyer. Blocking: call
 /// from a blocking task; `rt` is the runtime that will reap the process.
 pub fn spawn_session(
     init: &InitHandle,
+    privilege: &Privilege,
     cgroup_procs: &[PathBuf],
     rlimits: Option<Rlimits>,
     nproc: u32,
     cmd: SessionCmd,
     rt: &tokio::runtime::Handle,
-) -> Result<tokio::process::Child, JailError> {
+) -> Result<SessionChild, JailError> {
     let cgroup_fds = cgroup_procs
         .iter()
         .map(|p| open_write(p))
         .collect::<io::Result<Vec<_>>>()
         .map_err(|e| err("joining the cgroup", e))?;
     let (err_r, err_w) = pipe().map_err(|e| err("creating pipes", e))?;
+    let (pid_r, rootless) = match privilege {
+        Privilege::Root => (None, None),
+        Privilege::Rootless(r) => {
+            let (pid_r, pid_w) = pipe().map_err(|e| err("creating pipes", e))?;
+            (Some(pid_r), Some((pid_w, r.scope_sockets)))
+        }
+    };
     let pidfd = Arc::clone(&init.pidfd);
     let plan = Arc::new(SessionPlan {
         pidfd: pidfd.as_raw_fd(),
@@ -1103,6 +1814,7 @@ pub fn spawn_session(
         cwd: cpath(&cmd.cwd, "changing directory")?,
         pty: cmd.pty,
         err_w,
+        rootless,
     });
     let mut c = std::process::Command::new(&cmd.program);
     c.arg0(&cmd.arg0)
@@ -1117,8 +1829,76 @@ pub fn spawn_session(
     unsafe {
         c.pre_exec(move || session_child(&child_plan));
     }
-    let rt = rt.clone();
+    let stage_of = |e: io::Error| match read_stage(&err_r) {
+        Some((stage, source)) => err(stage, source),
+        None => err("joining the namespaces", e),
+    };
     let _fork = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(pid_r) = pid_r {
+        // Rootless: no setns on this thread (an unprivileged process may not join a pid
+        // namespace); the forked child does it all.
+        let spawned = c.spawn();
+        drop(c);
+        drop(plan);
+        let pid = read_pid(&pid_r);
+        let mut middle = match spawned {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(pid) = pid {
+                    reap_pid(pid);
+                }
+                return Err(stage_of(e));
+            }
+        };
+        // The middle process is gone (spawn returned once it closed its end of std's exec
+        // pipe, which it only does by exiting): reap it now.
+        let _ = middle.wait();
+        let pid =
+            pid.ok_or_else(|| err("forking", io::Error::from(io::ErrorKind::UnexpectedEof)))?;
+        let _rt = rt.enter();
+        let pidfd = pidfd_open(pid).and_then(|fd| {
+            // SAFETY: `fd` is a pidfd we own; nothing else closes or replaces it while the
+            // AsyncFd holds it.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| io::Error::other(e.to_string()))
+        });
+        let pidfd = match pidfd {
+            Ok(fd) => fd,
+            Err(e) => {
+                // SAFETY: plain syscalls on our own child, not reaped yet (so not reused).
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                reap_pid(pid);
+                return Err(err("opening a pidfd", e));
+            }
+        };
+        // The pipes the session inherited from the middle process, as tokio types (this
+        // thread is in the runtime's context). One that cannot be registered is dropped, which
+        // the session sees as a closed pipe.
+        return Ok(SessionChild {
+            stdin: middle
+                .stdin
+                .take()
+                .and_then(|p| tokio::process::ChildStdin::from_std(p).ok()),
+            stdout: middle
+                .stdout
+                .take()
+                .and_then(|p| tokio::process::ChildStdout::from_std(p).ok()),
+            stderr: middle
+                .stderr
+                .take()
+                .and_then(|p| tokio::process::ChildStderr::from_std(p).ok()),
+            proc: SessionProc::Forked(Forked {
+                pid,
+                pidfd: Some(pidfd),
+                status: None,
+            }),
+        });
+    }
+    let rt = rt.clone();
     let spawned = std::thread::spawn(move || -> io::Result<tokio::process::Child> {
         // Children of this short-lived thread are born in the workload's pid namespace.
         // SAFETY: plain syscall on a pidfd kept alive by `pidfd` for the whole spawn.
@@ -1131,10 +1911,190 @@ pub fn spawn_session(
     .join()
     .map_err(|_| err("forking", io::Error::other("spawn thread panicked")))?;
     drop(plan);
-    spawned.map_err(|e| match read_stage(&err_r) {
-        Some((stage, source)) => err(stage, source),
-        None => err("joining the namespaces", e),
-    })
+    spawned.map(SessionChild::direct).map_err(stage_of)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probing what an unprivileged user may do here
+// ---------------------------------------------------------------------------------------------
+
+struct ProbePlan {
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+    err_w: OwnedFd,
+    report_w: OwnedFd,
+}
+
+/// The probe's child: every kind of step a rootless init takes, in a throwaway set of
+/// namespaces. A fresh `/proc` is tried by a grandchild (it must be in the new pid namespace),
+/// whose verdict is reported rather than failed: its absence is survivable.
+fn probe_child(p: &ProbePlan) -> io::Result<()> {
+    let e = p.err_w.as_raw_fd();
+    // SAFETY (whole function): raw syscalls on data prepared before the fork; no allocation.
+    unsafe {
+        if libc::unshare(
+            libc::CLONE_NEWUSER
+                | libc::CLONE_NEWNS
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWPID,
+        ) != 0
+        {
+            return Err(fail(e, "creating the user namespace"));
+        }
+        if write_own_maps(&p.uid_map, &p.gid_map).is_err() {
+            return Err(fail(e, "writing the id maps"));
+        }
+        let none = std::ptr::null::<libc::c_char>();
+        if libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(fail(e, "making mounts private"));
+        }
+        let ro = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        if libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &ro as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) != 0
+        {
+            return Err(fail(e, "making the host read-only"));
+        }
+        if libc::sethostname(c"paygress-probe".as_ptr(), 14) != 0 {
+            return Err(fail(e, "setting the hostname"));
+        }
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/tmp".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=755,size=16k".as_ptr().cast(),
+        ) != 0
+        {
+            return Err(fail(e, "mounting tmpfs"));
+        }
+        libc::mkdir(c"/tmp/a".as_ptr(), 0o755);
+        libc::mkdir(c"/tmp/b".as_ptr(), 0o755);
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c"/tmp/a".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        );
+        if tree < 0 {
+            return Err(fail(e, "mounting the home directory"));
+        }
+        let rw = MountAttr {
+            attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            attr_clr: MOUNT_ATTR_RDONLY,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let rc = libc::syscall(
+            libc::SYS_mount_setattr,
+            tree as libc::c_int,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &rw as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        );
+        if rc != 0 {
+            return Err(fail(e, "mounting the home directory"));
+        }
+        if libc::syscall(
+            libc::SYS_move_mount,
+            tree as libc::c_int,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c"/tmp/b".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) != 0
+        {
+            return Err(fail(e, "mounting the home directory"));
+        }
+        let pid = raw_fork(false);
+        if pid < 0 {
+            return Err(fail(e, "forking"));
+        }
+        if pid == 0 {
+            let ok = libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) == 0;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        let mut status = 0;
+        let own_proc = libc::waitpid(pid, &mut status, 0) == pid
+            && libc::WIFEXITED(status)
+            && libc::WEXITSTATUS(status) == 0;
+        let verdict = if own_proc { b"1" } else { b"0" };
+        libc::write(p.report_w.as_raw_fd(), verdict.as_ptr().cast(), 1);
+        mark_fds_cloexec();
+    }
+    Ok(())
+}
+
+/// Try, in a throwaway child, everything a rootless jail needs. `Ok(own_proc)` says whether a
+/// fresh `/proc` can be mounted; an error names the step the kernel refused. Blocking.
+pub fn probe_rootless(uid: u32, gid: u32) -> Result<bool, JailError> {
+    let (err_r, err_w) = pipe().map_err(|e| err("creating pipes", e))?;
+    let (report_r, report_w) = pipe().map_err(|e| err("creating pipes", e))?;
+    let plan = Arc::new(ProbePlan {
+        uid_map: format!("{INSIDE_UID} {uid} 1\n").into_bytes(),
+        gid_map: format!("{INSIDE_UID} {gid} 1\n").into_bytes(),
+        err_w,
+        report_w,
+    });
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg0("paygress-probe")
+        .arg("-c")
+        .arg(":")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child_plan = Arc::clone(&plan);
+    // SAFETY: probe_child only makes syscalls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || probe_child(&child_plan));
+    }
+    let spawned = {
+        let _fork = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        cmd.spawn()
+    };
+    drop(cmd);
+    drop(plan);
+    match spawned {
+        Ok(mut child) => {
+            let _ = child.wait();
+        }
+        Err(e) => {
+            return Err(match read_stage(&err_r) {
+                Some((stage, source)) => err(stage, source),
+                None => err("forking", e),
+            })
+        }
+    }
+    let mut verdict = [0u8; 1];
+    // SAFETY: reading one byte into a stack buffer from our pipe (the writer has exited).
+    let n = unsafe { libc::read(report_r.as_raw_fd(), verdict.as_mut_ptr().cast(), 1) };
+    Ok(n == 1 && verdict[0] == b'1')
 }
 
 #[cfg(test)]

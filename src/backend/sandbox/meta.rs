@@ -2,10 +2,11 @@
 //!
 //! The sandbox has no daemon to ask "what do you run?", so this file *is* the backend's memory:
 //! who owns the workload (`provider_id`, for `list`), its login, deadline, port and tier, which
-//! host ids it maps, and which process is its init (pid plus start time, so a recycled pid is
-//! never mistaken for it). A restarted provider rebuilds everything from these files. Writes go
-//! through [`crate::fsutil::write_private`]: atomic (temp file + rename) and never readable by
-//! anyone but the provider's user. The password is stored only as a salted hash.
+//! host ids it maps (or that it is rootless), and which process is its init (pid plus start
+//! time, so a recycled pid is never mistaken for it). A restarted provider rebuilds everything
+//! from these files. Writes go through [`crate::fsutil::write_private`]: atomic (temp file +
+//! rename) and never readable by anyone but the provider's user. The password is stored only as
+//! a salted hash.
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,10 @@ pub struct Meta {
     /// brought back by the next `open`.
     #[serde(default)]
     pub stopped: bool,
+    /// Made by a rootless provider (its home belongs to that provider's uid, not to a mapped
+    /// range): only a rootless provider can start it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rootless: bool,
 }
 
 impl Meta {

@@ -65,6 +65,8 @@ pub struct Workload {
     pub shell: PathBuf,
     /// Host uid/gid of the buyer, for the PTY's owner.
     pub host_uid: u32,
+    /// Root or rootless jails.
+    pub privilege: jail::Privilege,
 }
 
 impl Workload {
@@ -489,7 +491,15 @@ impl Conn {
         let rt = tokio::runtime::Handle::current();
         let w2 = Arc::clone(&w);
         let spawned = tokio::task::spawn_blocking(move || {
-            jail::spawn_session(&w2.init, &w2.cgroup_procs, w2.rlimits, w2.nproc, cmd, &rt)
+            jail::spawn_session(
+                &w2.init,
+                &w2.privilege,
+                &w2.cgroup_procs,
+                w2.rlimits,
+                w2.nproc,
+                cmd,
+                &rt,
+            )
         })
         .await;
         let mut child = match spawned {
