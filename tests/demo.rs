@@ -238,14 +238,9 @@ async fn expiry_closes_the_session_and_removes_the_pod_and_a_top_up_prevents_it(
     .await;
     assert_eq!(up["extended_duration_seconds"], 25);
 
-    // A session that would last a minute is cut when the paid time runs out.
-    let started = Instant::now();
+    // A session that would last a minute is cut when the paid time runs out: the server says
+    // why and the command never finishes.
     let session = ssh(dport, "bob", "expiry-pass-1", "sleep 60; echo survived").await;
-    let lasted = started.elapsed();
-    assert!(
-        lasted < Duration::from_secs(40),
-        "session lasted {lasted:?}"
-    );
     assert!(!out(&session).contains("survived"));
     assert!(
         String::from_utf8_lossy(&session.stderr).contains("stopped"),

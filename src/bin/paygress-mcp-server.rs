@@ -128,7 +128,12 @@ async fn run(args: Args) -> ExitCode {
     };
     if demo.is_some() {
         eprintln!("demo: server {}", provider.npub());
-        eprintln!("demo: call get_demo_token, then get_offers and spawn_pod; Ctrl-C (or closing stdin) ends the demo and removes its pods");
+        let end = if args.transport == Transport::Stdio {
+            "Ctrl-C (or closing stdin)"
+        } else {
+            "Ctrl-C"
+        };
+        eprintln!("demo: call get_demo_token, then get_offers and spawn_pod; {end} ends the demo and removes its pods");
     }
     let shutdown = CancellationToken::new();
     let reaper = provider.start_reaper(shutdown.clone());

@@ -258,7 +258,7 @@ async fn answer(
     let result = match req.kind {
         RequestKind::Spawn => match parse::<SpawnRequest>(fields) {
             Ok(mut r) => {
-                r.request_id.get_or_insert_with(|| id.clone());
+                r.request_id = Some(scoped_request_id(sender, r.request_id.as_deref(), &id));
                 to_value(
                     provider
                         .spawn(r, caller, None, CancellationToken::new())
@@ -269,7 +269,7 @@ async fn answer(
         },
         RequestKind::Topup => match parse::<TopUpRequest>(fields) {
             Ok(mut r) => {
-                r.request_id.get_or_insert_with(|| id.clone());
+                r.request_id = Some(scoped_request_id(sender, r.request_id.as_deref(), &id));
                 to_value(provider.top_up(r).await)
             }
             Err(e) => Err(e),
@@ -283,6 +283,18 @@ async fn answer(
         Ok(v) => ResponseEnvelope::ok(req.kind, &id, v),
         Err(e) => ResponseEnvelope::err(Some(id), e),
     }
+}
+
+/// The core's idempotency key for a marketplace request: the buyer's id (the tool field if
+/// given, else the envelope's), scoped to the sender, so two buyers who pick the same id never
+/// collide and nobody can reach another buyer's stored answer by guessing an id.
+fn scoped_request_id(sender: &PublicKey, field: Option<&str>, envelope: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(sender.to_hex().as_bytes());
+    h.update(b":");
+    h.update(field.unwrap_or(envelope).as_bytes());
+    format!("nostr:{}", hex::encode(h.finalize()))
 }
 
 fn parse<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ProviderError> {

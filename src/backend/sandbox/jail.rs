@@ -1276,7 +1276,20 @@ fn reap_pid(pid: i32) {
     }
 }
 
-fn start_init_rootless(spec: &JailSpec, r: &Rootless) -> Result<Init, JailError> {
+/// The parent's ends of an init's pipes, and the plan its child runs.
+struct Prepared {
+    plan: Arc<InitPlan>,
+    ready_r: OwnedFd,
+    go_w: OwnedFd,
+    err_r: OwnedFd,
+}
+
+/// Everything an init needs, made before the fork (the child may only make syscalls).
+fn prepare_init(
+    spec: &JailSpec,
+    nproc: u32,
+    rootless: Option<RootlessPlan>,
+) -> Result<Prepared, JailError> {
     let cgroup_fds = spec
         .cgroup_procs
         .iter()
@@ -1290,7 +1303,7 @@ fn start_init_rootless(spec: &JailSpec, r: &Rootless) -> Result<Init, JailError>
     let plan = Arc::new(InitPlan {
         cgroup_fds,
         rlimits: spec.rlimits,
-        nproc: 0,
+        nproc,
         hostname: cstring(&spec.name, "setting the hostname")?,
         mounts,
         remount_points: remount_points(),
@@ -1299,8 +1312,18 @@ fn start_init_rootless(spec: &JailSpec, r: &Rootless) -> Result<Init, JailError>
         err_w,
         ready_r: ready_r.as_raw_fd(),
         go_w: go_w.as_raw_fd(),
-        rootless: Some(RootlessPlan::new(r)),
+        rootless,
     });
+    Ok(Prepared {
+        plan,
+        ready_r,
+        go_w,
+        err_r,
+    })
+}
+
+/// The init process: a constant script under `/bin/sh`, clean environment, no stdio.
+fn init_command() -> std::process::Command {
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg0("paygress-init")
         .arg("-c")
@@ -1310,6 +1333,17 @@ fn start_init_rootless(spec: &JailSpec, r: &Rootless) -> Result<Init, JailError>
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    cmd
+}
+
+fn start_init_rootless(spec: &JailSpec, r: &Rootless) -> Result<Init, JailError> {
+    let Prepared {
+        plan,
+        ready_r,
+        go_w,
+        err_r,
+    } = prepare_init(spec, 0, Some(RootlessPlan::new(r)))?;
+    let mut cmd = init_command();
     let child_plan = Arc::clone(&plan);
     // SAFETY: rootless_init_child only makes syscalls on data prepared before the fork.
     unsafe {
@@ -1404,30 +1438,12 @@ pub fn start_init(spec: &JailSpec, rt: &tokio::runtime::Handle) -> Result<Init, 
     if let Privilege::Rootless(r) = &spec.privilege {
         return start_init_rootless(spec, r);
     }
-    let cgroup_fds = spec
-        .cgroup_procs
-        .iter()
-        .map(|p| open_write(p))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(|e| err("joining the cgroup", e))?;
-    let (ready_r, ready_w) = pipe().map_err(|e| err("creating pipes", e))?;
-    let (go_r, go_w) = pipe().map_err(|e| err("creating pipes", e))?;
-    let (err_r, err_w) = pipe().map_err(|e| err("creating pipes", e))?;
-    let mounts = plan_mounts(spec)?;
-    let plan = Arc::new(InitPlan {
-        cgroup_fds,
-        rlimits: spec.rlimits,
-        nproc: spec.nproc,
-        hostname: cstring(&spec.name, "setting the hostname")?,
-        mounts,
-        remount_points: remount_points(),
-        ready_w,
-        go_r,
-        err_w,
-        ready_r: ready_r.as_raw_fd(),
-        go_w: go_w.as_raw_fd(),
-        rootless: None,
-    });
+    let Prepared {
+        plan,
+        ready_r,
+        go_w,
+        err_r,
+    } = prepare_init(spec, spec.nproc, None)?;
     let base = spec.host_base;
     let _fork = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let helper = std::thread::spawn(move || write_maps(ready_r, go_w, base));
@@ -1441,15 +1457,7 @@ pub fn start_init(spec: &JailSpec, rt: &tokio::runtime::Handle) -> Result<Init, 
             return Err(io::Error::last_os_error());
         }
         let _rt = rt.enter();
-        let mut cmd = std::process::Command::new("/bin/sh");
-        cmd.arg0("paygress-init")
-            .arg("-c")
-            .arg(INIT_SCRIPT)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut cmd = init_command();
         // SAFETY: init_child only makes syscalls on data prepared before the fork.
         unsafe {
             cmd.pre_exec(move || init_child(&child_plan));

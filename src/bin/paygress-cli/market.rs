@@ -19,8 +19,9 @@ use paygress::provider::now_secs;
 use paygress::secret::Secret;
 use serde_json::{json, Map, Value};
 
+/// The relays to talk through.
 #[derive(Debug, Args)]
-pub struct Common {
+pub struct Relays {
     /// Relay URL (repeat for several). Also NOSTR_RELAYS (comma-separated).
     #[arg(
         long = "relay",
@@ -30,6 +31,12 @@ pub struct Common {
         required = true
     )]
     relays: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    #[command(flatten)]
+    relays: Relays,
     /// Your Nostr secret key (nsec or hex) for this request; default: ~/.paygress/identity,
     /// created on first use. Also PAYGRESS_NOSTR_KEY.
     #[arg(
@@ -67,15 +74,8 @@ pub enum Capability {
 pub enum MarketCommand {
     /// List live providers (offers republished within three heartbeats) and what they sell.
     List {
-        /// Relay URL (repeat for several). Also NOSTR_RELAYS (comma-separated).
-        #[arg(
-            long = "relay",
-            value_name = "URL",
-            env = "NOSTR_RELAYS",
-            value_delimiter = ',',
-            required = true
-        )]
-        relays: Vec<String>,
+        #[command(flatten)]
+        relays: Relays,
         /// Order of the providers.
         #[arg(long, value_enum, default_value = "price")]
         sort: Sort,
@@ -163,7 +163,7 @@ pub async fn run(cmd: MarketCommand) -> i32 {
             max_age,
             timeout,
             json,
-        } => list(relays, sort, capability, max_age, timeout, json).await,
+        } => list(relays.relays, sort, capability, max_age, timeout, json).await,
         MarketCommand::Spawn {
             provider,
             tier,
@@ -287,7 +287,7 @@ async fn request(
         Ok(k) => k,
         Err(code) => return code,
     };
-    let buyer = match Buyer::connect(keys, &common.relays).await {
+    let buyer = match Buyer::connect(keys, &common.relays.relays).await {
         Ok(b) => b,
         Err(e) => return buyer_error(&e),
     };
