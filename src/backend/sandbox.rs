@@ -107,6 +107,13 @@ pub struct SandboxConfig {
     /// Most tasks (processes and threads) one workload may run.
     #[serde(default = "default_pids_max")]
     pub pids_max: u32,
+    /// Extra destinations (CIDRs) workloads may not reach, on top of the built-in deny list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_deny: Vec<String>,
+    /// Destinations (CIDRs) workloads may reach although the built-in list denies them (a
+    /// private service the provider offers its buyers on purpose).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_allow: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -123,6 +130,8 @@ impl Default for SandboxConfig {
             state_dir: None,
             shell: None,
             pids_max: default_pids_max(),
+            egress_deny: Vec::new(),
+            egress_allow: Vec::new(),
         }
     }
 }

@@ -4,6 +4,8 @@
 pub mod backend;
 pub mod cvm;
 pub mod mint;
+pub mod sandbox;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::path::Path;

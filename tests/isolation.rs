@@ -1,0 +1,507 @@
+//! Isolation of sandbox workloads, probed from inside as a hostile buyer would: logged in with
+//! the real OpenSSH client over the workload's SSH port, paid with real tokens from the test
+//! mint, with the provider's own services (the mint, a Nostr relay, a plain TCP service standing
+//! for the MCP/HTTP doors) listening on 127.0.0.1 of the host.
+//!
+//! Root mode runs here (the test is root); rootless mode is probed through the real demo run by
+//! an unprivileged user at the end. Network probes go only to 127.0.0.0/8 and to a network
+//! namespace the test makes itself (a veth pair in 198.18.0.0/15, the benchmarking range).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::mint::TestMint;
+use common::sandbox::Cleanup;
+use common::ssh::{ssh_password, ssh_password_cmd};
+use paygress::api::{SpawnRequest, SpawnResult};
+use paygress::backend::sandbox::{SandboxBackend, SandboxConfig};
+use paygress::backend::Backend;
+use paygress::config::Config;
+use paygress::secret::Secret;
+use paygress::{Caller, Provider};
+use tokio_util::sync::CancellationToken;
+
+const RATE: u64 = 100;
+
+struct Env {
+    /// First field: dropped before `dir` takes the state directory away.
+    _guard: Cleanup,
+    mint: TestMint,
+    cfg: Config,
+    backend: Arc<SandboxBackend>,
+    provider: Arc<Provider>,
+    dir: tempfile::TempDir,
+}
+
+async fn env_with(sandbox: SandboxConfig, memory_mb: u32) -> Env {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
+    cfg.tiers[0].memory_mb = memory_mb;
+    cfg.backend.sandbox = sandbox.clone();
+    let backend = Arc::new(
+        SandboxBackend::open(sandbox, dir.path())
+            .await
+            .expect("sandbox backend"),
+    );
+    let as_dyn: Arc<dyn Backend> = backend.clone();
+    let provider = Provider::open(cfg.clone(), as_dyn).await.expect("provider");
+    Env {
+        _guard: Cleanup {
+            backend: Some(backend.clone()),
+        },
+        mint,
+        cfg,
+        backend,
+        provider,
+        dir,
+    }
+}
+
+async fn env() -> Env {
+    env_with(SandboxConfig::default(), 512).await
+}
+
+async fn spawn(e: &Env, user: &str, password: &str) -> SpawnResult {
+    let req = SpawnRequest {
+        cashu_token: Secret::new(e.mint.token(100).await),
+        ssh_username: user.into(),
+        ssh_password: Some(Secret::new(password)),
+        ..Default::default()
+    };
+    e.provider
+        .spawn(req, Caller::Local, None, CancellationToken::new())
+        .await
+        .expect("paid spawn")
+}
+
+/// A shell line that prints `open` if a TCP connection to `host:port` succeeds within 3 s,
+/// `closed` otherwise (bash's /dev/tcp: no tool needed inside).
+fn tcp_probe(host: &str, port: u16) -> String {
+    format!(
+        "if timeout 3 bash -c 'exec 3<>/dev/tcp/{host}/{port}' 2>/dev/null; then echo open; else echo closed; fi"
+    )
+}
+
+/// The provider's loopback services: the mint, a relay and a TCP service, each on 127.0.0.1.
+struct Services {
+    relay: paygress::relay::EmbeddedRelay,
+    plain: std::net::TcpListener,
+}
+
+async fn services() -> Services {
+    let relay = paygress::relay::EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("relay");
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    Services { relay, plain }
+}
+
+fn mint_port(e: &Env) -> u16 {
+    e.mint
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("mint port")
+}
+
+/// The provider's own services on the host's loopback do not answer from inside a workload,
+/// though they answer from the host; the workload's own loopback works.
+#[tokio::test]
+async fn the_providers_loopback_services_do_not_answer_from_inside() {
+    let e = env().await;
+    let s = services().await;
+    let pw = "probe-pass-123";
+    let r = spawn(&e, "alice", pw).await;
+    let ports = [
+        ("mint", mint_port(&e)),
+        ("relay", s.relay.addr().port()),
+        ("service", s.plain.local_addr().unwrap().port()),
+        ("own ssh port", r.node_port),
+    ];
+    for (what, port) in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "{what} answers on the host"
+        );
+        for host in ["127.0.0.1", "localhost", "127.0.0.2"] {
+            let out = ssh_password(r.node_port, "alice", pw, &tcp_probe(host, port))
+                .await
+                .unwrap();
+            assert_eq!(
+                out.trim(),
+                "closed",
+                "{what} on {host}:{port} answers inside"
+            );
+        }
+    }
+    // The workload's own loopback is its own: a listener inside answers inside.
+    let out = ssh_password(
+        r.node_port,
+        "alice",
+        pw,
+        &format!(
+            "(exec 3<>/dev/null; timeout 5 perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1:5555\",Listen=>1,ReuseAddr=>1) or die; $c=$s->accept; print $c \"hi\\n\"' &) ; sleep 1; {}",
+            tcp_probe("127.0.0.1", 5555)
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "open", "{out}");
+}
+
+/// Another tenant's terminals are neither listed nor openable: each workload has its own devpts,
+/// and `/dev` holds only the minimal set of devices.
+#[tokio::test]
+async fn other_tenants_terminals_are_neither_listed_nor_openable() {
+    let e = env().await;
+    let a = spawn(&e, "alice", "tenant-a-pass").await;
+    let b = spawn(&e, "bob", "tenant-b-pass").await;
+    // Bob holds a terminal open.
+    let mut c = ssh_password_cmd(b.node_port, "bob", "tenant-b-pass");
+    c.arg("-tt")
+        .arg("tty; sleep 30")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut bob = c.spawn().unwrap();
+    let mut out = bob.stdout.take().unwrap();
+    let mut first = vec![0u8; 64];
+    use tokio::io::AsyncReadExt;
+    let n = tokio::time::timeout(Duration::from_secs(20), out.read(&mut first))
+        .await
+        .expect("bob's tty")
+        .unwrap();
+    let bob_tty = String::from_utf8_lossy(&first[..n]).trim().to_string();
+    assert!(bob_tty.starts_with("/dev/pts/"), "{bob_tty}");
+
+    // Alice, without a terminal of her own, sees an empty devpts (only its ptmx).
+    let listed = ssh_password(a.node_port, "alice", "tenant-a-pass", "ls -A /dev/pts")
+        .await
+        .unwrap();
+    assert_eq!(listed.trim(), "ptmx", "other terminals listed: {listed}");
+    // Not openable by number either, whichever number bob has.
+    let out = ssh_password(
+        a.node_port,
+        "alice",
+        "tenant-a-pass",
+        "n=0; for i in $(seq 0 15); do (exec 3<>/dev/pts/$i) 2>/dev/null && n=$((n+1)); done; echo $n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "0", "opened another terminal");
+    // With a terminal of her own she sees just that one.
+    let mut c = ssh_password_cmd(a.node_port, "alice", "tenant-a-pass");
+    c.arg("-tt");
+    let out = common::ssh::run(c, Some("ls /dev/pts | tr '\\n' ' '; echo; exit\n"))
+        .await
+        .unwrap();
+    assert!(out.contains("0 ptmx"), "{out}");
+    let _ = bob.start_kill();
+}
+
+/// The host's devices are not there, and a device node on the host's (read-only) filesystem
+/// does not work inside (`nodev`).
+#[tokio::test]
+async fn host_devices_cannot_be_opened() {
+    let e = env().await;
+    let pw = "dev-pass-1234";
+    let r = spawn(&e, "alice", pw).await;
+    let out = ssh_password(r.node_port, "alice", pw, "ls -A /dev | sort | tr '\\n' ' '")
+        .await
+        .unwrap();
+    let mut seen: Vec<&str> = out.split_whitespace().collect();
+    seen.sort();
+    let mut want = vec![
+        "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty",
+        "urandom", "zero",
+    ];
+    want.sort();
+    assert_eq!(seen, want, "{out}");
+    // The minimal devices work.
+    let out = ssh_password(
+        r.node_port,
+        "alice",
+        pw,
+        "head -c 4 /dev/urandom | wc -c; head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo ok",
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["4", "3", "ok"]);
+    // World-usable host devices, by path and as a device node the host keeps elsewhere.
+    let nodes = tempfile::tempdir_in("/var/tmp").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(nodes.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = nodes.path().join("null-node");
+    let st = std::process::Command::new("mknod")
+        .arg(&node)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(std::fs::OpenOptions::new().write(true).open(&node).is_ok());
+    for path in [
+        "/dev/kvm".to_string(),
+        "/dev/fuse".to_string(),
+        "/dev/net/tun".to_string(),
+        "/dev/mem".to_string(),
+        "/dev/vda".to_string(),
+        node.display().to_string(),
+    ] {
+        let out = ssh_password(
+            r.node_port,
+            "alice",
+            pw,
+            &format!("(exec 3<>'{path}') 2>/dev/null && echo opened || echo refused"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.trim(), "refused", "{path} opened inside");
+    }
+}
+
+/// 40 silent TCP connections and 20 wrong-password logins against a workload's SSH port do not
+/// lock its owner out: the owner still logs in, within 2 s of trying.
+#[tokio::test]
+async fn silent_connections_and_wrong_passwords_do_not_lock_the_owner_out() {
+    let e = env().await;
+    let pw = "owner-pass-123";
+    let r = spawn(&e, "alice", pw).await;
+    let port = r.node_port;
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut wrong = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        wrong
+            .spawn(async move { ssh_password(port, "alice", &format!("wrong-{i}"), "true").await });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let out = ssh_password(port, "alice", pw, "echo in").await;
+    let took = t.elapsed();
+    assert_eq!(out.as_deref().map(str::trim), Ok("in"), "owner locked out");
+    assert!(took < Duration::from_secs(2), "owner login took {took:?}");
+    while let Some(r) = wrong.join_next().await {
+        assert!(r.unwrap().is_err(), "a wrong password logged in");
+    }
+    drop(silent);
+}
+
+/// A fork bomb and a memory hog stay inside the tier: the tasks are capped, the memory hog is
+/// killed, and the workload and the host go on.
+#[tokio::test]
+async fn a_fork_bomb_and_a_memory_hog_stay_inside_the_tier() {
+    let e = env_with(
+        SandboxConfig {
+            pids_max: 64,
+            ..Default::default()
+        },
+        64,
+    )
+    .await;
+    let pw = "bomb-pass-123";
+    let r = spawn(&e, "alice", pw).await;
+    // Bounded fork "bomb": ask for 500 sleepers, count how many the tier allowed.
+    let out = ssh_password(
+        r.node_port,
+        "alice",
+        pw,
+        "for i in $(seq 500); do sleep 20 2>/dev/null & done 2>/dev/null; ls /proc | grep -cE '^[0-9]+$'",
+    )
+    .await
+    .unwrap_or_else(|e| e);
+    let n: usize = out
+        .split_whitespace()
+        .rev()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(0);
+    assert!(n <= 64, "{n} tasks ran in a tier of 64: {out}");
+    // The host still forks.
+    assert!(std::process::Command::new("true")
+        .status()
+        .unwrap()
+        .success());
+    if e.backend.cgroup_mode().enforces_memory() {
+        let err = ssh_password(
+            r.node_port,
+            "alice",
+            pw,
+            "pkill sleep; head -c 300M /dev/zero | tail > /dev/null",
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains("137"), "{err}");
+    }
+    let out = ssh_password(r.node_port, "alice", pw, "pkill sleep; echo alive")
+        .await
+        .unwrap();
+    assert!(out.contains("alive"), "{out}");
+}
+
+/// Writes outside the home fail; the provider's data directory, keys and config are not
+/// readable.
+#[tokio::test]
+async fn no_write_outside_home_and_provider_secrets_unreadable() {
+    let e = env().await;
+    let pw = "files-pass-123";
+    let r = spawn(&e, "alice", pw).await;
+    let data = e.dir.path();
+    let config_file = data.join("paygress.toml");
+    std::fs::write(&config_file, "secret = 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&config_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for p in ["/etc/x", "/usr/x", "/x", "/var/tmp/x", "/dev/x", "/proc/x"] {
+        let out = ssh_password(
+            r.node_port,
+            "alice",
+            pw,
+            &format!("touch {p} 2>/dev/null && echo wrote || echo denied"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.trim(), "denied", "wrote {p}");
+    }
+    let secrets = [
+        data.to_path_buf(),
+        config_file.clone(),
+        e.backend.state_dir().join("ssh_host_ed25519_key"),
+        e.cfg
+            .nostr
+            .private_key_file
+            .clone()
+            .map(|k| data.join(k))
+            .unwrap_or_else(|| data.join("nostr.key")),
+    ];
+    for s in secrets {
+        let out = ssh_password(
+            r.node_port,
+            "alice",
+            pw,
+            &format!(
+                "cat '{0}' >/dev/null 2>&1 && echo read; ls '{0}' >/dev/null 2>&1 && echo listed; echo end",
+                s.display()
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.trim(), "end", "{} readable inside: {out}", s.display());
+    }
+}
+
+/// A network namespace of the test's own with a TCP server in it, reached from the host over a
+/// veth pair: the workload's outbound traffic gets there.
+struct TestNet {
+    name: String,
+    server: std::net::SocketAddr,
+}
+
+impl TestNet {
+    fn new() -> TestNet {
+        let n: u8 = rand::random::<u8>() % 60;
+        let name = format!("pgt{:08x}", rand::random::<u32>());
+        let host_if = format!("{}h", &name[..11]);
+        let ns_if = format!("{}n", &name[..11]);
+        let host_ip = format!("198.18.{n}.1");
+        let ns_ip = format!("198.18.{n}.2");
+        let sh = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        sh(&["netns", "add", &name]);
+        sh(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &name,
+        ]);
+        sh(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        sh(&["link", "set", &host_if, "up"]);
+        sh(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        sh(&["-n", &name, "link", "set", &ns_if, "up"]);
+        sh(&["-n", &name, "link", "set", "lo", "up"]);
+        // A server in the namespace: a thread that enters it and answers every connection.
+        let ns_path = format!("/run/netns/{name}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&ns_path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace fd we hold.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let l = std::net::TcpListener::bind((ns_ip.as_str(), 0)).unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            for mut c in l.incoming().flatten() {
+                let _ = c.write_all(b"hello-from-testnet\n");
+            }
+        });
+        let server = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        TestNet { name, server }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &format!("{}h", &self.name[..11])])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Outbound traffic works: the workload reaches a server in a network namespace the test made,
+/// and an address the config denies is refused.
+#[tokio::test]
+async fn outbound_reaches_a_server_in_the_tests_namespace() {
+    let net = TestNet::new();
+    let e = env().await;
+    let pw = "net-pass-1234";
+    let r = spawn(&e, "alice", pw).await;
+    let host = net.server.ip().to_string();
+    let port = net.server.port();
+    let out = ssh_password(
+        r.node_port,
+        "alice",
+        pw,
+        &format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{port}; head -n1 <&3'"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "hello-from-testnet");
+
+    // The same server, denied by config, is refused.
+    let denied = env_with(
+        SandboxConfig {
+            egress_deny: vec![format!("{host}/32")],
+            ..Default::default()
+        },
+        512,
+    )
+    .await;
+    let r = spawn(&denied, "alice", pw).await;
+    let out = ssh_password(r.node_port, "alice", pw, &tcp_probe(&host, port))
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "closed");
+}
