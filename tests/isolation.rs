@@ -505,3 +505,28 @@ async fn outbound_reaches_a_server_in_the_tests_namespace() {
         .unwrap();
     assert_eq!(out.trim(), "closed");
 }
+
+/// A client that never sends its first line is closed after the login grace time (20 s), not
+/// held forever.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_login_grace_time() {
+    use tokio::io::AsyncReadExt;
+    let e = env().await;
+    let r = spawn(&e, "alice", "grace-pass-123").await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", r.node_port))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the server's banner
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent connection was held for 40 s");
+    assert!(t.elapsed() >= Duration::from_secs(19), "{:?}", t.elapsed());
+}

@@ -17,19 +17,40 @@
 //!   with a clean environment. Output is pumped back as channel data (stderr as extended data),
 //!   then `exit-status`, EOF and close are sent once the process exited *and* its output drained.
 //!
+//! # Who gets a connection
+//!
+//! A workload's port is public, so strangers can hold its connections. The server therefore
+//! never lets unauthenticated connections crowd out the owner:
+//!
+//! - every connection must authenticate within [`LOGIN_GRACE`] (from accept, so a client that
+//!   never sends its first line is closed too);
+//! - at most [`MAX_PENDING_PER_SOURCE`] unauthenticated connections per source address and
+//!   [`MAX_PENDING`] in all; a new connection over either cap is *admitted* and the least
+//!   promising pending one is closed instead (first one that never sent a byte, then one that
+//!   failed a password, then the oldest), so a flood of silent or guessing connections can never
+//!   keep a newly arriving owner out, and authenticated sessions are never closed for it;
+//! - a failed password costs its connection [`FAILED_PASSWORD_DELAY`] before the next try
+//!   (on top of russh's fixed rejection time), and the hash is computed on the blocking pool,
+//!   never on the async threads that serve everybody else.
+//!
 //! Closing a server (stop, expiry, destroy) cancels its token: the listener is dropped (the port
 //! is free at once) and every open connection is disconnected. Nothing read from the network is
 //! trusted: sizes are clamped, strings filtered, and no input can make the server panic.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use russh::keys::PublicKey;
 use russh::server::{Auth, Handle, Msg, Session};
@@ -43,8 +64,16 @@ use super::auth::{key_matches, PasswordHash};
 use super::cgroup::Rlimits;
 use super::jail::{self, InitHandle, SessionCmd};
 
-/// Connections one workload's server holds at once (authenticated or not).
-const MAX_CONNECTIONS: usize = 32;
+/// Authenticated connections one workload's server holds at once.
+const MAX_AUTHENTICATED: usize = 32;
+/// Unauthenticated connections from one source address at once.
+pub const MAX_PENDING_PER_SOURCE: usize = 8;
+/// Unauthenticated connections in all at once.
+pub const MAX_PENDING: usize = 24;
+/// Time a connection has from accept to a successful login.
+pub const LOGIN_GRACE: Duration = Duration::from_secs(20);
+/// Extra wait after a wrong password, before the client may try again.
+pub const FAILED_PASSWORD_DELAY: Duration = Duration::from_secs(2);
 /// Session channels one connection may open.
 const MAX_CHANNELS: usize = 10;
 /// Environment variables a client may set (`env` requests), by exact name or `LC_` prefix.
@@ -137,6 +166,158 @@ impl Server {
     }
 }
 
+/// What the accept loop knows about one live connection.
+#[derive(Debug)]
+struct Slot {
+    peer: IpAddr,
+    started: Instant,
+    /// The client sent at least one byte.
+    progressed: AtomicBool,
+    /// Wrong passwords so far.
+    failures: AtomicU32,
+    authenticated: AtomicBool,
+    /// The connection task is over.
+    done: AtomicBool,
+    /// Cancelled to close the connection (evicted, or out of login time).
+    kill: CancellationToken,
+}
+
+impl Slot {
+    fn pending(&self) -> bool {
+        !self.authenticated.load(Ordering::Relaxed) && !self.kill.is_cancelled()
+    }
+
+    /// Lower is a better victim: silent first, then those that failed a password, then oldest.
+    fn victim_rank(&self) -> (bool, bool, Instant) {
+        (
+            self.progressed.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed) == 0,
+            self.started,
+        )
+    }
+}
+
+/// Marks the slot done however the connection task ends.
+struct DoneGuard(Arc<Slot>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Relaxed);
+        self.0.kill.cancel();
+    }
+}
+
+/// The live connections of one listener, and the admission rules (see the module docs).
+#[derive(Default)]
+struct Gate {
+    slots: Vec<Arc<Slot>>,
+}
+
+impl Gate {
+    /// A slot for a new connection from `peer`, closing a pending one if a cap is reached;
+    /// `None` only when the owner already holds [`MAX_AUTHENTICATED`] sessions.
+    fn admit(&mut self, peer: IpAddr) -> Option<Arc<Slot>> {
+        self.slots.retain(|s| !s.done.load(Ordering::Relaxed));
+        let authenticated = self
+            .slots
+            .iter()
+            .filter(|s| s.authenticated.load(Ordering::Relaxed))
+            .count();
+        if authenticated >= MAX_AUTHENTICATED {
+            return None;
+        }
+        let evict_one = |slots: &[Arc<Slot>], from: Option<IpAddr>, cap: usize| {
+            let pending: Vec<&Arc<Slot>> = slots
+                .iter()
+                .filter(|s| s.pending() && from.is_none_or(|p| s.peer == p))
+                .collect();
+            if pending.len() >= cap {
+                if let Some(v) = pending.into_iter().min_by_key(|s| s.victim_rank()) {
+                    v.kill.cancel();
+                }
+            }
+        };
+        evict_one(&self.slots, Some(peer), MAX_PENDING_PER_SOURCE);
+        evict_one(&self.slots, None, MAX_PENDING);
+        let slot = Arc::new(Slot {
+            peer,
+            started: Instant::now(),
+            progressed: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            authenticated: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            kill: CancellationToken::new(),
+        });
+        self.slots.push(Arc::clone(&slot));
+        Some(slot)
+    }
+}
+
+/// The TCP stream as russh sees it: notes the client's first byte, and fails every read and
+/// write once the slot is killed (which also wakes a read that waits forever).
+struct Tracked {
+    inner: tokio::net::TcpStream,
+    slot: Arc<Slot>,
+    killed: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl Tracked {
+    fn new(inner: tokio::net::TcpStream, slot: Arc<Slot>) -> Tracked {
+        let killed = Box::pin(slot.kill.clone().cancelled_owned());
+        Tracked {
+            inner,
+            slot,
+            killed,
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        match self.killed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::from(io::ErrorKind::ConnectionAborted)),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Err(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.slot.progressed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     workload: Arc<Workload>,
@@ -144,16 +325,17 @@ async fn accept_loop(
     cancel: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
+    let mut gate = Gate::default();
     loop {
         while conns.try_join_next().is_some() {}
         tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((socket, _peer)) => {
-                    if conns.len() >= MAX_CONNECTIONS {
-                        continue; // dropped: too many at once
-                    }
-                    conns.spawn(connection(socket, Arc::clone(&workload), Arc::clone(&config), cancel.clone()));
+                Ok((socket, peer)) => {
+                    let Some(slot) = gate.admit(peer.ip().to_canonical()) else {
+                        continue; // dropped: the owner holds every session there may be
+                    };
+                    conns.spawn(connection(socket, slot, Arc::clone(&workload), Arc::clone(&config), cancel.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -173,19 +355,32 @@ async fn accept_loop(
 
 async fn connection(
     socket: tokio::net::TcpStream,
+    slot: Arc<Slot>,
     workload: Arc<Workload>,
     config: Arc<russh::server::Config>,
     cancel: CancellationToken,
 ) {
+    let _done = DoneGuard(Arc::clone(&slot));
     let handler = Conn {
         workload,
         channels: HashMap::new(),
         cancel: cancel.child_token(),
+        slot: Arc::clone(&slot),
     };
     let conn_cancel = handler.cancel.clone();
+    // Out of login time: closed, unless authenticated by then.
+    let grace_slot = Arc::clone(&slot);
+    let grace = tokio::spawn(async move {
+        tokio::time::sleep(LOGIN_GRACE).await;
+        if !grace_slot.authenticated.load(Ordering::Relaxed) {
+            grace_slot.kill.cancel();
+        }
+    });
+    let stream = Tracked::new(socket, Arc::clone(&slot));
     let session = tokio::select! {
         _ = cancel.cancelled() => return,
-        s = russh::server::run_stream(config, socket, handler) => match s {
+        _ = slot.kill.cancelled() => return,
+        s = russh::server::run_stream(config, stream, handler) => match s {
             Ok(s) => s,
             Err(_) => return,
         },
@@ -194,16 +389,19 @@ async fn connection(
     tokio::select! {
         _ = cancel.cancelled() => {
             conn_cancel.cancel();
-            let _ = handle
-                .disconnect(
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                handle.disconnect(
                     russh::Disconnect::ByApplication,
                     "the workload was stopped".into(),
                     String::new(),
-                )
-                .await;
+                ),
+            )
+            .await;
         }
         _ = session => {}
     }
+    grace.abort();
     conn_cancel.cancel();
 }
 
@@ -213,6 +411,8 @@ struct Conn {
     channels: HashMap<ChannelId, Chan>,
     /// Cancelled when the connection ends: stops this connection's pumps.
     cancel: CancellationToken,
+    /// This connection in its listener's gate.
+    slot: Arc<Slot>,
 }
 
 /// One session channel.
@@ -403,6 +603,15 @@ fn exit_code(status: io::Result<std::process::ExitStatus>) -> u32 {
 impl Conn {
     fn user_ok(&self, user: &str) -> bool {
         user == self.workload.user
+    }
+
+    fn key_ok(&self, user: &str, key: &PublicKey) -> bool {
+        self.user_ok(user)
+            && self
+                .workload
+                .public_key
+                .as_ref()
+                .is_some_and(|k| key_matches(k, key))
     }
 
     /// Start the shell (`command == None`) or a command on `channel`.
@@ -598,13 +807,20 @@ impl russh::server::Handler for Conn {
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        // Hash even for a wrong user name, so timing does not tell names apart.
-        let ok = self.workload.password.verify(password);
-        Ok(if ok && self.user_ok(user) {
-            Auth::Accept
-        } else {
-            reject()
-        })
+        // Hash even for a wrong user name, so timing does not tell names apart; on the blocking
+        // pool, so a stream of guesses cannot stall the async threads.
+        let hash = self.workload.password.clone();
+        let guess = crate::secret::Secret::new(password);
+        let ok = tokio::task::spawn_blocking(move || hash.verify(guess.expose()))
+            .await
+            .unwrap_or(false);
+        if ok && self.user_ok(user) {
+            self.slot.authenticated.store(true, Ordering::Relaxed);
+            return Ok(Auth::Accept);
+        }
+        self.slot.failures.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(FAILED_PASSWORD_DELAY).await;
+        Ok(reject())
     }
 
     async fn auth_publickey_offered(
@@ -612,17 +828,21 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: &PublicKey,
     ) -> Result<Auth, Self::Error> {
-        self.auth_publickey(user, key).await
+        // Only an offer: the signature proving the key comes with `auth_publickey`.
+        Ok(if self.key_ok(user, key) {
+            Auth::Accept
+        } else {
+            reject()
+        })
     }
 
     async fn auth_publickey(&mut self, user: &str, key: &PublicKey) -> Result<Auth, Self::Error> {
-        let ok = self.user_ok(user)
-            && self
-                .workload
-                .public_key
-                .as_ref()
-                .is_some_and(|k| key_matches(k, key));
-        Ok(if ok { Auth::Accept } else { reject() })
+        if self.key_ok(user, key) {
+            self.slot.authenticated.store(true, Ordering::Relaxed);
+            Ok(Auth::Accept)
+        } else {
+            Ok(reject())
+        }
     }
 
     async fn channel_open_session(
@@ -804,6 +1024,47 @@ mod tests {
         assert!(!env_allowed("LD_PRELOAD", "/tmp/x.so"));
         assert!(!env_allowed("LC_x", "C"));
         assert!(!env_allowed("LANG", "a\nb"));
+    }
+
+    #[test]
+    fn the_gate_evicts_silent_then_failed_then_oldest_and_never_the_authenticated() {
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let b: IpAddr = "198.51.100.9".parse().unwrap();
+        let mut gate = Gate::default();
+        let owner = gate.admit(a).unwrap();
+        owner.progressed.store(true, Ordering::Relaxed);
+        owner.authenticated.store(true, Ordering::Relaxed);
+        let talker = gate.admit(a).unwrap();
+        talker.progressed.store(true, Ordering::Relaxed);
+        let guesser = gate.admit(a).unwrap();
+        guesser.progressed.store(true, Ordering::Relaxed);
+        guesser.failures.store(1, Ordering::Relaxed);
+        let silent: Vec<_> = (0..MAX_PENDING_PER_SOURCE - 2)
+            .map(|_| gate.admit(a).unwrap())
+            .collect();
+        // The source is at its cap: each newcomer closes a silent one first, oldest first.
+        let newcomer = gate.admit(a).unwrap();
+        assert!(silent[0].kill.is_cancelled());
+        assert!(silent[1..].iter().all(|s| !s.kill.is_cancelled()));
+        for s in &silent {
+            s.done.store(true, Ordering::Relaxed);
+        }
+        newcomer.progressed.store(true, Ordering::Relaxed);
+        for _ in 0..MAX_PENDING_PER_SOURCE - 3 {
+            gate.admit(a).unwrap().progressed.store(true, Ordering::Relaxed);
+        }
+        // Now no silent one is left from `a`: the one that failed a password goes.
+        gate.admit(a).unwrap();
+        assert!(guesser.kill.is_cancelled());
+        assert!(!talker.kill.is_cancelled() && !owner.kill.is_cancelled());
+        // Another source is counted apart.
+        let other = gate.admit(b).unwrap();
+        assert!(!other.kill.is_cancelled());
+        // The owner is never a victim, however many come.
+        for _ in 0..200 {
+            gate.admit(a).unwrap();
+        }
+        assert!(!owner.kill.is_cancelled());
     }
 
     #[test]
