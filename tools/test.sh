@@ -23,6 +23,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# --- sandbox isolation: each workload's own network (slirp4netns, an nftables egress filter
+# entered with util-linux's nsenter) ---------------------------------------------------------
+for p in slirp4netns nftables util-linux; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  echo "test.sh: installing $p"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq "$p" >/dev/null
+done
+
 # --- LXD: the real daemon and a locally built base image (both scripts are idempotent) --------
 bash provider/lxd-setup.sh
 bash provider/build-base-image.sh

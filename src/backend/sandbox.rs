@@ -66,6 +66,7 @@ pub mod auth;
 pub mod cgroup;
 pub mod jail;
 pub mod meta;
+pub mod network;
 pub mod rootless;
 pub mod ssh;
 
@@ -107,6 +108,11 @@ pub struct SandboxConfig {
     /// Most tasks (processes and threads) one workload may run.
     #[serde(default = "default_pids_max")]
     pub pids_max: u32,
+    /// `outbound` (the default): each workload has its own network namespace with outbound
+    /// access through slirp4netns and an egress filter (see [`network`]); `none`: its own
+    /// namespace with loopback only.
+    #[serde(default)]
+    pub network: NetworkMode,
     /// Extra destinations (CIDRs) workloads may not reach, on top of the built-in deny list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_deny: Vec<String>,
@@ -130,10 +136,20 @@ impl Default for SandboxConfig {
             state_dir: None,
             shell: None,
             pids_max: default_pids_max(),
+            network: NetworkMode::default(),
             egress_deny: Vec::new(),
             egress_allow: Vec::new(),
         }
     }
+}
+
+/// `backend.sandbox.network`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Outbound,
+    None,
 }
 
 /// Name of the SSH host key file in the state directory.
@@ -177,6 +193,8 @@ fn api(what: &str, e: impl std::fmt::Display) -> BackendError {
 struct Live {
     init: jail::Init,
     server: ssh::Server,
+    /// Its outbound network (ends when dropped).
+    _net: Option<network::Net>,
 }
 
 struct Inner {
@@ -187,6 +205,8 @@ struct Inner {
     cgroups: cgroup::Mode,
     /// Root or rootless jails (see [`rootless`]).
     privilege: jail::Privilege,
+    /// How workloads get outbound access, when they do: the helpers and the egress ruleset.
+    net: Option<(network::Tools, String)>,
     /// Live workloads; the lock also serialises every change of state.
     live: Mutex<HashMap<String, Live>>,
 }
@@ -315,6 +335,22 @@ impl SandboxBackend {
             log_rootless(&r, &cgroups);
             (jail::Privilege::Rootless(r), cgroups)
         };
+        let net = match cfg.network {
+            NetworkMode::None => None,
+            NetworkMode::Outbound => {
+                let tools = network::Tools::find().map_err(BackendError::Api)?;
+                let egress = network::Egress::new(&cfg.egress_deny, &cfg.egress_allow)
+                    .map_err(BackendError::Api)?;
+                if privilege.is_rootless() && !network::tun_usable() {
+                    tracing::warn!(
+                        "sandbox (rootless): this user may not open /dev/net/tun, so workloads                          get loopback only, no outbound network (make /dev/net/tun mode 0666,                          as most distributions ship it, or run as root)"
+                    );
+                    None
+                } else {
+                    Some((tools, egress.ruleset()))
+                }
+            }
+        };
         let key = host_key(&state_dir.join(HOST_KEY_FILE))?;
         let backend = SandboxBackend {
             inner: Arc::new(Inner {
@@ -324,6 +360,7 @@ impl SandboxBackend {
                 shell,
                 cgroups,
                 privilege,
+                net,
                 live: Mutex::new(HashMap::new()),
             }),
         };
@@ -428,7 +465,7 @@ impl SandboxBackend {
     }
 
     /// Write the generated files the jail binds over the host's.
-    fn write_etc(dir: &Path, meta: &Meta, shell: &str) -> io::Result<()> {
+    fn write_etc(dir: &Path, meta: &Meta, shell: &str, dns: bool) -> io::Result<()> {
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc)?;
         std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755))?;
@@ -445,6 +482,10 @@ impl SandboxBackend {
             )),
             ("hostname", format!("{}\n", meta.name)),
         ];
+        let resolv = format!("nameserver {}\n", network::DNS);
+        let files = files
+            .into_iter()
+            .chain(dns.then_some(("resolv.conf", resolv)));
         for (f, text) in files {
             let p = etc.join(f);
             std::fs::write(&p, text)?;
@@ -477,6 +518,22 @@ impl SandboxBackend {
             .into_iter()
             .map(|d| d.join("cgroup.procs"))
             .collect()
+    }
+
+    /// Give a running init's network namespace its egress filter and outbound access (nothing
+    /// with `network = "none"`).
+    async fn connect_net(&self, init: &jail::Init) -> Result<Option<network::Net>, BackendError> {
+        let Some((tools, rules)) = &self.inner.net else {
+            return Ok(None);
+        };
+        let rootless = self.inner.privilege.is_rootless();
+        network::load_filter(tools, init.pid, rootless, rules)
+            .await
+            .map_err(|e| api("network", e))?;
+        network::attach(tools, init.pid, rootless)
+            .await
+            .map(Some)
+            .map_err(|e| api("network", e))
     }
 
     /// Serve SSH for a workload whose init runs, on an already bound listener.
@@ -558,10 +615,11 @@ impl SandboxBackend {
             meta.stopped = false;
             meta.save(&self.dir(&name))
                 .map_err(|e| api("cannot write the workload metadata", e))?;
+            let net = self.connect_net(&init).await?;
             let server = self.serve(meta, &init, listener)?;
             match wait_for_banner(&self.check_host(), meta.host_port, Duration::from_secs(10)).await
             {
-                Ok(()) => Ok(server),
+                Ok(()) => Ok((server, net)),
                 Err(e) => {
                     server.shutdown().await;
                     Err(e)
@@ -569,7 +627,7 @@ impl SandboxBackend {
             }
         };
         match ready.await {
-            Ok(server) => Ok(Live { init, server }),
+            Ok((server, _net)) => Ok(Live { init, server, _net }),
             Err(e) => {
                 let i = init;
                 let _ = tokio::task::spawn_blocking(move || i.kill(Duration::from_secs(5))).await;
@@ -633,13 +691,16 @@ impl SandboxBackend {
             match adopted {
                 Some(init) => {
                     let served = match self.bind_patiently(meta.host_port).await {
-                        Ok(l) => self.serve(&meta, &init, l),
+                        Ok(l) => match self.connect_net(&init).await {
+                            Ok(net) => self.serve(&meta, &init, l).map(|s| (s, net)),
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     };
                     match served {
-                        Ok(server) => {
+                        Ok((server, _net)) => {
                             tracing::info!(workload = %name, "sandbox workload re-adopted");
-                            live.insert(name, Live { init, server });
+                            live.insert(name, Live { init, server, _net });
                         }
                         Err(e) => {
                             tracing::error!(workload = %name, "cannot serve a re-adopted workload: {e}")
@@ -697,6 +758,7 @@ impl SandboxBackend {
         let owner = host_base + jail::INSIDE_UID;
         let rootless = meta.rootless;
         let shell = self.inner.shell.to_string_lossy().into_owned();
+        let dns = self.inner.net.is_some();
         let prepared = (|| -> io::Result<()> {
             std::fs::create_dir(&dir)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
@@ -706,7 +768,7 @@ impl SandboxBackend {
             if !rootless {
                 std::os::unix::fs::chown(&home, Some(owner), Some(owner))?;
             }
-            Self::write_etc(&dir, &meta, &shell)?;
+            Self::write_etc(&dir, &meta, &shell, dns)?;
             meta.save(&dir)
         })();
         prepared.map_err(|e| api("cannot prepare the workload directory", e))?;

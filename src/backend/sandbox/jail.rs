@@ -233,6 +233,7 @@ impl Init {
     /// A handle sessions use to join this init's namespaces.
     pub fn handle(&self) -> InitHandle {
         InitHandle {
+            pid: self.pid,
             pidfd: Arc::clone(&self.pidfd),
         }
     }
@@ -286,7 +287,16 @@ fn reap_pidfd(pidfd: &OwnedFd) {
 /// Enough of an init to start sessions in its namespaces.
 #[derive(Debug, Clone)]
 pub struct InitHandle {
+    pid: i32,
     pidfd: Arc<OwnedFd>,
+}
+
+impl InitHandle {
+    /// The `ptmx` of the workload's own devpts, as the host reaches it: opening it makes a new
+    /// terminal there, visible to this workload only.
+    pub fn ptmx(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root/dev/pts/ptmx", self.pid))
+    }
 }
 
 /// Whether `pid` runs and is the process that started at `start_time`.
@@ -371,8 +381,8 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-/// Most bind mounts one jail makes (home and four /etc files).
-const MAX_BINDS: usize = 8;
+/// Most bind mounts one jail makes (home, five /etc files, six devices).
+const MAX_BINDS: usize = 16;
 
 #[repr(C)]
 struct MountAttr {
@@ -406,6 +416,9 @@ const STAGES: &[&str] = &[
     "forking",
     "restricting abstract sockets",
     "hiding the provider's directories",
+    "bringing up loopback",
+    "mounting /dev",
+    "installing the seccomp filter",
 ];
 
 fn stage_name(code: u8) -> &'static str {
@@ -721,6 +734,8 @@ struct InitPlan {
     mounts: Vec<MountStep>,
     /// Mount points for the remount fallback (kernels without `mount_setattr`).
     remount_points: Vec<(CString, libc::c_ulong)>,
+    /// `(target, link)` symbolic links made in `/dev`.
+    dev_links: Vec<(CString, CString)>,
     ready_w: OwnedFd,
     go_r: OwnedFd,
     err_w: OwnedFd,
@@ -785,7 +800,7 @@ fn bind(
         data: None,
         remount: libc::MS_REMOUNT | libc::MS_BIND | remount,
         attr_set: mount_attrs(remount),
-        attr_clr: MOUNT_ATTR_RDONLY & !mount_attrs(remount),
+        attr_clr: (MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV) & !mount_attrs(remount),
         parents: Vec::new(),
         make,
         optional,
@@ -793,13 +808,60 @@ fn bind(
     })
 }
 
+/// Devices a workload gets, bound from the host's `/dev` into its own (everything else the
+/// host has there is absent, and device nodes elsewhere are dead: the host view is `nodev`).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Symbolic links in the workload's `/dev`.
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("pts/ptmx", "/dev/ptmx"),
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+];
+
+/// A minimal `/dev`: a small tmpfs with the [`DEVICES`] bound in, a private devpts instance on
+/// `/dev/pts` (the workload's terminals only; the provider opens its `ptmx` through
+/// `/proc/<init>/root`), and `/dev/shm`. It is made read-only once populated.
+fn dev_mounts(shm: String) -> Result<Vec<MountStep>, JailError> {
+    let stage = "mounting /dev";
+    let mut dev = tmpfs("/dev", "mode=755,size=64k".into(), stage)?;
+    dev.flags |= libc::MS_NOEXEC;
+    let mut m = vec![dev];
+    for d in DEVICES {
+        let host = format!("/dev/{d}");
+        m.push(bind(
+            Path::new(&host),
+            &host,
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Make::File,
+            false,
+            stage,
+        )?);
+    }
+    let mut pts = tmpfs(
+        "/dev/pts",
+        "newinstance,ptmxmode=0666,mode=0620".into(),
+        stage,
+    )?;
+    pts.source = cstring("devpts", stage)?;
+    pts.fstype = Some(cstring("devpts", stage)?);
+    pts.flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    pts.make = Make::Dir;
+    let mut shm = tmpfs("/dev/shm", shm, "mounting tmpfs")?;
+    shm.make = Make::Dir;
+    m.extend([pts, shm]);
+    Ok(m)
+}
+
 fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
     let tmp = format!("mode=1777,size={}m", spec.tmp_mb.max(1));
     let home = format!("/home/{}", spec.user);
     let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    let mut m = vec![
-        tmpfs("/tmp", tmp.clone(), "mounting tmpfs")?,
-        tmpfs("/dev/shm", tmp, "mounting tmpfs")?,
+    let mut m = vec![tmpfs("/tmp", tmp.clone(), "mounting tmpfs")?];
+    m.extend(dev_mounts(tmp)?);
+    m.extend([
         tmpfs("/run", "mode=755,size=4m".into(), "mounting tmpfs")?,
         tmpfs("/home", "mode=755,size=1m".into(), "mounting tmpfs")?,
         bind(
@@ -810,7 +872,7 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
             false,
             "mounting the home directory",
         )?,
-    ];
+    ]);
     for (file, optional) in [
         ("passwd", false),
         ("group", false),
@@ -826,12 +888,14 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
             "mounting /etc files",
         )?);
     }
+    // The workload's resolver is slirp4netns's forwarder (its own file, bound over the host's).
     // Hosts with systemd-resolved point /etc/resolv.conf into /run, which the jail covers with
-    // a tmpfs: put the real file back at its path there, or DNS would not work inside.
-    if let Ok(real) = std::fs::canonicalize("/etc/resolv.conf") {
-        if real.starts_with("/run/") && real.is_file() {
+    // a tmpfs: the file goes at that path there.
+    let resolv = spec.etc.join("resolv.conf");
+    match std::fs::canonicalize("/etc/resolv.conf") {
+        Ok(real) if real.starts_with("/run/") && resolv.is_file() => {
             let stage = "mounting /etc files";
-            let mut step = bind(&real, "/", ro, Make::File, true, stage)?;
+            let mut step = bind(&resolv, "/", ro, Make::File, true, stage)?;
             step.target = cpath(&real, stage)?;
             let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
             dirs.retain(|d| d.starts_with("/run/") && *d != Path::new("/run"));
@@ -842,6 +906,15 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
                 .collect::<Result<_, _>>()?;
             m.push(step);
         }
+        _ if resolv.is_file() => m.push(bind(
+            &resolv,
+            "/etc/resolv.conf",
+            ro,
+            Make::Nothing,
+            true,
+            "mounting /etc files",
+        )?),
+        _ => {}
     }
     m.push(MountStep {
         source: cstring("proc", "mounting /proc")?,
@@ -912,7 +985,11 @@ fn remount_points() -> Vec<(CString, libc::c_ulong)> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split(' ').collect();
             let point = unescape_mountinfo(f.get(4)?);
-            let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID;
+            let mut flags = libc::MS_REMOUNT
+                | libc::MS_BIND
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV;
             for o in f.get(5)?.split(',') {
                 flags |= match o {
                     "nodev" => libc::MS_NODEV,
@@ -962,7 +1039,7 @@ fn build_view(p: &InitPlan, e: RawFd) -> io::Result<()> {
             return Err(fail(e, "making mounts private"));
         }
         let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
             attr_clr: 0,
             propagation: 0,
             userns_fd: 0,
@@ -1021,15 +1098,20 @@ fn build_view(p: &InitPlan, e: RawFd) -> io::Result<()> {
             // Rootless binds get their flags on the detached clone instead of by a remount.
             let mut flags_set = false;
             let rc = match &m.fstype {
-                Some(fstype) => libc::mount(
-                    m.source.as_ptr(),
-                    m.target.as_ptr(),
-                    fstype.as_ptr(),
-                    m.flags,
-                    m.data
-                        .as_ref()
-                        .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
-                ),
+                Some(fstype) => {
+                    if m.make == Make::Dir {
+                        libc::mkdir(m.target.as_ptr(), 0o755);
+                    }
+                    libc::mount(
+                        m.source.as_ptr(),
+                        m.target.as_ptr(),
+                        fstype.as_ptr(),
+                        m.flags,
+                        m.data
+                            .as_ref()
+                            .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
+                    )
+                }
                 None => {
                     let tree = trees.get(bind_index).copied().unwrap_or(-1);
                     bind_index += 1;
@@ -1112,8 +1194,68 @@ fn build_view(p: &InitPlan, e: RawFd) -> io::Result<()> {
                 return Err(fail(e, m.stage));
             }
         }
+        for (target, link) in &p.dev_links {
+            if libc::symlink(target.as_ptr(), link.as_ptr()) != 0 {
+                return Err(fail(e, "mounting /dev"));
+            }
+        }
+        // Populated: /dev itself becomes read-only (its devices and tmpfs stay as they are).
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let rc = libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c"/dev".as_ptr(),
+            0 as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        );
+        if rc != 0
+            && (rootless
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/dev".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT
+                        | libc::MS_BIND
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) != 0)
+        {
+            return Err(fail(e, "mounting /dev"));
+        }
     }
     Ok(())
+}
+
+/// Bring up the loopback interface of the fresh network namespace this process is in.
+fn loopback_up() -> Result<(), ()> {
+    // SAFETY: a datagram socket and two interface ioctls on a zeroed ifreq naming "lo".
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let saved = *libc::__errno_location();
+        libc::close(fd);
+        *libc::__errno_location() = saved;
+        check(rc)
+    }
 }
 
 /// The init's side of the fork: runs in the child, between fork and exec.
@@ -1162,8 +1304,14 @@ fn init_child(p: &InitPlan) -> io::Result<()> {
                 .saturating_mul(10)
                 .saturating_add(i32::from(b - b'0'));
         }
-        if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) != 0 {
+        if libc::unshare(
+            libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET,
+        ) != 0
+        {
             return Err(fail(e, "unsharing namespaces"));
+        }
+        if loopback_up().is_err() {
+            return Err(fail(e, "bringing up loopback"));
         }
         build_view(p, e)?;
         if libc::unshare(libc::CLONE_NEWUSER) != 0 {
@@ -1220,13 +1368,17 @@ fn rootless_init_child(p: &InitPlan, r: &RootlessPlan) -> io::Result<()> {
                 | libc::CLONE_NEWNS
                 | libc::CLONE_NEWUTS
                 | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWPID,
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWNET,
         ) != 0
         {
             return Err(fail(e, "creating the user namespace"));
         }
         if write_own_maps(&r.uid_map, &r.gid_map).is_err() {
             return Err(fail(e, "writing the id maps"));
+        }
+        if loopback_up().is_err() {
+            return Err(fail(e, "bringing up loopback"));
         }
         let pid = raw_fork(true);
         if pid < 0 {
@@ -1307,6 +1459,10 @@ fn prepare_init(
         hostname: cstring(&spec.name, "setting the hostname")?,
         mounts,
         remount_points: remount_points(),
+        dev_links: DEV_LINKS
+            .iter()
+            .map(|(t, l)| Ok((cstring(t, "mounting /dev")?, cstring(l, "mounting /dev")?)))
+            .collect::<Result<_, JailError>>()?,
         ready_w,
         go_r,
         err_w,
@@ -1571,7 +1727,7 @@ fn session_child(p: &SessionPlan) -> io::Result<()> {
         // then the workload's user namespace.
         if libc::setns(
             p.pidfd,
-            libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+            libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET,
         ) != 0
             || libc::setns(p.pidfd, libc::CLONE_NEWUSER) != 0
         {
@@ -1617,7 +1773,8 @@ fn rootless_session_child(
                 | libc::CLONE_NEWNS
                 | libc::CLONE_NEWUTS
                 | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWPID,
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWNET,
         ) != 0
         {
             return Err(fail(e, "joining the namespaces"));
@@ -1945,7 +2102,8 @@ fn probe_child(p: &ProbePlan) -> io::Result<()> {
                 | libc::CLONE_NEWNS
                 | libc::CLONE_NEWUTS
                 | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWPID,
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWNET,
         ) != 0
         {
             return Err(fail(e, "creating the user namespace"));
@@ -1965,7 +2123,7 @@ fn probe_child(p: &ProbePlan) -> io::Result<()> {
             return Err(fail(e, "making mounts private"));
         }
         let ro = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
             attr_clr: 0,
             propagation: 0,
             userns_fd: 0,

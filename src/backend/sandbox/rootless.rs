@@ -185,9 +185,9 @@ pub fn detect(own_dirs: &[&Path]) -> Result<Rootless, Unavailable> {
 
 /// The directories to cover inside: those of `candidates` that exist, belong to `uid`, are not
 /// `/`, and are not already covered (by another one, or by the jail's `/home`, `/tmp`, `/run`
-/// and `/dev/shm` tmpfs).
+/// and `/dev` tmpfs).
 fn hide_list(candidates: &[&Path], uid: u32) -> Vec<PathBuf> {
-    const COVERED: &[&str] = &["/home", "/tmp", "/run", "/dev/shm"];
+    const COVERED: &[&str] = &["/home", "/tmp", "/run", "/dev"];
     let mut dirs: Vec<PathBuf> = candidates
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())

@@ -477,31 +477,41 @@ fn set_winsize(fd: &AsyncFd<OwnedFd>, size: &libc::winsize) {
     }
 }
 
-/// A new PTY pair with the given size, the slave owned by the buyer's host uid.
-fn open_pty(size: &libc::winsize, host_uid: u32) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut master = -1;
-    let mut slave = -1;
-    // SAFETY: openpty writes two fds; name and termios may be null, winsize is valid.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            size,
-        )
+/// A new PTY pair in the workload's own devpts (`ptmx`, see [`InitHandle::ptmx`]) with the given
+/// size, the slave owned by the buyer's host uid.
+fn open_pty(
+    ptmx: &std::path::Path,
+    size: &libc::winsize,
+    host_uid: u32,
+) -> io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(ptmx)?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: PTY ioctls on the master we own, with valid arguments; TIOCGPTPEER returns a new fd
+    // (the slave, found without a path lookup) that we then own.
+    let slave = unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0
+            || libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, size as *const _) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(fd)
     };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created by openpty and are ours.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    // SAFETY: fcntl/fchown on fds we own.
+    // SAFETY: fchown/fchmod on the slave we own.
     unsafe {
-        libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fcntl(slave.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-        let flags = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
         // Like sshd: the terminal belongs to the user who logs in on it.
         libc::fchown(slave.as_raw_fd(), host_uid, host_uid);
         libc::fchmod(slave.as_raw_fd(), 0o620);
@@ -670,7 +680,7 @@ impl Conn {
         }
         let pty = chan.term.is_some();
         let (master, stdio) = if pty {
-            let (master, slave) = match open_pty(&chan.size, w.host_uid) {
+            let (master, slave) = match open_pty(&w.init.ptmx(), &chan.size, w.host_uid) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(workload = %w.name, "cannot open a PTY: {e}");
@@ -1051,7 +1061,10 @@ mod tests {
         }
         newcomer.progressed.store(true, Ordering::Relaxed);
         for _ in 0..MAX_PENDING_PER_SOURCE - 3 {
-            gate.admit(a).unwrap().progressed.store(true, Ordering::Relaxed);
+            gate.admit(a)
+                .unwrap()
+                .progressed
+                .store(true, Ordering::Relaxed);
         }
         // Now no silent one is left from `a`: the one that failed a password goes.
         gate.admit(a).unwrap();
