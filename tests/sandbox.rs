@@ -1084,6 +1084,33 @@ async fn an_unprivileged_user_runs_the_demo_on_a_rootless_sandbox() {
     let out = run(c, Some("tty; exit\n")).await.expect("pty session");
     assert!(out.contains("/dev/pts/"), "{out}");
 
+    // Isolation, rootless: the demo's own mint on the host's 127.0.0.1 does not answer inside;
+    // only the workload's own terminals and the minimal /dev are there; host devices the test
+    // user could open outside do not open inside.
+    let mint_port: u16 = log()
+        .lines()
+        .find_map(|l| l.split("demo: mint ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|url| url.trim_end_matches('/').rsplit(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no mint URL in the demo's log:\n{}", log()));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", mint_port)).is_ok());
+    let out = ssh_password(
+        port,
+        "alice",
+        pw,
+        &format!(
+            "if timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{mint_port}' 2>/dev/null; then echo open; else echo closed; fi; \
+             ls -A /dev/pts; ls /dev | wc -l; for d in /dev/kvm /dev/fuse /dev/net/tun; do (exec 3<>$d) 2>/dev/null && echo opened $d; done; echo end"
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["closed", "ptmx", "13", "end"],
+        "inside a rootless workload"
+    );
+
     // Abstract unix sockets ignore mount namespaces, and their servers (X11, some D-Bus buses)
     // often trust any peer with their uid, which the buyer shares with the provider here: where
     // Landlock can scope them, the jail cannot reach the host's. Perl (in the host's read-only
