@@ -422,9 +422,15 @@ impl TestNet {
             assert!(st.success(), "ip {args:?}");
         };
         sh(&["netns", "add", &name]);
+        // From here on a failure removes what was made.
+        let mut net = TestNet {
+            name: name.clone(),
+            server: "0.0.0.0:0".parse().unwrap(),
+        };
         sh(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &name,
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
         ]);
+        sh(&["link", "set", &ns_if, "netns", &name]);
         sh(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
         sh(&["link", "set", &host_if, "up"]);
         sh(&[
@@ -453,8 +459,8 @@ impl TestNet {
                 let _ = c.write_all(b"hello-from-testnet\n");
             }
         });
-        let server = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        TestNet { name, server }
+        net.server = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        net
     }
 }
 
@@ -529,4 +535,31 @@ async fn a_silent_connection_is_closed_after_the_login_grace_time() {
     .await;
     assert!(closed.is_ok(), "a silent connection was held for 40 s");
     assert!(t.elapsed() >= Duration::from_secs(19), "{:?}", t.elapsed());
+}
+
+/// The seccomp deny list holds inside: no new user namespace (so no way to capabilities), no
+/// kernel keyrings, no bpf, no mounts; ordinary programs run.
+#[tokio::test]
+async fn denied_syscalls_fail_inside() {
+    let e = env().await;
+    let pw = "seccomp-pass-1";
+    let r = spawn(&e, "alice", pw).await;
+    let out = ssh_password(
+        r.node_port,
+        "alice",
+        pw,
+        "unshare -U true 2>/dev/null && echo userns; unshare -r true 2>/dev/null && echo root; \
+         mount -t tmpfs none ~ 2>/dev/null && echo mounted; \
+         python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); \
+         print(*[(l.syscall(n, 0, 0, 0), ctypes.get_errno()) for n in (250, 321, 425, 323)])'; \
+         echo ran",
+    )
+    .await
+    .unwrap();
+    // keyctl, bpf, io_uring_setup, userfaultfd (x86_64 numbers): -1 with EPERM each.
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["(-1, 1) (-1, 1) (-1, 1) (-1, 1)", "ran"],
+        "{out}"
+    );
 }

@@ -68,6 +68,7 @@ pub mod jail;
 pub mod meta;
 pub mod network;
 pub mod rootless;
+pub mod seccomp;
 pub mod ssh;
 
 use std::collections::HashMap;

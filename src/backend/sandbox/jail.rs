@@ -100,6 +100,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cgroup::Rlimits;
+use super::seccomp::Filter;
 
 /// The buyer's uid and gid inside the jail.
 pub const INSIDE_UID: u32 = 1000;
@@ -736,6 +737,8 @@ struct InitPlan {
     remount_points: Vec<(CString, libc::c_ulong)>,
     /// `(target, link)` symbolic links made in `/dev`.
     dev_links: Vec<(CString, CString)>,
+    /// Installed last before exec.
+    seccomp: Filter,
     ready_w: OwnedFd,
     go_r: OwnedFd,
     err_w: OwnedFd,
@@ -1338,6 +1341,9 @@ fn init_child(p: &InitPlan) -> io::Result<()> {
         if libc::chdir(c"/".as_ptr()) != 0 {
             return Err(fail(e, "changing directory"));
         }
+        if p.seccomp.install().is_err() {
+            return Err(fail(e, "installing the seccomp filter"));
+        }
         mark_fds_cloexec();
     }
     Ok(())
@@ -1403,6 +1409,9 @@ fn rootless_init_child(p: &InitPlan, r: &RootlessPlan) -> io::Result<()> {
         if libc::chdir(c"/".as_ptr()) != 0 {
             return Err(fail(e, "changing directory"));
         }
+        if p.seccomp.install().is_err() {
+            return Err(fail(e, "installing the seccomp filter"));
+        }
         mark_fds_cloexec();
     }
     Ok(())
@@ -1463,6 +1472,7 @@ fn prepare_init(
             .iter()
             .map(|(t, l)| Ok((cstring(t, "mounting /dev")?, cstring(l, "mounting /dev")?)))
             .collect::<Result<_, JailError>>()?,
+        seccomp: Filter::new(),
         ready_w,
         go_r,
         err_w,
@@ -1700,6 +1710,7 @@ struct SessionPlan {
     cwd: CString,
     pty: bool,
     err_w: OwnedFd,
+    seccomp: Filter,
     /// Rootless: where the middle process reports the session's pid, and whether to scope
     /// abstract sockets.
     rootless: Option<(OwnedFd, bool)>,
@@ -1747,6 +1758,9 @@ fn session_child(p: &SessionPlan) -> io::Result<()> {
         }
         if p.pty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
             return Err(fail(e, "taking the terminal"));
+        }
+        if p.seccomp.install().is_err() {
+            return Err(fail(e, "installing the seccomp filter"));
         }
         mark_fds_cloexec();
     }
@@ -1805,6 +1819,9 @@ fn rootless_session_child(
         }
         if p.pty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
             return Err(fail(e, "taking the terminal"));
+        }
+        if p.seccomp.install().is_err() {
+            return Err(fail(e, "installing the seccomp filter"));
         }
         mark_fds_cloexec();
     }
@@ -1979,6 +1996,7 @@ pub fn spawn_session(
         cwd: cpath(&cmd.cwd, "changing directory")?,
         pty: cmd.pty,
         err_w,
+        seccomp: Filter::new(),
         rootless,
     });
     let mut c = std::process::Command::new(&cmd.program);
