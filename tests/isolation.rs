@@ -563,3 +563,75 @@ async fn denied_syscalls_fail_inside() {
         "{out}"
     );
 }
+
+/// Secret files and directories the provider names (its key files, its config), even
+/// world-readable and outside the data directory, are covered inside; the rest of the host
+/// stays readable.
+#[tokio::test]
+async fn named_secret_paths_are_covered_inside() {
+    use std::os::unix::fs::PermissionsExt;
+    let outside = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = outside.path().join("nostr.key");
+    std::fs::write(&key, "nsec-would-be-here\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let conf_dir = outside.path().join("etc-paygress");
+    std::fs::create_dir(&conf_dir).unwrap();
+    std::fs::set_permissions(&conf_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(conf_dir.join("paygress.toml"), "x = 1\n").unwrap();
+    std::fs::set_permissions(
+        conf_dir.join("paygress.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let visible = outside.path().join("visible");
+    std::fs::write(&visible, "public\n").unwrap();
+    std::fs::set_permissions(&visible, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(2));
+    let backend = Arc::new(
+        SandboxBackend::open_hiding(
+            SandboxConfig::default(),
+            dir.path(),
+            &[key.clone(), conf_dir.clone()],
+        )
+        .await
+        .expect("sandbox backend"),
+    );
+    let _guard = Cleanup {
+        backend: Some(backend.clone()),
+    };
+    let provider = Provider::open(cfg, backend.clone() as Arc<dyn Backend>)
+        .await
+        .unwrap();
+    let req = SpawnRequest {
+        cashu_token: Secret::new(mint.token(100).await),
+        ssh_username: "alice".into(),
+        ssh_password: Some(Secret::new("secret-pass-1")),
+        ..Default::default()
+    };
+    let r = provider
+        .spawn(req, Caller::Local, None, CancellationToken::new())
+        .await
+        .unwrap();
+    let out = ssh_password(
+        r.node_port,
+        "alice",
+        "secret-pass-1",
+        &format!(
+            "cat '{}'; echo; cat '{}/paygress.toml' 2>/dev/null || echo no-config; cat '{}'",
+            key.display(),
+            conf_dir.display(),
+            visible.display()
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["", "no-config", "public"],
+        "{out}"
+    );
+}

@@ -1248,3 +1248,38 @@ async fn without_user_namespaces_an_unprivileged_open_says_what_to_do() {
     );
     assert!(work.workloads().is_empty());
 }
+
+/// A provider user with supplementary groups is refused in rootless mode (the groups would stay
+/// with every buyer): the demo says which groups and what to do.
+#[tokio::test]
+async fn rootless_with_supplementary_groups_is_refused() {
+    let (uid, gid) = test_user();
+    let work = UserWork::new(uid, gid);
+    if !userns_works_for(uid, gid) {
+        eprintln!("SKIPPED: no unprivileged user namespaces here");
+        return;
+    }
+    // `disk` where it exists (the kind of group that hands out the host), else gid 6.
+    let mut cmd = tokio::process::Command::new("setpriv");
+    cmd.args([
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--groups=6".into(),
+        "--".into(),
+    ])
+    .arg(binary_for(&work))
+    .args(["--demo", "--demo-backend", "sandbox"])
+    .env_clear()
+    .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+    .env("HOME", work.path().join("home"))
+    .env("TMPDIR", work.path().join("tmp"))
+    .current_dir(work.path());
+    let stderr = demo_failure(cmd).await;
+    assert!(
+        stderr.contains("refuses to run rootless with supplementary groups (")
+            && stderr.contains("(6)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("setpriv --clear-groups"), "{stderr}");
+    assert!(work.workloads().is_empty());
+}

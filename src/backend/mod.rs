@@ -150,10 +150,22 @@ pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, St
             Ok(std::sync::Arc::new(b))
         }
         BackendChoice::Sandbox => {
-            let b =
-                sandbox::SandboxBackend::open(cfg.backend.sandbox.clone(), &cfg.provider.data_dir)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            // Covered inside every workload: the provider's keys and its config file.
+            let mut secrets = vec![cfg.data_path(
+                cfg.nostr
+                    .private_key_file
+                    .clone()
+                    .unwrap_or_else(|| "nostr.key".into()),
+            )];
+            secrets.extend(cfg.backend.lxd.client_key.clone());
+            secrets.extend(std::env::var_os("PAYGRESS_CONFIG").map(std::path::PathBuf::from));
+            let b = sandbox::SandboxBackend::open_hiding(
+                cfg.backend.sandbox.clone(),
+                &cfg.provider.data_dir,
+                &secrets,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(std::sync::Arc::new(b))
         }
         other => Err(format!("backend {other:?} is not available in this build")),

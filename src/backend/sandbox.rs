@@ -114,6 +114,10 @@ pub struct SandboxConfig {
     /// namespace with loopback only.
     #[serde(default)]
     pub network: NetworkMode,
+    /// More files or directories to cover inside every workload (besides the data directory,
+    /// the provider's key files and its config file, which are covered anyway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hide: Vec<PathBuf>,
     /// Extra destinations (CIDRs) workloads may not reach, on top of the built-in deny list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_deny: Vec<String>,
@@ -138,6 +142,7 @@ impl Default for SandboxConfig {
             shell: None,
             pids_max: default_pids_max(),
             network: NetworkMode::default(),
+            hide: Vec::new(),
             egress_deny: Vec::new(),
             egress_allow: Vec::new(),
         }
@@ -155,6 +160,8 @@ pub enum NetworkMode {
 
 /// Name of the SSH host key file in the state directory.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
+/// An empty file in the state directory, bound over the provider's secret files inside.
+const EMPTY_FILE: &str = "empty";
 
 /// First host uid/gid of the ranges workloads map (each gets `jail::ID_RANGE` ids from here).
 const HOST_ID_BASE: u32 = 0x4000_0000;
@@ -208,6 +215,8 @@ struct Inner {
     privilege: jail::Privilege,
     /// How workloads get outbound access, when they do: the helpers and the egress ruleset.
     net: Option<(network::Tools, String)>,
+    /// The provider's secret files and directories, covered inside every jail.
+    secrets: Vec<PathBuf>,
     /// Live workloads; the lock also serialises every change of state.
     live: Mutex<HashMap<String, Live>>,
 }
@@ -286,6 +295,17 @@ impl SandboxBackend {
     /// (see [`rootless`]), which fails here, with what to do about it, where the host does not
     /// allow unprivileged user namespaces.
     pub async fn open(cfg: SandboxConfig, data_dir: &Path) -> Result<SandboxBackend, BackendError> {
+        SandboxBackend::open_hiding(cfg, data_dir, &[]).await
+    }
+
+    /// [`SandboxBackend::open`], also covering `secrets` (the provider's key files, its config:
+    /// whatever it holds outside the data directory) inside every workload, in root and
+    /// rootless mode. Paths that do not exist are skipped.
+    pub async fn open_hiding(
+        cfg: SandboxConfig,
+        data_dir: &Path,
+        secrets: &[PathBuf],
+    ) -> Result<SandboxBackend, BackendError> {
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
         if cfg.listen_address.parse::<std::net::IpAddr>().is_err() {
@@ -324,6 +344,10 @@ impl SandboxBackend {
             }
             (jail::Privilege::Root, cgroups)
         } else {
+            let groups = rootless::extra_groups();
+            if !groups.is_empty() {
+                return Err(BackendError::Api(rootless::GroupsKept(groups).to_string()));
+            }
             let data_dir = std::path::absolute(data_dir).map_err(|e| api("data_dir", e))?;
             let own = state_dir.clone();
             let r = tokio::task::spawn_blocking(move || rootless::detect(&[&data_dir, &own]))
@@ -353,6 +377,9 @@ impl SandboxBackend {
             }
         };
         let key = host_key(&state_dir.join(HOST_KEY_FILE))?;
+        crate::fsutil::write_private(&state_dir.join(EMPTY_FILE), b"")
+            .map_err(|e| api("cannot write the empty file", e))?;
+        let secrets = secret_paths(secrets.iter().chain(&cfg.hide));
         let backend = SandboxBackend {
             inner: Arc::new(Inner {
                 ssh_config: Arc::new(ssh::config(key)),
@@ -362,6 +389,7 @@ impl SandboxBackend {
                 cgroups,
                 privilege,
                 net,
+                secrets,
                 live: Mutex::new(HashMap::new()),
             }),
         };
@@ -509,6 +537,8 @@ impl SandboxBackend {
             rlimits: self.inner.cgroups.rlimits(&meta.tier),
             tmp_mb: meta.tier.memory_mb,
             nproc: self.inner.cfg.pids_max,
+            secrets: self.inner.secrets.clone(),
+            empty_file: self.inner.state_dir.join(EMPTY_FILE),
         }
     }
 
@@ -777,6 +807,22 @@ impl SandboxBackend {
     }
 }
 
+/// The secret paths that exist, canonical, not under what every jail covers anyway (`/home`,
+/// `/tmp`, `/run`, `/dev`), each once, outermost first.
+fn secret_paths<'a>(candidates: impl Iterator<Item = &'a PathBuf>) -> Vec<PathBuf> {
+    const COVERED: &[&str] = &["/home", "/tmp", "/run", "/dev", "/proc"];
+    let mut v: Vec<PathBuf> = candidates
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| p.parent().is_some())
+        .filter(|p| !COVERED.iter().any(|c| p.starts_with(c)))
+        .collect();
+    v.sort();
+    v.dedup();
+    let all = v.clone();
+    v.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    v
+}
+
 /// One line per way rootless mode is weaker than root mode on this host.
 fn log_rootless(r: &jail::Rootless, cgroups: &cgroup::Mode) {
     tracing::info!(
@@ -807,15 +853,6 @@ fn log_rootless(r: &jail::Rootless, cgroups: &cgroup::Mode) {
             "sandbox (rootless): Landlock cannot scope abstract unix sockets on this kernel \
              (needs Linux 6.12): workloads can reach this user's abstract sockets (X11, some \
              D-Bus buses), which may trust them by uid"
-        );
-    }
-    let groups = rootless::extra_groups();
-    if !groups.is_empty() {
-        tracing::warn!(
-            ?groups,
-            "sandbox (rootless): this user's supplementary groups stay in effect inside \
-             workloads (an unprivileged process cannot drop them); run the provider as a user \
-             without them"
         );
     }
 }

@@ -190,6 +190,11 @@ pub struct JailSpec {
     pub tmp_mb: u32,
     /// Task limit in rlimit mode (`RLIMIT_NPROC`: the workload's host uids are its own).
     pub nproc: u32,
+    /// Secret files and directories of the provider (keys, config) to cover inside, in root
+    /// and rootless mode alike: directories with an empty tmpfs, files with `empty_file`.
+    pub secrets: Vec<PathBuf>,
+    /// An empty, read-only file of the provider's, bound over secret files.
+    pub empty_file: PathBuf,
 }
 
 /// A running init process.
@@ -382,8 +387,8 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-/// Most bind mounts one jail makes (home, five /etc files, six devices).
-const MAX_BINDS: usize = 16;
+/// Most bind mounts one jail makes (home, five /etc files, six devices, secret files).
+const MAX_BINDS: usize = 24;
 
 #[repr(C)]
 struct MountAttr {
@@ -936,8 +941,25 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
     if let Privilege::Rootless(r) = &spec.privilege {
         rootless_mounts(r, &mut m)?;
     }
+    let stage = "hiding the provider's directories";
+    let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for secret in spec.secrets.iter().take(MAX_SECRET_FILES) {
+        if secret.is_dir() {
+            let mut step = tmpfs("/", "mode=000,size=4k".into(), stage)?;
+            step.target = cpath(secret, stage)?;
+            step.flags = ro;
+            m.push(step);
+        } else {
+            let mut step = bind(&spec.empty_file, "/", ro, Make::Nothing, false, stage)?;
+            step.target = cpath(secret, stage)?;
+            m.push(step);
+        }
+    }
     Ok(m)
 }
+
+/// Most secret paths one jail covers (each file is a bind mount).
+const MAX_SECRET_FILES: usize = 8;
 
 /// `MS_*` flags of a bind remount as `MOUNT_ATTR_*` bits.
 fn mount_attrs(flags: libc::c_ulong) -> u64 {

@@ -18,7 +18,8 @@
 //!   tmpfs, on top of the `/home`, `/tmp` and `/run` tmpfs of root mode. Other files the
 //!   provider's user can read stay readable (read-only) — run the provider as a dedicated user.
 //!   Supplementary groups cannot be dropped without privilege (`setgroups` is denied so that the
-//!   gid map may be written), so they stay in effect inside; this is logged.
+//!   gid map may be written), so they would stay in effect inside: `open` refuses to start with
+//!   any ([`GroupsKept`]).
 //! - **Abstract unix sockets** (X11's `@/tmp/.X11-unix/X0`, some D-Bus buses) ignore mount
 //!   namespaces, and their servers often trust any client with the right uid — which the buyer
 //!   now has. Where Landlock can scope them (ABI ≥ 6, Linux 6.12), every jail is confined so it
@@ -202,8 +203,39 @@ fn hide_list(candidates: &[&Path], uid: u32) -> Vec<PathBuf> {
     dirs
 }
 
-/// Supplementary groups of this process other than its effective gid (they stay in effect
-/// inside a rootless jail).
+/// Refusal to run rootless with supplementary groups: they cannot be dropped without privilege
+/// (`setgroups` is denied so that the gid map may be written), so every buyer would hold them,
+/// and a group such as `lxd`, `docker`, `disk` or `kvm` hands buyers the host.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the sandbox refuses to run rootless with supplementary groups ({}): every workload would \
+     keep them (an unprivileged process cannot drop them), and groups such as lxd, docker, disk \
+     or kvm give buyers the host. Run the provider as a user without supplementary groups (a \
+     dedicated system user, or `setpriv --clear-groups`), or as root.",
+    group_names(.0)
+)]
+pub struct GroupsKept(pub Vec<u32>);
+
+/// `name (gid)` for each group, from /etc/group where it names them.
+fn group_names(gids: &[u32]) -> String {
+    let table = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    gids.iter()
+        .map(|g| {
+            let name = table.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.get(2) == Some(&g.to_string().as_str())).then(|| f[0].to_string())
+            });
+            match name {
+                Some(n) => format!("{n} ({g})"),
+                None => g.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Supplementary groups of this process other than its effective gid (they would stay in
+/// effect inside a rootless jail).
 pub fn extra_groups() -> Vec<u32> {
     let (_, gid) = ids();
     let mut buf = vec![0 as libc::gid_t; 256];
