@@ -7,7 +7,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendKind;
+use crate::backend::{BackendKind, Isolation};
 use crate::config::Tier;
 use crate::secret::Secret;
 
@@ -167,6 +167,10 @@ pub struct Offers {
     pub allowed_images: Vec<String>,
     pub default_image: String,
     pub backend: BackendKind,
+    /// How isolated workloads are: `vm`, `container`, `sandbox` (processes on the provider's
+    /// host) or `unknown`.
+    #[serde(default)]
+    pub isolation: Isolation,
     pub capacity: Capacity,
     /// Seconds an expired pod stays resumable by a top-up before deletion.
     pub expiry_grace_seconds: u64,

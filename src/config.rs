@@ -337,6 +337,19 @@ impl Config {
         })?;
         cfg.apply_env(env)?;
         cfg.validate()?;
+        // A provider says which backend sells its compute: the default (the sandbox) is weaker
+        // isolation than LXD and must never be chosen by omission.
+        let kind_set = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| t.get("backend")?.get("kind").cloned())
+            .is_some();
+        if !kind_set {
+            return Err(ConfigError::new(
+                "backend.kind",
+                "must be set: \"lxd\", \"proxmox\", \"kubernetes\" or \"sandbox\" (the sandbox \
+                 isolates less than LXD; see the README)",
+            ));
+        }
         Ok(cfg)
     }
 
@@ -617,6 +630,13 @@ kind = "sandbox"
             e.to_string().contains("lots") || e.to_string().contains("integer"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_backend_kind_must_be_named() {
+        let e = parse(&BASE.replace("[backend]\nkind = \"sandbox\"\n", "")).unwrap_err();
+        assert_eq!(e.key, "backend.kind");
+        assert!(e.to_string().contains("sandbox"), "{e}");
     }
 
     #[test]

@@ -305,6 +305,7 @@ impl Provider {
             allowed_images: self.cfg.images.allowed.clone(),
             default_image: self.cfg.images.default.clone(),
             backend: self.backend.kind(),
+            isolation: self.backend.isolation(),
             capacity: Capacity {
                 available_slots: cap.saturating_sub(live),
                 live_workloads: live,

@@ -635,3 +635,49 @@ async fn named_secret_paths_are_covered_inside() {
         "{out}"
     );
 }
+
+/// The offer says how isolated workloads are (in `get_offers` and as a tag and content of the
+/// offer event), and selling the sandbox beyond this machine needs an explicit setting.
+#[tokio::test]
+async fn the_isolation_level_is_published_and_strangers_need_an_explicit_setting() {
+    use paygress::backend::Isolation;
+    let e = env().await;
+    let offers = e.provider.offers();
+    assert_eq!(offers.isolation, Isolation::Sandbox);
+    assert_eq!(
+        serde_json::to_value(&offers).unwrap()["isolation"],
+        "sandbox"
+    );
+    let keys = nostr_sdk::Keys::generate();
+    let event = paygress::market::offer_event(&offers, 60, 1_700_000_000)
+        .unwrap()
+        .sign_with_keys(&keys)
+        .unwrap();
+    assert!(event
+        .tags
+        .iter()
+        .any(|t| t.as_slice() == ["isolation", "sandbox"]));
+    let listed = paygress::market::ListedOffer::parse(&event).unwrap();
+    assert_eq!(listed.offers.isolation, Isolation::Sandbox);
+
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let public = SandboxConfig {
+        listen_address: "0.0.0.0".into(),
+        ..Default::default()
+    };
+    let err = SandboxBackend::open(public.clone(), dir.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sell_to_strangers = true"), "{err}");
+    let b = SandboxBackend::open(
+        SandboxConfig {
+            sell_to_strangers: true,
+            ..public
+        },
+        dir.path(),
+    )
+    .await
+    .expect("with the explicit setting");
+    drop(b);
+}

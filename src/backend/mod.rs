@@ -51,6 +51,37 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// How strongly a backend keeps a buyer's workload apart from the host and from other buyers;
+/// published in offers (`isolation`) so buyers can filter on it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A virtual machine: a kernel of its own.
+    Vm,
+    /// A container: shared kernel, its own root filesystem and id-mapped users (LXD,
+    /// Kubernetes).
+    Container,
+    /// Namespaced processes on the provider's own host: shared kernel, the host's filesystem
+    /// readable (see the README's sandbox section for exactly what is isolated).
+    Sandbox,
+    /// Not said (a custom backend, or an offer from an older provider).
+    #[default]
+    Unknown,
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::Vm => "vm",
+            Isolation::Container => "container",
+            Isolation::Sandbox => "sandbox",
+            Isolation::Unknown => "unknown",
+        })
+    }
+}
+
 /// Everything a backend needs to make one workload.
 #[derive(Debug, Clone)]
 pub struct WorkloadSpec {
@@ -116,6 +147,16 @@ pub enum BackendError {
 pub trait Backend: Send + Sync + 'static {
     /// Which kind this is, for offers.
     fn kind(&self) -> BackendKind;
+
+    /// How isolated its workloads are, for offers.
+    fn isolation(&self) -> Isolation {
+        match self.kind() {
+            BackendKind::Proxmox => Isolation::Vm,
+            BackendKind::Lxd | BackendKind::Kubernetes => Isolation::Container,
+            BackendKind::Sandbox => Isolation::Sandbox,
+            BackendKind::Custom => Isolation::Unknown,
+        }
+    }
 
     /// Create and start the workload; return once SSH accepts connections on the host port.
     /// On failure, remove anything made and return the error.

@@ -103,6 +103,11 @@ pub struct SandboxConfig {
     /// a relative path is under the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// Must be `true` for a `listen_address` other machines reach: the sandbox isolates less
+    /// than LXD (shared kernel, the host's filesystem readable; see the README), so selling it
+    /// to strangers is a choice the operator writes down, never a default.
+    #[serde(default)]
+    pub sell_to_strangers: bool,
     /// Login shell inside. Default `/bin/bash`, or `/bin/sh` where bash is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<PathBuf>,
@@ -139,6 +144,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             listen_address: default_listen(),
             state_dir: None,
+            sell_to_strangers: false,
             shell: None,
             pids_max: default_pids_max(),
             network: NetworkMode::default(),
@@ -308,11 +314,23 @@ impl SandboxBackend {
     ) -> Result<SandboxBackend, BackendError> {
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
-        if cfg.listen_address.parse::<std::net::IpAddr>().is_err() {
-            return Err(BackendError::Api(format!(
-                "backend.sandbox.listen_address: not an IP address: {:?}",
-                cfg.listen_address
-            )));
+        match cfg.listen_address.parse::<std::net::IpAddr>() {
+            Err(_) => {
+                return Err(BackendError::Api(format!(
+                    "backend.sandbox.listen_address: not an IP address: {:?}",
+                    cfg.listen_address
+                )))
+            }
+            Ok(ip) if !ip.is_loopback() && !cfg.sell_to_strangers => {
+                return Err(BackendError::Api(format!(
+                    "backend.sandbox.listen_address = {:?} sells workloads to other machines, but \
+                     the sandbox isolates less than LXD (a shared kernel, the host's filesystem \
+                     readable inside): set backend.sandbox.sell_to_strangers = true to do so \
+                     anyway, or use the LXD backend",
+                    cfg.listen_address
+                )))
+            }
+            Ok(_) => {}
         }
         let state_dir = match &cfg.state_dir {
             Some(p) => data_dir.join(p),

@@ -50,6 +50,7 @@ pub fn offer_event(offers: &Offers, heartbeat: u64, now: u64) -> Result<EventBui
                 [offers.provider.location.clone()],
             ),
             Tag::custom(TagKind::custom("backend"), [offers.backend.to_string()]),
+            Tag::custom(TagKind::custom("isolation"), [offers.isolation.to_string()]),
             Tag::custom(TagKind::custom("heartbeat"), [heartbeat.to_string()]),
             Tag::expiration(Timestamp::from(expires)),
         ])
