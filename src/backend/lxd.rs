@@ -87,6 +87,8 @@ use tokio::sync::OnceCell;
 
 use super::{Backend, BackendError, BackendKind, WorkloadInfo, WorkloadSpec, WorkloadState};
 
+mod egress;
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------------
@@ -135,6 +137,21 @@ pub struct LxdConfig {
     /// Allow nested containers (`security.nesting`). Off unless the operator needs it.
     #[serde(default)]
     pub nesting: bool,
+    /// Most processes one container may run (`limits.processes`): a fork bomb stays inside.
+    #[serde(default = "default_pids_max")]
+    pub pids_max: u32,
+    /// Give every container a host id range of its own (`security.idmap.isolated`), so root in
+    /// one container is not the same host uid as root in another.
+    #[serde(default = "default_true")]
+    pub idmap_isolated: bool,
+    /// A managed bridge dedicated to workloads: their `eth0` goes on it, and the backend puts an
+    /// egress ACL on it (no host, link-local or private destinations; see `egress`). Unset: the
+    /// profiles' network, with no egress policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_network: Option<String>,
+    /// More destinations (CIDRs) the egress ACL rejects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_deny: Vec<String>,
     /// Timeout of each ordinary LXD request.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_seconds: u64,
@@ -157,6 +174,12 @@ fn default_profiles() -> Vec<String> {
 }
 fn default_listen() -> String {
     "0.0.0.0".into()
+}
+fn default_pids_max() -> u32 {
+    512
+}
+fn default_true() -> bool {
+    true
 }
 fn default_request_timeout() -> u64 {
     30
@@ -183,6 +206,10 @@ impl Default for LxdConfig {
             ssh_listen_address: default_listen(),
             ssh_check_host: None,
             nesting: false,
+            pids_max: default_pids_max(),
+            idmap_isolated: true,
+            egress_network: None,
+            egress_deny: Vec::new(),
             request_timeout_seconds: default_request_timeout(),
             ready_timeout_seconds: default_ready_timeout(),
             stop_timeout_seconds: default_stop_timeout(),
@@ -214,6 +241,21 @@ impl LxdConfig {
                 "backend.lxd.storage_pool: pool names may hold only letters, digits, '-' and '_'"
                     .into(),
             );
+        }
+        if self
+            .egress_network
+            .as_deref()
+            .is_some_and(|n| !is_safe_token(n) || n.len() > 15)
+        {
+            return Err(
+                "backend.lxd.egress_network: a network name of at most 15 letters, digits, '-' \
+                 and '_'"
+                    .into(),
+            );
+        }
+        egress::denied(&self.egress_deny)?;
+        if self.pids_max == 0 {
+            return Err("backend.lxd.pids_max: must be greater than 0".into());
         }
         if self.ssh_listen_address.parse::<std::net::IpAddr>().is_err() {
             return Err(format!(
@@ -787,6 +829,10 @@ fn create_body(
         format!("{}MiB", spec.tier.memory_mb.max(1)).into(),
     );
     config.insert("security.privileged".into(), "false".into());
+    config.insert("limits.processes".into(), cfg.pids_max.to_string().into());
+    if cfg.idmap_isolated {
+        config.insert("security.idmap.isolated".into(), "true".into());
+    }
     if cfg.nesting {
         config.insert("security.nesting".into(), "true".into());
     }
@@ -804,6 +850,12 @@ fn create_body(
             "bind": "host",
         }),
     );
+    if let Some(net) = &cfg.egress_network {
+        devices.insert(
+            "eth0".into(),
+            json!({ "type": "nic", "name": "eth0", "network": net }),
+        );
+    }
     // A root device of our own only when it says something the profile's does not: another
     // pool, or a size the pool can enforce (`dir` cannot: the size is skipped there).
     if let Some(root) = root {
@@ -1025,6 +1077,10 @@ pub struct LxdBackend {
     local: bool,
     /// The root disk's storage pool (looked up once).
     root_pool: OnceCell<Option<RootPool>>,
+    /// Held while an instance with an isolated id map is being recorded: LXD picks its free host
+    /// id range when it creates the instance, and two creates at once can pick the same one (the
+    /// second then fails to start).
+    idmap_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for LxdBackend {
@@ -1076,6 +1132,7 @@ impl LxdBackend {
             check_host,
             cfg,
             root_pool: OnceCell::new(),
+            idmap_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -1101,7 +1158,74 @@ impl LxdBackend {
                 )));
             }
         }
+        match b.cfg.egress_network.clone() {
+            Some(net) => {
+                if !exts.contains(&"network_bridge_acl") {
+                    return Err(BackendError::Api(
+                        "backend.lxd.egress_network: this LXD has no network ACLs on bridges \
+                         (API extension network_bridge_acl, LXD 5.0 or later)"
+                            .into(),
+                    ));
+                }
+                b.apply_egress(&net).await?;
+            }
+            None => tracing::warn!(
+                "LXD: no egress policy (set backend.lxd.egress_network to a bridge dedicated to \
+                 workloads): containers can reach the host's addresses, link-local and private \
+                 networks"
+            ),
+        }
         Ok(b)
+    }
+
+    /// Wait (bounded) until LXD has recorded the new instance's id map.
+    async fn wait_for_idmap(&self, name: &str) {
+        let until = Instant::now() + self.ready_timeout();
+        while Instant::now() < until {
+            if let Ok(Some(i)) = self.instance(name).await {
+                if i.get("config")
+                    .and_then(|c| c.get("volatile.idmap.next"))
+                    .is_some()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Create or update the egress ACL and put it on `network` (see [`egress`]).
+    async fn apply_egress(&self, network: &str) -> Result<(), BackendError> {
+        let name = egress::acl_name(network);
+        let deny = egress::denied(&self.cfg.egress_deny).map_err(BackendError::Api)?;
+        let body = egress::acl_body(&name, &deny);
+        let path = format!("/1.0/network-acls/{name}");
+        let t = self.timeout();
+        let r = match self.get(&path).await {
+            Ok(_) => {
+                let mut put = body.clone();
+                if let Some(o) = put.as_object_mut() {
+                    o.remove("name");
+                }
+                self.call_wait(hyper::Method::PUT, &path, Some(&put), t)
+                    .await
+            }
+            Err(e) if e.is_not_found() => {
+                self.call_wait(hyper::Method::POST, "/1.0/network-acls", Some(&body), t)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| e.api("egress ACL"))?;
+        self.call_wait(
+            hyper::Method::PATCH,
+            &format!("/1.0/networks/{network}"),
+            Some(&egress::network_patch(&name)),
+            t,
+        )
+        .await
+        .map_err(|e| e.api("egress network"))?;
+        Ok(())
     }
 
     /// Whether the daemon has an image under `alias` (a name this program chose, not user input).
@@ -1538,10 +1662,18 @@ impl Backend for LxdBackend {
             None
         };
         let body = create_body(spec, &self.cfg, &nonce, root.as_ref());
-        let accepted = match self
+        let idmap_guard = match self.cfg.idmap_isolated {
+            true => Some(self.idmap_lock.lock().await),
+            false => None,
+        };
+        let posted = self
             .call(hyper::Method::POST, "/1.0/instances", Some(&body))
-            .await
-        {
+            .await;
+        if idmap_guard.is_some() && posted.is_ok() {
+            self.wait_for_idmap(&spec.name).await;
+        }
+        drop(idmap_guard);
+        let accepted = match posted {
             Ok(Answer::Async(op)) => op,
             Ok(Answer::Sync(_)) => {
                 return Err(BackendError::Api(
@@ -1774,6 +1906,8 @@ mod tests {
         assert_eq!(c["limits.memory"], "512MiB");
         assert_eq!(c["security.privileged"], "false");
         assert!(c.get("security.nesting").is_none());
+        assert_eq!(c["limits.processes"], "512");
+        assert_eq!(c["security.idmap.isolated"], "true");
         assert_eq!(c[KEY_PROVIDER], "prov123");
         assert_eq!(c[KEY_EXPIRES_AT], "1900000000");
         assert_eq!(c[KEY_NONCE], "pgabc");

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cvm;
 pub mod mint;
+pub mod netns;
 pub mod sandbox;
 pub mod ssh;
 

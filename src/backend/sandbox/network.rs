@@ -40,7 +40,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Destinations refused by default (besides the host's own addresses).
-const DENY: &[&str] = &[
+pub const DENY: &[&str] = &[
     "0.0.0.0/8",
     "10.0.0.0/8",
     "100.64.0.0/10",
@@ -83,6 +83,13 @@ impl std::str::FromStr for Cidr {
             addr: Ipv4Addr::from(u32::from(addr) & mask),
             len,
         })
+    }
+}
+
+impl Cidr {
+    /// One address.
+    pub fn host(addr: Ipv4Addr) -> Cidr {
+        Cidr { addr, len: 32 }
     }
 }
 
