@@ -12,6 +12,7 @@
 //!
 //! Run: `cargo bench --bench lxd_spawn -- 10` (or `LXD_BENCH_N=10`), or without a release build:
 //! `cargo test --bench lxd_spawn -- 10`. Image: `LXD_BENCH_IMAGE` (default paygress-debian-12).
+//! `LXD_BENCH_IDMAP_ISOLATED=0`: ours without `security.idmap.isolated` (the default is on).
 //! Storage pool: `LXD_BENCH_POOL` (default: the default profile's, `dir` after lxd-setup.sh) —
 //! used by both sides (`storage_pool` in our config, `lxc launch -s POOL` for the CLI).
 //! Needs root, LXD set up (`provider/lxd-setup.sh`), the image (`provider/build-base-image.sh`),
@@ -285,6 +286,9 @@ fn main() {
     let backend = rt
         .block_on(LxdBackend::connect(LxdConfig {
             storage_pool: pool.clone(),
+            // LXD_BENCH_IDMAP_ISOLATED=0 measures without per-container id ranges (as before
+            // they were the default).
+            idmap_isolated: std::env::var("LXD_BENCH_IDMAP_ISOLATED").as_deref() != Ok("0"),
             ..LxdConfig::default()
         }))
         .unwrap_or_else(|e| panic!("LXD is not usable: {e}"));
