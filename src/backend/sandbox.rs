@@ -2,12 +2,15 @@
 //!
 //! LXD, Proxmox and Kubernetes need a daemon; a provider that just wants to sell a slice of the
 //! machine it runs on should not. The sandbox is the embedded default: every workload is a
-//! process tree in its own user, pid, mount, uts and ipc namespaces (see [`jail`] for how they are
-//! made), with
+//! process tree in its own user, pid, mount, uts, ipc and network namespaces (see [`jail`] for
+//! how they are made), with
 //!
 //! - a private, writable home at `/home/<user>` (kept in `<state_dir>/<name>/home` across stops),
-//!   private tmpfs on `/tmp`, `/dev/shm` and `/run`, and a **read-only, nosuid view of the host's
+//!   private tmpfs on `/tmp` and `/run`, a minimal `/dev` of its own (a private devpts, null,
+//!   zero, full, random, urandom, tty, shm), and a **read-only, nosuid, nodev view of the host's
 //!   root filesystem** for everything else — the buyer runs the host's programs, not an image;
+//! - outbound network only, through slirp4netns behind an egress filter (see [`network`]), and a
+//!   seccomp deny list on every process (see [`seccomp`]);
 //! - a generated `/etc/passwd` and `/etc/group`, so `whoami` is the buyer's name (uid 1000
 //!   inside, a dedicated unprivileged host uid outside) and `$HOME` is right;
 //! - its own `/proc`: `ps` shows the workload's processes only; the hostname is the workload name;
@@ -48,11 +51,12 @@
 //! # Caveats (weaker than LXD)
 //!
 //! - The host's whole root filesystem is **readable** inside (read-only): whatever host files are
-//!   world-readable, the buyer can read. Provider state is safe only because the data directory
-//!   is 0700 root (rootless: because it is covered inside); `/home` and `/run` of the host are
-//!   hidden behind tmpfs.
-//! - Network is the host's (no network namespace): the buyer can connect wherever the host can
-//!   and listen on free unprivileged host ports.
+//!   world-readable, the buyer can read. Provider state is safe because the data directory is
+//!   0700 root (rootless: because it is covered inside) and the provider's key and config files
+//!   are covered ([`SandboxBackend::open_hiding`]); `/home` and `/run` of the host are hidden
+//!   behind tmpfs.
+//! - Outbound traffic leaves from the host (slirp4netns makes host sockets): what the egress
+//!   filter does not refuse is reached with the host's address.
 //! - The kernel is shared; `nproc` and `free` show the host's numbers (limits are enforced, not
 //!   virtualised); host-owned files show up as `nobody`. There is no disk quota on the home.
 //! - Rootless mode is weaker still: the buyer's processes are the provider's uid on the host, the

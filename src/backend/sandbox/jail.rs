@@ -19,18 +19,22 @@
 //!    host root and before exec:
 //!    - it joins the workload's cgroups (writes `0` to each `cgroup.procs`), so nothing it will
 //!      ever start runs outside the limits;
-//!    - `unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC)`, makes every mount private, then
-//!      makes the whole host tree **read-only and nosuid** in one call (`mount_setattr` with
-//!      `AT_RECURSIVE`, Linux ≥ 5.12; older kernels get a remount of each mount point);
-//!    - mounts what must be writable or private on top: tmpfs on `/tmp`, `/dev/shm`, `/run` and
-//!      `/home` (hiding the host's), the workload's home from the state directory bound at
+//!    - `unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)`, brings up the new
+//!      network namespace's loopback (outbound access is added later from outside, see
+//!      [`super::network`]), makes every mount private, then makes the whole host tree
+//!      **read-only, nosuid and nodev** in one call (`mount_setattr` with `AT_RECURSIVE`, Linux ≥
+//!      5.12; older kernels get a remount of each mount point);
+//!    - mounts what must be writable or private on top: tmpfs on `/tmp`, `/run` and `/home`
+//!      (hiding the host's), a minimal `/dev` (a small tmpfs with six devices bound from the
+//!      host's, a private devpts instance, `/dev/shm`; read-only once populated), the workload's home from the state directory bound at
 //!      `/home/<user>`, generated `/etc/passwd`, `/etc/group`, `/etc/hosts` and `/etc/hostname`
 //!      bound read-only over the host's, and a fresh `/proc` for the new pid namespace (so `ps`
 //!      shows the workload's own processes only); sets the hostname to the workload name;
 //!    - only then `unshare(CLONE_NEWUSER)`, and waits while a helper thread in the provider
 //!      writes its uid/gid maps (inside `0..65536` → host `base..base+65536`, a range of host ids
 //!      no one else uses);
-//!    - becomes `nobody` inside, drops every capability, sets `no_new_privs`, and execs
+//!    - becomes `nobody` inside, drops every capability, sets `no_new_privs`, installs the
+//!      seccomp deny list ([`super::seccomp`]), and execs
 //!      `/bin/sh` running a tiny reaper loop (a shell waiting on children reaps every orphan
 //!      re-parented to pid 1).
 //!

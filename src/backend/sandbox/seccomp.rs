@@ -145,7 +145,7 @@ impl Filter {
 
     /// Install the filter on the calling thread (and everything it starts). Needs
     /// `no_new_privs`. Only a syscall: safe between fork and exec.
-    pub fn install(&self) -> Result<(), ()> {
+    pub(super) fn install(&self) -> Result<(), ()> {
         let prog = libc::sock_fprog {
             len: self.0.len() as libc::c_ushort,
             filter: self.0.as_ptr() as *mut Insn,
