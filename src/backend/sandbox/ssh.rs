@@ -386,6 +386,7 @@ async fn connection(
         },
     };
     let handle = session.handle();
+    let mut session = session;
     tokio::select! {
         _ = cancel.cancelled() => {
             conn_cancel.cancel();
@@ -398,8 +399,10 @@ async fn connection(
                 ),
             )
             .await;
+            // Let the session send the message before the stream is closed under it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
         }
-        _ = session => {}
+        _ = &mut session => {}
     }
     grace.abort();
     conn_cancel.cancel();
