@@ -605,3 +605,78 @@ async fn the_isolation_level_is_published_and_strangers_need_an_explicit_setting
     .expect("with the explicit setting");
     drop(b);
 }
+
+/// A restarted provider re-adopts a running workload with its network: the egress filter is
+/// loaded again and a new slirp4netns attached, so outbound still works, and loopback services
+/// of the host still do not answer.
+#[tokio::test]
+async fn a_readopted_workload_keeps_outbound_access_and_its_filter() {
+    let net = TestNet::new();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let open = || SandboxBackend::open(SandboxConfig::default(), dir.path());
+    let b = Arc::new(open().await.expect("sandbox"));
+    let mut guard = Cleanup {
+        backend: Some(b.clone()),
+    };
+    let spec = paygress::backend::WorkloadSpec {
+        name: format!("readopt-{:08x}", rand::random::<u32>()),
+        provider_id: "p".into(),
+        tier: e_tier(),
+        image: "host".into(),
+        ssh_username: "alice".into(),
+        ssh_password: Secret::new("readopt-pass-1"),
+        ssh_public_key: None,
+        host_port: common::free_port_block(1).0,
+        expires_at: paygress::provider::now_secs() + 600,
+    };
+    b.create(&spec).await.expect("create");
+    let (host, port) = (net.server.ip().to_string(), net.server.port());
+    let greet = format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{port}; head -n1 <&3'");
+    let pw = "readopt-pass-1";
+    assert_eq!(
+        ssh_password(spec.host_port, "alice", pw, &greet)
+            .await
+            .unwrap()
+            .trim(),
+        "hello-from-testnet"
+    );
+    // The provider goes away (its slirp4netns with it); the workload's init stays.
+    let init = b.init_pid(&spec.name).await.expect("init");
+    guard.backend = None;
+    drop(b);
+    let b = Arc::new(open().await.expect("sandbox again"));
+    let _guard = Cleanup {
+        backend: Some(b.clone()),
+    };
+    assert_eq!(
+        b.init_pid(&spec.name).await,
+        Some(init),
+        "re-adopted, not restarted"
+    );
+    assert_eq!(
+        ssh_password(spec.host_port, "alice", pw, &greet)
+            .await
+            .unwrap()
+            .trim(),
+        "hello-from-testnet"
+    );
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sp = service.local_addr().unwrap().port();
+    let out = ssh_password(spec.host_port, "alice", pw, &tcp_probe("127.0.0.1", sp))
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "closed");
+    b.destroy(&spec.name).await.unwrap();
+}
+
+fn e_tier() -> paygress::config::Tier {
+    paygress::config::Tier {
+        id: "t".into(),
+        name: "t".into(),
+        description: String::new(),
+        cpu_millicores: 500,
+        memory_mb: 256,
+        disk_gb: None,
+        rate_msats_per_sec: 1,
+    }
+}
