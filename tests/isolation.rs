@@ -463,6 +463,7 @@ async fn a_silent_connection_is_closed_after_the_login_grace_time() {
 
 /// The seccomp deny list holds inside: no new user namespace (so no way to capabilities), no
 /// kernel keyrings, no bpf, no mounts; ordinary programs run.
+#[cfg(target_arch = "x86_64")]
 #[tokio::test]
 async fn denied_syscalls_fail_inside() {
     let e = env().await;
@@ -474,8 +475,7 @@ async fn denied_syscalls_fail_inside() {
         pw,
         "unshare -U true 2>/dev/null && echo userns; unshare -r true 2>/dev/null && echo root; \
          mount -t tmpfs none ~ 2>/dev/null && echo mounted; \
-         python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); \
-         print(*[(l.syscall(n, 0, 0, 0), ctypes.get_errno()) for n in (250, 321, 425, 323)])'; \
+         perl -e 'print join(\" \", map { my $r = syscall($_, 0, 0, 0); \"($r, \" . ($!+0) . \")\" } (250, 321, 425, 323)), \"\\n\"'; \
          echo ran",
     )
     .await

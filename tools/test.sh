@@ -24,8 +24,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # --- sandbox isolation: each workload's own network (slirp4netns, an nftables egress filter
-# entered with util-linux's nsenter) ---------------------------------------------------------
-for p in slirp4netns nftables util-linux; do
+# entered with util-linux's nsenter); bubblewrap is the sandbox_spawn benchmark's baseline ----
+for p in slirp4netns nftables util-linux bubblewrap; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
   echo "test.sh: installing $p"
