@@ -1283,3 +1283,99 @@ async fn rootless_with_supplementary_groups_is_refused() {
     assert!(stderr.contains("setpriv --clear-groups"), "{stderr}");
     assert!(work.workloads().is_empty());
 }
+
+/// Rootless workloads get outbound access too, through the same egress filter: the demo, run by
+/// the test user, sells a pod that reaches a server in a network namespace the test made, while
+/// the host's loopback services stay closed. slirp4netns needs `/dev/net/tun`, which this
+/// machine keeps 0600: the demo runs in a private mount namespace where a 0666 node of the same
+/// device is bound over it (the host's node is untouched).
+#[tokio::test]
+async fn a_rootless_workload_reaches_outbound_through_its_filter() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+    use rmcp::ServiceExt;
+    use serde_json::{json, Value};
+
+    let (uid, gid) = test_user();
+    if !userns_works_for(uid, gid) {
+        eprintln!("SKIPPED: no unprivileged user namespaces here");
+        return;
+    }
+    let net = common::netns::TestNet::new();
+    let work = UserWork::new(uid, gid);
+    let node = work.path().join("tun");
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "n=$1; shift; mknod \"$n\" c 10 200 && chmod 666 \"$n\" && \
+             mount --bind \"$n\" /dev/net/tun && exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(&node)
+        .arg("setpriv")
+        .args(as_user(uid, gid))
+        .arg(binary_for(&work))
+        .args(["--demo", "--demo-backend", "sandbox"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", work.path().join("home"))
+        .env("TMPDIR", work.path().join("tmp"))
+        .current_dir(work.path());
+    let (transport, _stderr) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    let client = tokio::time::timeout(Duration::from_secs(90), ().serve(transport))
+        .await
+        .expect("the demo came up in time")
+        .expect("MCP session");
+    let call = |name: &'static str, args: Value| {
+        let client = &client;
+        async move {
+            let r = client
+                .call_tool(
+                    CallToolRequestParams::new(name)
+                        .with_arguments(args.as_object().cloned().unwrap_or_default()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_ne!(r.is_error, Some(true), "{name}: {:?}", r.structured_content);
+            r.structured_content.expect("structured content")
+        }
+    };
+    let token = call("get_demo_token", json!({"amount_sats": 10})).await["cashu_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let pw = "rootless-net-123";
+    let pod = call(
+        "spawn_pod",
+        json!({"cashu_token": token, "pod_spec_id": "small", "ssh_username": "alice", "ssh_password": pw}),
+    )
+    .await;
+    let port = pod["node_port"].as_u64().expect("a port") as u16;
+    let (host, sport) = (net.server.ip().to_string(), net.server.port());
+    let out = ssh_password(
+        port,
+        "alice",
+        pw,
+        &format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{sport}; head -n1 <&3'"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "hello-from-testnet");
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lp = service.local_addr().unwrap().port();
+    let out = ssh_password(
+        port,
+        "alice",
+        pw,
+        &format!(
+            "if timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{lp}' 2>/dev/null; then echo open; else echo closed; fi"
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "closed");
+    let _ = client.cancel().await;
+}

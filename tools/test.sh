@@ -23,9 +23,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# --- sandbox isolation: each workload's own network (slirp4netns, an nftables egress filter
-# entered with util-linux's nsenter); bubblewrap is the sandbox_spawn benchmark's baseline ----
-for p in slirp4netns nftables util-linux bubblewrap; do
+# --- sandbox isolation: each workload's own network (slirp4netns and an nftables egress
+# filter); bubblewrap is the sandbox_spawn benchmark's baseline ---------------------------------
+for p in slirp4netns nftables bubblewrap; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
   echo "test.sh: installing $p"

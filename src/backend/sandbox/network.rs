@@ -6,8 +6,8 @@
 //! not there. Outbound access is then added back from outside, in two steps, before the buyer
 //! can log in:
 //!
-//! 1. **An egress filter** (nftables, loaded by `nft` entered into the namespace with
-//!    `nsenter`): only loopback and allowed destinations pass; private ranges (RFC 1918,
+//! 1. **An egress filter** (nftables, loaded by `nft` started inside the namespace, with
+//!    `CAP_NET_ADMIN` kept as an ambient capability in rootless mode): only loopback and allowed destinations pass; private ranges (RFC 1918,
 //!    carrier-grade NAT), loopback, link-local (the cloud metadata address 169.254.169.254),
 //!    multicast/reserved, every address of the host itself and whatever the config adds to
 //!    `egress_deny` are refused at once (TCP reset / ICMP administratively prohibited), IPv6
@@ -18,7 +18,8 @@
 //!    (Debian package `slirp4netns`): a tap device in the namespace whose traffic a host process
 //!    turns into ordinary sockets, so no bridge, veth, NAT rule or routing change is made on the
 //!    host. It runs with `--disable-host-loopback` (its gateway never leads to the host's
-//!    loopback), its own sandbox, and exits when the provider closes its exit pipe (stop,
+//!    loopback), its own sandbox (rootless: its seccomp filter instead, since its sandbox needs
+//!    root inside the user namespace), and exits when the provider closes its exit pipe (stop,
 //!    destroy, or the provider ending; a restarted provider attaches a new one to re-adopted
 //!    workloads). DNS inside goes to slirp4netns's forwarder, `10.0.2.3`, which asks the host's
 //!    resolvers.
@@ -197,7 +198,6 @@ pub fn host_addresses() -> Vec<Ipv4Addr> {
 pub struct Tools {
     pub slirp4netns: PathBuf,
     pub nft: PathBuf,
-    pub nsenter: PathBuf,
 }
 
 fn find(name: &str) -> Option<PathBuf> {
@@ -210,18 +210,13 @@ fn find(name: &str) -> Option<PathBuf> {
 impl Tools {
     /// Find every helper, or say which are missing and what to install.
     pub fn find() -> Result<Tools, String> {
-        let (s, n, e) = (find("slirp4netns"), find("nft"), find("nsenter"));
-        match (s, n, e) {
-            (Some(slirp4netns), Some(nft), Some(nsenter)) => Ok(Tools {
-                slirp4netns,
-                nft,
-                nsenter,
-            }),
-            (s, n, e) => {
+        let (s, n) = (find("slirp4netns"), find("nft"));
+        match (s, n) {
+            (Some(slirp4netns), Some(nft)) => Ok(Tools { slirp4netns, nft }),
+            (s, n) => {
                 let missing: Vec<&str> = [
                     (s.is_none(), "slirp4netns"),
                     (n.is_none(), "nft (package nftables)"),
-                    (e.is_none(), "nsenter (package util-linux)"),
                 ]
                 .into_iter()
                 .filter_map(|(m, what)| m.then_some(what))
@@ -273,6 +268,75 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// `CAP_NET_ADMIN`.
+const CAP_NET_ADMIN: u32 = 12;
+
+/// In `nft`'s forked child, before exec: join the workload's user namespace (rootless) and
+/// network namespace, and keep `CAP_NET_ADMIN` across exec. An unprivileged uid loses every
+/// capability at exec, so rootless `nft` gets it as an *ambient* capability (inheritable, then
+/// raised ambient), which is why this is not `nsenter --preserve-credentials`. Plain syscalls on
+/// descriptors opened before the fork.
+fn enter_for_nft(user: Option<i32>, net: i32) -> io::Result<()> {
+    let os = io::Error::last_os_error;
+    // SAFETY (whole function): raw syscalls with valid arguments between fork and exec.
+    unsafe {
+        if let Some(u) = user {
+            if libc::setns(u, libc::CLONE_NEWUSER) != 0 {
+                return Err(os());
+            }
+        }
+        if libc::setns(net, libc::CLONE_NEWNET) != 0 {
+            return Err(os());
+        }
+        if user.is_some() {
+            #[repr(C)]
+            struct Header {
+                version: u32,
+                pid: i32,
+            }
+            #[repr(C)]
+            #[derive(Clone, Copy)]
+            struct Data {
+                effective: u32,
+                permitted: u32,
+                inheritable: u32,
+            }
+            let mut header = Header {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let mut data = [Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            }; 2];
+            if libc::syscall(
+                libc::SYS_capget,
+                &mut header as *mut Header,
+                data.as_mut_ptr(),
+            ) != 0
+            {
+                return Err(os());
+            }
+            data[0].inheritable |= 1 << CAP_NET_ADMIN;
+            if libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) != 0 {
+                return Err(os());
+            }
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                CAP_NET_ADMIN as libc::c_ulong,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(os());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Load the egress filter into the network namespace of `pid` (the workload's init).
 pub async fn load_filter(
     tools: &Tools,
@@ -280,31 +344,37 @@ pub async fn load_filter(
     rootless: bool,
     ruleset: &str,
 ) -> Result<(), NetError> {
-    let mut c = tokio::process::Command::new(&tools.nsenter);
-    if rootless {
-        c.arg(format!("--user=/proc/{pid}/ns/user"))
-            .arg("--preserve-credentials");
-    }
-    c.arg(format!("--net=/proc/{pid}/ns/net"))
-        .arg("--")
-        .arg(&tools.nft)
-        .args(["-f", "-"])
+    let filter = |e: io::Error| NetError::Filter(e.to_string());
+    let open = |what: &str| {
+        std::fs::File::open(format!("/proc/{pid}/ns/{what}"))
+            .map(OwnedFd::from)
+            .map_err(filter)
+    };
+    let net = open("net")?;
+    let user = if rootless { Some(open("user")?) } else { None };
+    let (net_fd, user_fd) = (net.as_raw_fd(), user.as_ref().map(|u| u.as_raw_fd()));
+    let mut c = std::process::Command::new(&tools.nft);
+    c.args(["-f", "-"])
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = c.spawn().map_err(|e| NetError::Filter(e.to_string()))?;
+        .stderr(Stdio::piped());
+    // SAFETY: enter_for_nft makes only syscalls on descriptors that stay open until spawn returns.
+    unsafe {
+        c.pre_exec(move || enter_for_nft(user_fd, net_fd));
+    }
+    let mut child = tokio::process::Command::from(c)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(filter)?;
+    drop((net, user));
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(ruleset.as_bytes())
-            .await
-            .map_err(|e| NetError::Filter(e.to_string()))?;
+        stdin.write_all(ruleset.as_bytes()).await.map_err(filter)?;
     }
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .map_err(|_| NetError::Filter("nft did not finish in 10 s".into()))?
-        .map_err(|e| NetError::Filter(e.to_string()))?;
+        .map_err(filter)?;
     if out.status.success() {
         Ok(())
     } else {
@@ -320,14 +390,16 @@ pub async fn attach(tools: &Tools, pid: i32, rootless: bool) -> Result<Net, NetE
     let (ready_r, ready_w) = pipe().map_err(slirp)?;
     let (exit_r, exit_w) = pipe().map_err(slirp)?;
     let mut c = std::process::Command::new(&tools.slirp4netns);
-    c.args([
-        "--configure",
-        "--mtu=65520",
-        "--disable-host-loopback",
-        "--enable-sandbox",
-    ])
-    .arg(format!("--ready-fd={}", ready_w.as_raw_fd()))
-    .arg(format!("--exit-fd={}", exit_r.as_raw_fd()));
+    // Its own sandbox (a mount namespace, capabilities dropped) needs root in the user namespace
+    // it joins, which a rootless workload's (one id mapped) has not: there its seccomp filter.
+    c.args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+        .arg(if rootless {
+            "--enable-seccomp"
+        } else {
+            "--enable-sandbox"
+        })
+        .arg(format!("--ready-fd={}", ready_w.as_raw_fd()))
+        .arg(format!("--exit-fd={}", exit_r.as_raw_fd()));
     if rootless {
         c.arg(format!("--userns-path=/proc/{pid}/ns/user"));
     }
