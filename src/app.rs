@@ -83,7 +83,10 @@ pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
 /// Load the config named by the flag or environment.
 pub fn load_config(flag: Option<PathBuf>) -> Result<Config, StartError> {
     let path = config_path(flag).ok_or(StartError::NoConfig)?;
-    Ok(Config::load(&path)?)
+    let mut cfg = Config::load(&path)?;
+    // The config file is the provider's: a sandbox covers it inside every workload.
+    cfg.backend.sandbox.hide.push(path);
+    Ok(cfg)
 }
 
 /// Open the provider on the backend its config names, with the reaper running.

@@ -680,3 +680,54 @@ fn e_tier() -> paygress::config::Tier {
         rate_msats_per_sec: 1,
     }
 }
+
+/// The config file the provider was started with (`--config`), world-readable outside the data
+/// directory, is covered inside its sandbox workloads.
+#[tokio::test]
+async fn the_providers_config_file_is_covered_inside() {
+    use std::os::unix::fs::PermissionsExt;
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let etc = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(etc.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = common::config(
+        &dir.path().join("data"),
+        &[&mint.url],
+        RATE,
+        common::free_port_block(2),
+    );
+    let file = etc.path().join("paygress.toml");
+    std::fs::write(&file, toml::to_string(&cfg).expect("config as TOML")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = paygress::app::load_config(Some(file.clone())).expect("load");
+    let provider = paygress::app::open_provider(cfg).await.expect("provider");
+    let req = SpawnRequest {
+        cashu_token: Secret::new(mint.token(100).await),
+        ssh_username: "alice".into(),
+        ssh_password: Some(Secret::new("config-pass-1")),
+        ..Default::default()
+    };
+    let r = provider
+        .spawn(req, Caller::Local, None, CancellationToken::new())
+        .await
+        .unwrap();
+    let out = ssh_password(
+        r.node_port,
+        "alice",
+        "config-pass-1",
+        &format!("cat '{}' 2>/dev/null | grep -c . || true", file.display()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "0", "the config file is readable inside");
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
+    // Clean up: the provider goes, a backend on its state re-adopts the workload and is dropped
+    // through the usual guard.
+    drop(provider);
+    let backend = SandboxBackend::open(SandboxConfig::default(), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let _guard = Cleanup {
+        backend: Some(Arc::new(backend)),
+    };
+}

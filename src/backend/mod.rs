@@ -191,7 +191,8 @@ pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, St
             Ok(std::sync::Arc::new(b))
         }
         BackendChoice::Sandbox => {
-            // Covered inside every workload: the provider's keys and its config file.
+            // Covered inside every workload: the provider's keys (and `hide`, which holds the
+            // config file when it was loaded by `app::load_config`).
             let mut secrets = vec![cfg.data_path(
                 cfg.nostr
                     .private_key_file
@@ -199,7 +200,6 @@ pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, St
                     .unwrap_or_else(|| "nostr.key".into()),
             )];
             secrets.extend(cfg.backend.lxd.client_key.clone());
-            secrets.extend(std::env::var_os("PAYGRESS_CONFIG").map(std::path::PathBuf::from));
             let b = sandbox::SandboxBackend::open_hiding(
                 cfg.backend.sandbox.clone(),
                 &cfg.provider.data_dir,
