@@ -6,6 +6,9 @@
 //! directory, free ports and random workload names, and removes what it made, so the tests are
 //! independent and run in parallel.
 //!
+//! (Over 1.2k lines: one scenario per test, each long because it walks a whole life cycle over
+//! real ssh; the isolation probes live in `tests/isolation.rs`.)
+//!
 //! Rootless mode is tested for real too: a dedicated unprivileged system user (`paygress-test`,
 //! made if missing) runs the real `paygress-mcp-server --demo --demo-backend sandbox`, driven
 //! over MCP, and the real `ssh` client logs into what it sold.

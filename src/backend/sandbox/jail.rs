@@ -1,5 +1,9 @@
 //! The jail: Linux namespaces around a workload's process tree, set up with raw syscalls.
 //!
+//! (This file is long — over 2k lines — on purpose: everything that runs between fork and exec
+//! lives here, next to the plans it reads, so the one rule for that code — syscalls on data
+//! prepared before the fork, nothing else — can be checked in one place.)
+//!
 //! Each workload has one long-lived **init** process, and every SSH session is started *inside the
 //! init's namespaces*. The init is what makes a workload "running": while it lives, its
 //! namespaces (and the mounts, hostname and process table in them) exist; killing it kills every
