@@ -11,8 +11,14 @@
 # - `lxd init --auto` fails on hosts where it cannot find an unused subnet by itself, so the
 #   bridge gets a fixed address from a preseed (override with PAYGRESS_LXD_BRIDGE_ADDR).
 #
+# - Packages are installed without their Recommends (no surprise daemons on a provider host), so
+#   every package LXD needs at run time is named here: dnsmasq-base is only a Recommends of lxd,
+#   yet LXD runs dnsmasq for its bridge. `--print-deps` prints the packages and the commands this
+#   script and the daemons it starts call; tools/check-setup-deps.py checks that one covers the
+#   other on any machine (tools/test.sh runs it after this script).
+#
 # Idempotent: when LXD is already up and initialised it only checks and exits (well under 1 s).
-# Runs with no input. Settings (environment):
+# Runs with no input. Usage: lxd-setup.sh [--print-deps]. Settings (environment):
 #   PAYGRESS_LXD_BRIDGE_ADDR  bridge address/prefix     (default 10.77.0.1/24)
 #   PAYGRESS_LXD_BRIDGE       bridge name               (default lxdbr0)
 #   PAYGRESS_LXD_LOG_DIR      where daemon logs go      (default /var/log/lxd)
@@ -34,6 +40,23 @@ LXCFS_DIR=/var/lib/lxcfs
 STORAGE=${PAYGRESS_LXD_STORAGE:-dir}
 POOL_SIZE=${PAYGRESS_LXD_POOL_SIZE:-30GiB}
 case "$STORAGE" in dir | btrfs) ;; *) echo "lxd-setup: PAYGRESS_LXD_STORAGE must be dir or btrfs" >&2; exit 1 ;; esac
+
+# Packages, in install order (nftables first: LXD picks its firewall driver when it starts), and
+# the commands this script and the daemons it starts run: LXD itself runs dnsmasq (bridge DHCP
+# and DNS), nft (bridge NAT), rsync, unsquashfs and xz (image unpack).
+FIRST_PACKAGES=(nftables)
+PACKAGES=(iproute2 lxcfs lxd lxd-client dnsmasq-base)
+COMMANDS=(nft ip lxcfs lxd lxc dnsmasq rsync unsquashfs xz mountpoint umount setsid)
+if [ "$STORAGE" = btrfs ]; then
+    PACKAGES+=(btrfs-progs)
+    COMMANDS+=(mkfs.btrfs btrfs)
+fi
+if [ "${1:-}" = --print-deps ]; then
+    printf 'package %s\n' "${FIRST_PACKAGES[@]}" "${PACKAGES[@]}"
+    printf 'command %s\n' "${COMMANDS[@]}"
+    exit 0
+fi
+[ $# -eq 0 ] || { echo "usage: lxd-setup.sh [--print-deps]" >&2; exit 2; }
 
 log() { printf 'lxd-setup: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -57,9 +80,8 @@ apt_install() {
 }
 
 # 1. Packages. nftables first: LXD picks its firewall driver when it starts.
-apt_install nftables
-apt_install lxcfs lxd lxd-client
-if [ "$STORAGE" = btrfs ]; then apt_install btrfs-progs; fi
+apt_install "${FIRST_PACKAGES[@]}"
+apt_install "${PACKAGES[@]}"
 
 # 2. lxcfs, before lxd (LXD only notices lxcfs at start).
 if ! mountpoint -q "$LXCFS_DIR" 2>/dev/null; then

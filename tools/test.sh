@@ -9,36 +9,57 @@ export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 export DEBIAN_FRONTEND=noninteractive
 
 # --- system packages ---------------------------------------------------------------------------
+# Installed without Recommends, so everything the tests run is named here (and checked below).
 # protoc: the in-process test mint (cdk's `mint` feature) builds a gRPC signatory.
-# sshpass/openssh-client: tests log in to real workloads; openssl: the LXD HTTPS test makes certificates.
-want=(protobuf-compiler sshpass openssh-client openssl ca-certificates)
-missing=()
-for p in "${want[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "test.sh: installing ${missing[*]}"
-  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq
-  $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
+# sshpass/openssh-client: tests log in to real workloads; openssl: the LXD HTTPS test makes
+# certificates; nodejs/npm: the official MCP and ContextVM clients; python3-venv: the official
+# MCP Python SDK in a venv.
+want=(protobuf-compiler sshpass openssh-client openssl ca-certificates nodejs python3 python3-venv)
+commands=(protoc sshpass ssh ssh-keygen openssl node npm /usr/bin/python3)
+if [ "${1:-}" = --print-deps ]; then
+  printf 'package %s\n' "${want[@]}"
+  # npm ships inside some nodejs builds and as its own package in Debian's.
+  dpkg-query -W -f='${Status}' npm 2>/dev/null | grep -q "install ok installed" && echo "package npm"
+  printf 'command %s\n' "${commands[@]}"
+  exit 0
 fi
+sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  echo "test.sh: installing ${missing[*]}"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+apt_install "${want[@]}"
+command -v npm >/dev/null || apt_install npm
 
 # --- LXD: the real daemon and a locally built base image (both scripts are idempotent) --------
 bash provider/lxd-setup.sh
 bash provider/build-base-image.sh
+# Every setup script installs what it and its daemons run, whatever this machine had before.
+if ! deps=$(/usr/bin/python3 tools/check-setup-deps.py provider/lxd-setup.sh provider/build-base-image.sh tools/test.sh); then
+  grep -v ' <- ' <<<"$deps" >&2
+  exit 1
+fi
 
 # --- official npm clients for the end-to-end tests ---------------------------------------------
 # Versions are pinned in tools/e2e/package.json; npm reads its registry from the system's config.
-if ! [ -x tools/e2e/node_modules/.bin/mcp-inspector ] || ! [ -d tools/e2e/node_modules/@contextvm/sdk ]; then
-  command -v npm >/dev/null || { sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"; $sudo_ apt-get install -y -qq nodejs npm >/dev/null; }
+# Reinstalled whenever package.json changes (a stamp of its hash), so a bumped pin takes effect.
+stamp=tools/e2e/node_modules/.paygress-package-json.sha256
+if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha256sum <tools/e2e/package.json)" ]; then
   npm install --prefix tools/e2e --no-audit --no-fund --loglevel=error
+  sha256sum <tools/e2e/package.json >"$stamp"
 fi
 
 # --- checks ------------------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# A provider build without the demo (no embedded mint, no protoc) must keep compiling.
-cargo check --locked --no-default-features --lib --bins
+# A provider build without the demo (no embedded mint, no protoc) is held to the same standard.
+cargo clippy --no-default-features --all-targets --locked -- -D warnings
 
 # --- tests -------------------------------------------------------------------------------------
 log=$(mktemp)

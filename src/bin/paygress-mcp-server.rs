@@ -188,6 +188,9 @@ async fn run(args: Args) -> ExitCode {
     if demo.is_some() {
         remove_demo_workloads(&provider).await;
     }
+    // The demo's mint and temporary data dir go now, after its pods (without the demo feature
+    // there is nothing to stop).
+    #[cfg(feature = "demo")]
     drop(demo);
     code
 }
@@ -204,8 +207,9 @@ async fn remove_demo_workloads(provider: &Provider) {
 
 #[cfg(feature = "demo")]
 type DemoGuard = paygress::demo::Demo;
+/// A build without the demo has nothing to keep alive.
 #[cfg(not(feature = "demo"))]
-type DemoGuard = ();
+struct DemoGuard;
 
 /// Prepare the demo: mint, backend, config; say on stderr what is fake.
 #[cfg(feature = "demo")]
