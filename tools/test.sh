@@ -45,6 +45,15 @@ if ! deps=$(/usr/bin/python3 tools/check-setup-deps.py provider/lxd-setup.sh pro
   grep -v ' <- ' <<<"$deps" >&2
   exit 1
 fi
+# ...and the check itself catches the mistake it exists for: a command that only a Recommends
+# brings (LXD's dnsmasq), on this machine where dnsmasq-base is installed.
+control=$(mktemp)
+printf 'printf "package lxd\\ncommand dnsmasq\\n"\n' >"$control"
+if /usr/bin/python3 tools/check-setup-deps.py "$control" >/dev/null; then
+  echo "test.sh: tools/check-setup-deps.py accepted dnsmasq through lxd's Recommends" >&2
+  exit 1
+fi
+rm -f "$control"
 
 # --- official npm clients for the end-to-end tests ---------------------------------------------
 # Versions are pinned in tools/e2e/package.json; npm reads its registry from the system's config.
