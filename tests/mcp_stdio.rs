@@ -100,7 +100,14 @@ async fn tools_are_listed_with_schemas_and_honest_annotations() {
     let spawn = &tools[1];
     let req = spawn.input_schema["required"].as_array().unwrap();
     assert!(req.contains(&json!("cashu_token")) && req.contains(&json!("ssh_username")));
-    assert!(spawn.output_schema.as_ref().unwrap()["properties"]["node_port"].is_object());
+    // The result, or the typed error body an isError result carries.
+    let out = spawn.output_schema.as_ref().unwrap();
+    assert_eq!(out["type"], "object");
+    assert!(out["anyOf"][0]["properties"]["node_port"].is_object());
+    assert!(out["anyOf"][1]["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("error_type")));
     let a = spawn.annotations.as_ref().unwrap();
     assert_eq!(
         (a.read_only_hint, a.idempotent_hint, a.open_world_hint),

@@ -29,9 +29,28 @@ bash provider/build-base-image.sh
 
 # --- official npm clients for the end-to-end tests ---------------------------------------------
 # Versions are pinned in tools/e2e/package.json; npm reads its registry from the system's config.
-if ! [ -x tools/e2e/node_modules/.bin/mcp-inspector ] || ! [ -d tools/e2e/node_modules/@contextvm/sdk ]; then
+# A copy of package.json beside the modules marks what is installed, so a changed pin reinstalls.
+if ! [ -x tools/e2e/node_modules/.bin/mcp-inspector ] || ! [ -d tools/e2e/node_modules/@contextvm/sdk ] \
+    || ! cmp -s tools/e2e/package.json tools/e2e/node_modules/.installed-package.json; then
   command -v npm >/dev/null || { sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"; $sudo_ apt-get install -y -qq nodejs npm >/dev/null; }
   npm install --prefix tools/e2e --no-audit --no-fund --loglevel=error
+  cp tools/e2e/package.json tools/e2e/node_modules/.installed-package.json
+fi
+
+# --- official MCP Python SDK for the end-to-end tests (tests/mcp_sdk.rs) -----------------------
+# Pinned in tools/e2e/requirements.txt, installed into the venv tools/e2e/.venv; pip reads its
+# index from the system's configuration. A copy of the requirements in the venv marks what is
+# installed, so a changed pin reinstalls.
+venv=tools/e2e/.venv
+if ! cmp -s tools/e2e/requirements.txt "$venv/installed-requirements.txt"; then
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    $sudo_ apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tools/e2e/requirements.txt
+  cp tools/e2e/requirements.txt "$venv/installed-requirements.txt"
 fi
 
 # --- checks ------------------------------------------------------------------------------------
