@@ -126,10 +126,7 @@ fn main() {
     let mut stateless = Session::start(true);
     let calls = [
         ("tools/list", json!({})),
-        (
-            "tools/call",
-            json!({"name": "get_offers", "arguments": {}}),
-        ),
+        ("tools/call", json!({"name": "get_offers", "arguments": {}})),
     ];
     println!("stdio round trip per request, {n} requests per method and session (interleaved)");
     println!(

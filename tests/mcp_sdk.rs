@@ -1,7 +1,8 @@
 //! The official MCP SDKs against the real `paygress-mcp-server` binary over stdio: the Python
 //! SDK (PyPI `mcp`) in its default `auto` mode (which speaks the 2026-07-28 revision when the
 //! server answers `server/discover`) and in `legacy` mode (the `initialize` handshake), and the
-//! TypeScript SDK (`@modelcontextprotocol/sdk`). Each client is a script under tools/e2e/ that
+//! TypeScript SDK: `@modelcontextprotocol/sdk` 1.x (handshake) and its successor
+//! `@modelcontextprotocol/client` 2.x in its `auto` version negotiation (2026-07-28). Each client is a script under tools/e2e/ that
 //! buys a pod from the demo (sandbox backend, embedded test mint) with progress, tops it up,
 //! reads its status and validates every result against the tool's `outputSchema`, failing on
 //! any validator warning; these tests run the scripts and check what they report.
@@ -29,11 +30,14 @@ fn python() -> PathBuf {
     p
 }
 
-fn node_sdk() -> PathBuf {
-    let sdk = e2e().join("node_modules/@modelcontextprotocol/sdk/package.json");
+fn node_sdk(package: &str) -> PathBuf {
+    let sdk = e2e()
+        .join("node_modules")
+        .join(package)
+        .join("package.json");
     assert!(
         sdk.exists(),
-        "the official MCP TypeScript SDK is not installed: run tools/test.sh (npm install --prefix tools/e2e)"
+        "the official MCP TypeScript SDK {package} is not installed: run tools/test.sh (npm install --prefix tools/e2e)"
     );
     PathBuf::from("node")
 }
@@ -135,11 +139,28 @@ async fn the_python_sdk_in_legacy_mode_buys_tops_up_and_reads_status() {
     assert_bought_and_validated(&s);
 }
 
-/// The TypeScript SDK (a handshake client, newest revision 2025-11-25); its ajv validator must
-/// print no warning about our schemas.
+/// The TypeScript SDK 1.x (a handshake client, newest revision 2025-11-25); its ajv validator
+/// must print no warning about our schemas.
 #[tokio::test]
 async fn the_typescript_sdk_buys_tops_up_and_reads_status_without_validator_warnings() {
-    let s = run_client(node_sdk(), &["mcp-ts-client.mjs"]).await;
+    let s = run_client(
+        node_sdk("@modelcontextprotocol/sdk"),
+        &["mcp-ts-client.mjs", "v1"],
+    )
+    .await;
     assert_eq!(s["protocol_version"], "2025-11-25", "{s}");
+    assert_bought_and_validated(&s);
+}
+
+/// The TypeScript SDK 2.x (`@modelcontextprotocol/client`, the line the Inspector is built on)
+/// with `versionNegotiation: {mode: 'auto'}`: it probes `server/discover` and speaks 2026-07-28.
+#[tokio::test]
+async fn the_typescript_sdk_v2_in_auto_mode_speaks_2026_07_28_and_buys() {
+    let s = run_client(
+        node_sdk("@modelcontextprotocol/client"),
+        &["mcp-ts-client.mjs", "v2-auto"],
+    )
+    .await;
+    assert_eq!(s["protocol_version"], "2026-07-28", "{s}");
     assert_bought_and_validated(&s);
 }

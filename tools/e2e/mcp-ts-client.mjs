@@ -1,7 +1,11 @@
-// The official MCP TypeScript SDK (@modelcontextprotocol/sdk) over stdio as a buyer of
-// `paygress-mcp-server --demo`. Run by tests/mcp_sdk.rs:
+// The official MCP TypeScript SDK over stdio as a buyer of `paygress-mcp-server --demo`.
+// Run by tests/mcp_sdk.rs:
 //
-//   node mcp-ts-client.mjs -- SERVER [ARGS...]
+//   node mcp-ts-client.mjs v1|v2-auto -- SERVER [ARGS...]
+//
+// v1: `@modelcontextprotocol/sdk` 1.x (the `initialize` handshake). v2-auto: its successor
+// `@modelcontextprotocol/client` 2.x with `versionNegotiation: {mode: 'auto'}` (a
+// `server/discover` probe, then the 2026-07-28 revision when the server answers it).
 //
 // It lists the tools, compiles every schema with the SDK's own JSON Schema validator (ajv),
 // buys a pod with a demo token while recording progress notifications, checks that SSH answers
@@ -11,9 +15,34 @@
 // failure, and any warning printed on the console (ajv's "unknown format ... ignored" among
 // them), exits non-zero; on success it prints one JSON summary line.
 import net from 'node:net';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { AjvJsonSchemaValidator } from '@modelcontextprotocol/sdk/validation/ajv';
+
+// The two SDK lines differ in module names and in callTool's signature.
+async function sdk(kind) {
+  const info = { name: 'paygress-e2e-ts', version: '1.0.0' };
+  if (kind === 'v1') {
+    const { Client } = await import('@modelcontextprotocol/sdk/client/index.js');
+    const { StdioClientTransport } = await import('@modelcontextprotocol/sdk/client/stdio.js');
+    const { AjvJsonSchemaValidator } = await import('@modelcontextprotocol/sdk/validation/ajv');
+    return {
+      client: () => new Client(info),
+      StdioClientTransport,
+      AjvJsonSchemaValidator,
+      callTool: (c, params, options) => c.callTool(params, undefined, options),
+    };
+  }
+  if (kind === 'v2-auto') {
+    const { Client } = await import('@modelcontextprotocol/client');
+    const { StdioClientTransport } = await import('@modelcontextprotocol/client/stdio');
+    const { AjvJsonSchemaValidator } = await import('@modelcontextprotocol/client/validators/ajv');
+    return {
+      client: () => new Client(info, { versionNegotiation: { mode: 'auto' } }),
+      StdioClientTransport,
+      AjvJsonSchemaValidator,
+      callTool: (c, params, options) => c.callTool(params, options),
+    };
+  }
+  throw new Error(`unknown SDK ${kind}: v1 or v2-auto`);
+}
 
 // Everything printed through the console while the client runs counts as a warning.
 const noise = [];
@@ -43,15 +72,18 @@ function banner(host, port) {
 
 async function main() {
   const sep = process.argv.indexOf('--');
-  if (sep < 0 || sep + 1 >= process.argv.length) throw new Error('usage: mcp-ts-client.mjs -- SERVER [ARGS...]');
+  if (sep != 3 || sep + 1 >= process.argv.length) throw new Error('usage: mcp-ts-client.mjs v1|v2-auto -- SERVER [ARGS...]');
+  const kind = process.argv[2];
+  const { client: makeClient, StdioClientTransport, AjvJsonSchemaValidator, callTool } = await sdk(kind);
   const [command, ...args] = process.argv.slice(sep + 1);
   const transport = new StdioClientTransport({ command, args, stderr: 'ignore' });
-  // The client hands the negotiated revision to transports that want it (HTTP); stdio does not.
+  // v1 hands the negotiated revision only to transports that want it (HTTP); stdio does not.
   let negotiated;
   transport.setProtocolVersion = (v) => { negotiated = v; };
-  const client = new Client({ name: 'paygress-e2e-ts', version: '1.0.0' });
+  const client = makeClient();
   await client.connect(transport);
-  const summary = { protocol_version: negotiated, server_name: client.getServerVersion()?.name };
+  negotiated = client.getNegotiatedProtocolVersion?.() ?? negotiated;
+  const summary = { sdk: kind, protocol_version: negotiated, server_name: client.getServerVersion()?.name };
   const listed = await client.listTools();
   summary.tools = listed.tools.map((t) => t.name);
   const ajv = new AjvJsonSchemaValidator();
@@ -63,7 +95,7 @@ async function main() {
   }
   const validated = [];
   const call = async (name, args, options) => {
-    const r = await client.callTool({ name, arguments: args }, undefined, options);
+    const r = await callTool(client, { name, arguments: args }, options);
     const body = r.structuredContent;
     check(body, `${name}: no structuredContent`);
     // Error results too: their typed body is one branch of the outputSchema.
