@@ -464,6 +464,92 @@ where
 mod tests {
     use super::*;
 
+    fn router() -> Router {
+        Router::new(&ServerInfo::default())
+    }
+
+    fn input(r: &mut Router, v: Value) -> Vec<Out> {
+        r.input(v.to_string().into_bytes())
+    }
+
+    fn json_of(out: &Out) -> Value {
+        let (Out::Rmcp(l) | Out::Client(l)) = out;
+        serde_json::from_slice(l).unwrap()
+    }
+
+    #[test]
+    fn a_stateless_session_opens_one_handshake_and_its_answer_is_not_the_clients() {
+        let mut r = router();
+        let meta = json!({stateless::PROTOCOL_VERSION_KEY: "2026-07-28",
+                          stateless::CLIENT_CAPABILITIES_KEY: {}});
+        let outs = input(
+            &mut r,
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"_meta": meta}}),
+        );
+        let sent: Vec<Value> = outs.iter().map(json_of).collect();
+        assert!(outs.iter().all(|o| matches!(o, Out::Rmcp(_))), "{sent:?}");
+        assert_eq!(sent[0]["method"], "initialize");
+        assert_eq!(sent[0]["params"]["protocolVersion"], "2025-11-25");
+        assert_eq!(sent[1]["method"], "notifications/initialized");
+        assert_eq!(sent[2]["id"], 7);
+        assert_eq!(r.era, Era::Stateless);
+        // rmcp's answer to our initialize is swallowed, the client's gets the new fields, and
+        // anything else passes untouched.
+        let init = json!({"jsonrpc": "2.0", "id": INTERNAL_INIT_ID, "result": {}});
+        assert_eq!(r.output(init.to_string().into_bytes()), None);
+        let other = br#"{"jsonrpc":"2.0","id":99,"result":{}}"#.to_vec();
+        assert_eq!(r.output(other.clone()), Some(with_newline(other)));
+        let answer = json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": []}});
+        let out: Value =
+            serde_json::from_slice(&r.output(answer.to_string().into_bytes()).unwrap()).unwrap();
+        assert_eq!(out["result"]["resultType"], "complete");
+        assert!(out["result"]["ttlMs"].is_u64());
+        assert!(r.stateless.is_empty() && !r.internal_init);
+        // A second answer with the same id is not rewritten again.
+        let again = answer.to_string().into_bytes();
+        assert_eq!(r.output(again.clone()), Some(with_newline(again)));
+    }
+
+    #[test]
+    fn a_cancelled_stateless_request_is_forgotten() {
+        let mut r = router();
+        let meta = json!({stateless::PROTOCOL_VERSION_KEY: "2026-07-28",
+                          stateless::CLIENT_CAPABILITIES_KEY: {}});
+        input(
+            &mut r,
+            json!({"jsonrpc": "2.0", "id": "a", "method": "tools/call",
+                   "params": {"name": "get_offers", "_meta": meta}}),
+        );
+        assert_eq!(r.stateless.len(), 1);
+        let outs = input(
+            &mut r,
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": "a"}}),
+        );
+        assert_eq!(outs.len(), 1, "forwarded to rmcp");
+        assert!(r.stateless.is_empty());
+    }
+
+    #[test]
+    fn batches_get_one_error_per_request_and_none_for_notifications() {
+        let outs = batch(&[
+            json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 2, "result": {}}),
+            json!(5),
+        ]);
+        let v = json_of(&outs[0]);
+        let ids: Vec<Value> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].clone())
+            .collect();
+        assert_eq!(ids, [json!(1), Value::Null]);
+        assert!(batch(&[json!({"jsonrpc": "2.0", "method": "x"})]).is_empty());
+        assert_eq!(json_of(&batch(&[])[0])["error"]["code"], -32600);
+    }
+
     #[tokio::test]
     async fn lines_are_bounded() {
         let data = format!("short\n{}\nafter\n", "y".repeat(100));
