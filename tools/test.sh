@@ -64,6 +64,18 @@ if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha256sum <tools/e2e/package.j
   sha256sum <tools/e2e/package.json >"$stamp"
 fi
 
+# --- official MCP Python SDK for the end-to-end tests (tests/mcp_sdk.rs) -----------------------
+# Pinned in tools/e2e/requirements.txt, installed into the venv tools/e2e/.venv made by Debian's
+# python3 (installed above with python3-venv); pip reads its index from the system's
+# configuration. A copy of the requirements in the venv marks what is installed, so a changed pin
+# reinstalls.
+venv=tools/e2e/.venv
+if ! cmp -s tools/e2e/requirements.txt "$venv/installed-requirements.txt"; then
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tools/e2e/requirements.txt
+  cp tools/e2e/requirements.txt "$venv/installed-requirements.txt"
+fi
+
 # --- checks ------------------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -158,9 +158,11 @@ async fn run(args: Args) -> ExitCode {
         for t in &extra_tools {
             door = door.with_extra_tool(t.clone());
         }
+        let info = rmcp::ServerHandler::get_info(&door);
         paygress::doors::stdio::serve_filtered(
             tokio::io::stdin(),
             tokio::io::stdout(),
+            &info,
             |r, w| async move {
                 match door.serve((r, w)).await {
                     Ok(service) => {
