@@ -75,6 +75,17 @@ pub async fn world(encryption: Encryption) -> World {
 }
 
 pub async fn world_with(encryption: Encryption, announce: bool) -> World {
+    let w = prepare(encryption, announce).await;
+    serve(&w);
+    let opts = ContextVmOptions::from_config(w.provider.config());
+    contextvm::self_check(w.provider.keys().public_key(), &opts, Duration::from_secs(30))
+        .await
+        .expect("server reachable through the relay");
+    w
+}
+
+/// Everything but the ContextVM door: mint, relay, provider, tap.
+pub async fn prepare(encryption: Encryption, announce: bool) -> World {
     let mint = TestMint::start().await;
     let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -88,23 +99,28 @@ pub async fn world_with(encryption: Encryption, announce: bool) -> World {
         .await
         .unwrap();
     let tap = Tap::start(&relay.url()).await;
-    let opts = ContextVmOptions::from_config(provider.config());
-    let transport = contextvm::transport(&provider, &opts).await.unwrap();
-    let door =
-        McpDoor::local(provider.clone()).identified_by(contextvm::identify_by_client_pubkey());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(contextvm::serve(door, transport, shutdown.clone()));
-    contextvm::self_check(provider.keys().public_key(), &opts, Duration::from_secs(30))
-        .await
-        .expect("server reachable through the relay");
     World {
         mint,
         relay,
         provider,
         tap,
-        shutdown,
+        shutdown: CancellationToken::new(),
         dir,
     }
+}
+
+/// Open the ContextVM door on a prepared world, with no readiness check: nothing has talked to
+/// it yet. The task ends only if the door stops.
+pub fn serve(w: &World) -> tokio::task::JoinHandle<Result<(), contextvm::ContextVmError>> {
+    let provider = w.provider.clone();
+    let shutdown = w.shutdown.clone();
+    tokio::spawn(async move {
+        let opts = ContextVmOptions::from_config(provider.config());
+        let transport = contextvm::transport(&provider, &opts).await?;
+        let door =
+            McpDoor::local(provider.clone()).identified_by(contextvm::identify_by_client_pubkey());
+        contextvm::serve(door, transport, shutdown).await
+    })
 }
 
 pub async fn rust_client(
