@@ -344,6 +344,8 @@ async fn the_start_script_serves_contextvm_and_prints_npub_and_relays() {
         .env("PAYGRESS_EMBEDDED_RELAY", format!("127.0.0.1:{relay_port}"))
         .env("NOSTR_PRIVATE_KEY", keys.secret_key().to_secret_hex())
         .env("CONTEXTVM_ENCRYPTION", "required")
+        // As from systemd or nohup: no input, so it serves ContextVM itself.
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
