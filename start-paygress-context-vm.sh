@@ -10,6 +10,13 @@
 #       run by a ContextVM gateway: the gateway serves Nostr under its own key and speaks MCP to
 #       this script over stdin/stdout, so the server serves plain stdio MCP and stays off the
 #       relays (answering there too would be a second server beside the gateway).
+#       A gateway passes every client through one stdio session, so the server cannot tell
+#       buyers apart: by default they are anonymous (a spawn returns its login details, and
+#       get_pod_status shows them to nobody). Behind a gateway that writes each client's key
+#       into `_meta.clientPubkey` (@contextvm/sdk's injectClientPubkey, which overwrites what a
+#       client sends), PAYGRESS_STDIO_CALLER=gateway-meta (or --stdio-caller gateway-meta)
+#       makes that key the owner, as when the server serves ContextVM itself. Never set it
+#       behind a gateway that does not inject: a client could then name another buyer's key.
 #
 # Which one: --transport stdio|contextvm|both (or PAYGRESS_TRANSPORT), else "auto": stdio when
 # stdin is a pipe or a socket (a parent program talks to us: a gateway, an MCP client), and
@@ -33,6 +40,7 @@ say() { echo "start-paygress-context-vm: $*" >&2; }
 
 config=""
 transport=${PAYGRESS_TRANSPORT:-auto}
+caller=${PAYGRESS_STDIO_CALLER:-anonymous}
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,6 +52,10 @@ while [ $# -gt 0 ]; do
             [ $# -ge 2 ] || { say "--transport needs stdio, contextvm, both or auto"; exit 2; }
             transport=$2; shift 2 ;;
         --transport=*) transport=${1#--transport=}; shift ;;
+        --stdio-caller)
+            [ $# -ge 2 ] || { say "--stdio-caller needs anonymous, gateway-meta or local"; exit 2; }
+            caller=$2; shift 2 ;;
+        --stdio-caller=*) caller=${1#--stdio-caller=}; shift ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -71,7 +83,8 @@ fi
 
 say "serving $transport ($why; --transport stdio|contextvm|both chooses)"
 if [ "$transport" = stdio ]; then
-    exec "$bin" --transport stdio --config "$config" ${args[@]+"${args[@]}"}
+    exec "$bin" --transport stdio --stdio-caller "$caller" --config "$config" \
+        ${args[@]+"${args[@]}"}
 fi
 if [ -n "${PAYGRESS_EMBEDDED_RELAY:-}" ]; then
     args+=(--embedded-relay "$PAYGRESS_EMBEDDED_RELAY")

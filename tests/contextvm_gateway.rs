@@ -54,21 +54,32 @@ fn config_file(dir: &Path, mint: &TestMint) -> std::path::PathBuf {
 }
 
 /// Start the official gateway in front of `start-paygress-context-vm.sh --config config`, as
-/// `key`, on `relay`, with the seeds' environment naming the provider's own key `provider`;
-/// returns once the whole chain (relay, gateway, script, server) has answered an MCP
-/// `initialize`.
+/// `key`, on `relay`, with the seeds' environment naming the provider's own key `provider`.
+/// With `inject` the gateway writes each client's key into `_meta.clientPubkey`; `caller` is
+/// the script's PAYGRESS_STDIO_CALLER, if set. Returns once the whole chain (relay, gateway, script, server) has
+/// answered an MCP `initialize`.
 async fn start_gateway(
     relay: &EmbeddedRelay,
     config: &Path,
     key: &Keys,
     provider: &Keys,
+    inject: bool,
+    caller: Option<&str>,
 ) -> Gateway {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("start-paygress-context-vm.sh");
-    let mut child = tokio::process::Command::new("node")
-        .arg(e2e_script("contextvm-gateway.mjs"))
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(e2e_script("contextvm-gateway.mjs"))
         .args(["--relay", &relay.url(), "--key"])
         .arg(key.secret_key().to_secret_hex())
-        .args(["--encryption", "optional", "--", "bash"])
+        .args(["--encryption", "optional"]);
+    if inject {
+        cmd.arg("--inject-client-pubkey");
+    }
+    if let Some(c) = caller {
+        cmd.env("PAYGRESS_STDIO_CALLER", c);
+    }
+    let mut child = cmd
+        .args(["--", "bash"])
         .arg(&script)
         .arg("--config")
         .arg(config)
@@ -112,7 +123,12 @@ async fn start_gateway(
     };
     contextvm::self_check(key.public_key(), &opts, Duration::from_secs(60))
         .await
-        .unwrap_or_else(|e| panic!("the wrapped server answers through the gateway: {e}\n{}", gateway.stderr()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "the wrapped server answers through the gateway: {e}\n{}",
+                gateway.stderr()
+            )
+        });
     gateway
 }
 
@@ -123,8 +139,10 @@ fn result<'a>(steps: &'a [Value], i: usize, name: &str) -> &'a Value {
     &r["structuredContent"]
 }
 
-#[tokio::test]
-async fn the_official_gateway_wrapping_the_start_script_sells_a_pod() {
+/// The whole sale through the gateway: offers, a paid spawn (SSH answers), a top-up and status
+/// from other sessions. Returns what `get_pod_status` showed (the buyer, another key, and
+/// another key naming the buyer's key in `_meta.clientPubkey`).
+async fn sale_through_the_gateway(inject: bool, caller: Option<&str>) -> [Value; 3] {
     let mint = TestMint::start().await;
     let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -133,11 +151,13 @@ async fn the_official_gateway_wrapping_the_start_script_sells_a_pod() {
     let config = config_file(dir.path(), &mint);
     let gateway_key = Keys::generate();
     let provider_key = Keys::generate();
-    let gw = start_gateway(&relay, &config, &gateway_key, &provider_key).await;
+    let gw = start_gateway(&relay, &config, &gateway_key, &provider_key, inject, caller).await;
 
     // One client session: tools, offers, a paid spawn.
     let token = mint.token(100).await;
     let buyer = Keys::generate();
+    // The buyer names itself in `_meta.clientPubkey` too, as a client may.
+    let me = json!({"clientPubkey": buyer.public_key().to_hex()});
     let steps = contextvm_client(
         &relay.url(),
         &gw.npub,
@@ -146,7 +166,7 @@ async fn the_official_gateway_wrapping_the_start_script_sells_a_pod() {
         json!([
             {"name": "get_offers"},
             {"name": "spawn_pod", "arguments": {"cashu_token": token, "pod_spec_id": "basic",
-                "ssh_username": "carol", "ssh_password": "gateway-pass-4"}},
+                "ssh_username": "carol", "ssh_password": "gateway-pass-4"}, "_meta": me},
         ]),
     )
     .await;
@@ -170,6 +190,7 @@ async fn the_official_gateway_wrapping_the_start_script_sells_a_pod() {
     let spawned = result(&steps, 2, "spawn_pod");
     assert_eq!(spawned["duration_seconds"], 1000);
     assert_eq!(spawned["ssh_username"], "carol");
+    assert_eq!(spawned["ssh_password"], "gateway-pass-4");
     let pod = spawned["pod_npub"].as_str().unwrap().to_string();
     let port = spawned["node_port"].as_u64().unwrap() as u16;
     // Paid: the token is spent at the mint.
@@ -187,7 +208,8 @@ async fn the_official_gateway_wrapping_the_start_script_sells_a_pod() {
         .unwrap();
     assert_eq!(&banner, b"SSH-2.0");
 
-    // A second session (a new `initialize` through the same gateway): top-up and status.
+    // A second session (a new `initialize` through the same gateway), another key: top-up and
+    // status, once plainly and once claiming to be the buyer.
     let topup = mint.token(10).await;
     let steps = contextvm_client(
         &relay.url(),
@@ -197,22 +219,73 @@ async fn the_official_gateway_wrapping_the_start_script_sells_a_pod() {
         json!([
             {"name": "topup_pod", "arguments": {"pod_npub": pod, "cashu_token": topup}},
             {"name": "get_pod_status", "arguments": {"pod_npub": pod}},
+            {"name": "get_pod_status", "arguments": {"pod_npub": pod},
+                "_meta": {"clientPubkey": buyer.public_key().to_hex()}},
         ]),
     )
     .await;
     let up = result(&steps, 1, "topup_pod");
     assert_eq!(up["success"], true);
     assert_eq!(up["extended_duration_seconds"], 100);
-    let st = result(&steps, 2, "get_pod_status");
-    assert_eq!(st["state"], "running");
+    let other = result(&steps, 2, "get_pod_status").clone();
+    assert_eq!(other["state"], "running");
     assert!(
-        st["seconds_remaining"].as_u64().unwrap() > 1000,
-        "the top-up's time is added: {st}"
+        other["seconds_remaining"].as_u64().unwrap() > 1000,
+        "the top-up's time is added: {other}"
     );
     assert!(mint.receive_fresh(&topup).await.is_err(), "top-up paid");
+    let forged = result(&steps, 3, "get_pod_status").clone();
+
+    // The buyer again, in a third session.
+    let steps = contextvm_client(
+        &relay.url(),
+        &gw.npub,
+        &buyer,
+        "required",
+        json!([{"name": "get_pod_status", "arguments": {"pod_npub": pod}, "_meta": me}]),
+    )
+    .await;
+    let mine = result(&steps, 1, "get_pod_status").clone();
 
     // Wrapped, the server spoke stdio only: it never served ContextVM on the relays itself.
     let log = gw.stderr();
     assert!(log.contains("provider open"), "{log}");
     assert!(!log.contains("ContextVM server"), "{log}");
+    [mine, other, forged]
+}
+
+/// A gateway that does not say who calls: the buyer gets the login details with the spawn, and
+/// `get_pod_status` shows them to no one, whatever a client claims.
+#[tokio::test]
+async fn the_official_gateway_wrapping_the_start_script_sells_a_pod() {
+    let [mine, other, forged] = sale_through_the_gateway(false, None).await;
+    for st in [&mine, &other, &forged] {
+        assert_eq!(st["state"], "running");
+        assert!(st["access"].is_null(), "no login details: {st}");
+    }
+}
+
+/// A gateway that injects each client's key: the key that paid owns the pod, as when the server
+/// serves ContextVM itself; a client naming the buyer's key is overruled by the gateway.
+#[tokio::test]
+async fn behind_a_gateway_that_injects_client_keys_the_buyer_owns_the_pod() {
+    let [mine, other, forged] = sale_through_the_gateway(true, Some("gateway-meta")).await;
+    assert_eq!(mine["access"]["ssh_password"], "gateway-pass-4", "{mine}");
+    assert_eq!(mine["access"]["ssh_username"], "carol");
+    assert!(other["access"].is_null(), "{other}");
+    assert!(forged["access"].is_null(), "{forged}");
+}
+
+/// The control for the test above (the `_meta` a client sends does reach the server), and the
+/// reason `gateway-meta` is only for a gateway that injects: behind one that does not, a client
+/// naming the buyer's key sees the buyer's login details.
+#[tokio::test]
+async fn trusting_client_keys_behind_a_gateway_that_does_not_inject_them_is_unsafe() {
+    let [mine, other, forged] = sale_through_the_gateway(false, Some("gateway-meta")).await;
+    assert_eq!(mine["access"]["ssh_password"], "gateway-pass-4", "{mine}");
+    assert!(other["access"].is_null(), "{other}");
+    assert_eq!(
+        forged["access"]["ssh_password"], "gateway-pass-4",
+        "{forged}"
+    );
 }

@@ -78,9 +78,13 @@ pub async fn world_with(encryption: Encryption, announce: bool) -> World {
     let w = prepare(encryption, announce).await;
     serve(&w);
     let opts = ContextVmOptions::from_config(w.provider.config());
-    contextvm::self_check(w.provider.keys().public_key(), &opts, Duration::from_secs(30))
-        .await
-        .expect("server reachable through the relay");
+    contextvm::self_check(
+        w.provider.keys().public_key(),
+        &opts,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("server reachable through the relay");
     w
 }
 

@@ -3,8 +3,10 @@
 // key, the way the seed documents' `gateway-cli --server ./start-paygress-context-vm.sh` does.
 //
 //   node contextvm-gateway.mjs --relay ws://127.0.0.1:PORT --key SERVER_SECRET_HEX \
-//        --encryption optional|required|disabled -- COMMAND [ARGS...]
+//        --encryption optional|required|disabled [--inject-client-pubkey] -- COMMAND [ARGS...]
 //
+// --inject-client-pubkey turns on the SDK's injectClientPubkey: each request reaches the
+// server with the calling client's pubkey in `_meta.clientPubkey`.
 // The child gets this process's environment. Once both sides are started it prints one JSON
 // line on stdout: {"step":"ready","pubkey":HEX}. It stops the gateway (and with it the child)
 // when its own stdin closes or on SIGTERM. Errors go to stderr and the exit code is non-zero.
@@ -36,6 +38,7 @@ async function main() {
   const sep = process.argv.indexOf('--');
   if (sep < 0 || sep + 1 >= process.argv.length) throw new Error('missing -- COMMAND');
   const [command, ...args] = process.argv.slice(sep + 1);
+  const inject = process.argv.slice(0, sep).includes('--inject-client-pubkey');
 
   const signer = new PrivateKeySigner(key);
   const gateway = new NostrMCPGateway({
@@ -51,6 +54,7 @@ async function main() {
       encryptionMode: mode,
       isAnnouncedServer: false,
       publishRelayList: false,
+      injectClientPubkey: inject,
       logLevel: 'error',
     },
   });
