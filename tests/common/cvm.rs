@@ -243,7 +243,7 @@ impl Raw {
             nip44::Version::V2,
         )
         .unwrap();
-        let ahead = Timestamp::from(Timestamp::now().as_u64() + 30);
+        let ahead = Timestamp::from(Timestamp::now().as_secs() + 30);
         let wrap = EventBuilder::new(Kind::GiftWrap, sealed)
             .tag(Tag::public_key(self.server))
             .custom_created_at(ahead)
