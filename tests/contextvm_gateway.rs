@@ -44,6 +44,36 @@ impl Drop for Gateway {
     }
 }
 
+/// Removes the pods a test sold: the server keeps its workloads when it stops (a restarted
+/// provider re-adopts them), so the end of the gateway does not remove them.
+struct SandboxCleanup {
+    config: std::path::PathBuf,
+    pods: Vec<String>,
+}
+
+impl Drop for SandboxCleanup {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        let names: Vec<String> = self
+            .pods
+            .iter()
+            .map(|p| common::lxd_instance_name(p))
+            .collect();
+        // Drop cannot await; the backend is async, so it gets a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let cfg = paygress::config::Config::load(&config).unwrap();
+                let backend = paygress::backend::from_config(&cfg).await.unwrap();
+                for n in names {
+                    let _ = backend.destroy(&n).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
 /// A provider config on the sandbox backend in `dir`, accepting `mint`'s tokens. No relays: the
 /// gateway is the only thing on Nostr.
 fn config_file(dir: &Path, mint: &TestMint) -> std::path::PathBuf {
@@ -149,6 +179,10 @@ async fn sale_through_the_gateway(inject: bool, caller: Option<&str>) -> [Value;
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), &mint);
+    let mut cleanup = SandboxCleanup {
+        config: config.clone(),
+        pods: Vec::new(),
+    };
     let gateway_key = Keys::generate();
     let provider_key = Keys::generate();
     let gw = start_gateway(&relay, &config, &gateway_key, &provider_key, inject, caller).await;
@@ -192,6 +226,7 @@ async fn sale_through_the_gateway(inject: bool, caller: Option<&str>) -> [Value;
     assert_eq!(spawned["ssh_username"], "carol");
     assert_eq!(spawned["ssh_password"], "gateway-pass-4");
     let pod = spawned["pod_npub"].as_str().unwrap().to_string();
+    cleanup.pods.push(pod.clone());
     let port = spawned["node_port"].as_u64().unwrap() as u16;
     // Paid: the token is spent at the mint.
     assert!(
