@@ -19,8 +19,9 @@
 #       behind a gateway that does not inject: a client could then name another buyer's key.
 #
 # Which one: --transport stdio|contextvm|both (or PAYGRESS_TRANSPORT), else "auto": stdio when
-# stdin is a pipe or a socket (a parent program talks to us: a gateway, an MCP client), and
-# contextvm otherwise (a terminal, /dev/null, a file). The choice is printed on stderr.
+# stdin is a pipe or a socket (a parent program talks to us: a gateway, an MCP client; Node's
+# child_process gives a socket, Python's and Rust's a pipe), and contextvm otherwise (a
+# terminal, /dev/null, a file). The choice is printed on stderr.
 #
 # Configuration: --config FILE, else PAYGRESS_CONFIG, else provider/paygress.example.toml. The
 # seed environment variables override it (NOSTR_RELAYS, NOSTR_PRIVATE_KEY, WHITELISTED_MINTS,

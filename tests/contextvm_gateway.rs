@@ -5,7 +5,8 @@
 //! Everything here is the real thing: the official TypeScript SDK's `NostrMCPGateway`
 //! (`tools/e2e/contextvm-gateway.mjs`) wraps the script, which runs the built server binary
 //! (sandbox backend, a test mint's tokens); the official TypeScript ContextVM client calls the
-//! gateway over a nostr-relay-builder relay on 127.0.0.1.
+//! gateway over a nostr-relay-builder relay on 127.0.0.1. Last, rmcp's stdio client starts the
+//! script over plain pipes and gets stdio MCP too.
 
 mod common;
 
@@ -323,4 +324,42 @@ async fn trusting_client_keys_behind_a_gateway_that_does_not_inject_them_is_unsa
         forged["access"]["ssh_password"], "gateway-pass-4",
         "{forged}"
     );
+}
+
+/// Any stdio MCP client that starts the script (here rmcp's, over plain pipes, where Node's
+/// gateway gives a socket) gets stdio MCP, and the script says why on stderr.
+#[tokio::test]
+async fn the_start_script_serves_stdio_to_a_client_on_a_pipe() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+    use rmcp::ServiceExt;
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &mint);
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("start-paygress-context-vm.sh"))
+        .arg("--config")
+        .arg(&config)
+        .env("PAYGRESS_BIN", env!("CARGO_BIN_EXE_paygress-mcp-server"));
+    let (transport, stderr) = TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = ().serve(transport).await.unwrap();
+    let offers = client
+        .call_tool(CallToolRequestParams::new("get_offers"))
+        .await
+        .unwrap();
+    assert_eq!(
+        offers.structured_content.unwrap()["whitelisted_mints"][0],
+        mint.url
+    );
+    let _ = client.cancel().await;
+    let mut lines = tokio::io::BufReader::new(stderr.unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the script's first line")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(first.contains("serving stdio (stdin is a pipe"), "{first}");
 }
