@@ -53,6 +53,23 @@ struct Args {
     /// sandbox.
     #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
     demo_backend: DemoChoice,
+    /// Who stdio callers are. `anonymous` or `gateway-meta` when a ContextVM gateway runs this
+    /// server (start-paygress-context-vm.sh picks `anonymous`, or PAYGRESS_STDIO_CALLER).
+    #[arg(long, value_enum, default_value = "local", value_name = "WHO")]
+    stdio_caller: StdioCaller,
+}
+
+/// Who a stdio caller is (it owns what it spawns; only the owner sees login details later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StdioCaller {
+    /// The operator's own MCP client: one owner for everything spawned over stdio.
+    Local,
+    /// Callers with no name (a ContextVM gateway that does not say who calls): spawns return
+    /// their login details, `get_pod_status` shows them to nobody.
+    Anonymous,
+    /// The Nostr key in each request's `_meta.clientPubkey`, written by a ContextVM gateway
+    /// that injects it (and overwrites what clients send); anonymous without one.
+    GatewayMeta,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -155,6 +172,13 @@ async fn run(args: Args) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     if args.transport != Transport::Contextvm {
         let mut door = McpDoor::local(provider.clone());
+        match args.stdio_caller {
+            StdioCaller::Local => {}
+            StdioCaller::Anonymous => door = door.identified_by(contextvm::identify_as_anonymous()),
+            StdioCaller::GatewayMeta => {
+                door = door.identified_by(contextvm::identify_by_gateway_meta())
+            }
+        }
         for t in &extra_tools {
             door = door.with_extra_tool(t.clone());
         }

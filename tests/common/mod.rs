@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cvm;
 pub mod mint;
+pub mod ts;
 
 use std::collections::BTreeMap;
 use std::path::Path;
