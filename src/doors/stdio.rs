@@ -243,10 +243,12 @@ impl Router {
                     ),
                 )),
             },
-            Era::Handshake if method == "initialize" => reply(RpcError::new(
-                stateless::INVALID_REQUEST,
-                "Invalid request: the session is already initialized",
-            )),
+            // A ContextVM gateway (the official `NostrMCPGateway`, `cvmi serve`) carries every
+            // Nostr client over this one stdio session, and each of them opens with its own
+            // initialize: each is answered, as rmcp answers them, and the session goes on.
+            Era::Handshake if method == "initialize" => {
+                vec![Out::Rmcp(handshake_initialize(line, v))]
+            }
             Era::Handshake => vec![Out::Rmcp(with_newline(line))],
             Era::Stateless if method == "initialize" => reply(stateless::initialize_refused(&v)),
             Era::Stateless => match envelope {
