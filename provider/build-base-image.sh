@@ -26,6 +26,18 @@
 #   PAYGRESS_IMAGE_NAMESERVER  resolver inside containers (default: the LXD bridge address)
 set -euo pipefail
 
+# What this script installs (without Recommends: debootstrap only recommends the keyring and gpgv
+# it needs to verify the mirror's signatures, so they are named) and the commands it runs.
+# `lxc` comes from provider/lxd-setup.sh, which must run first. Checked by tools/check-setup-deps.py.
+PACKAGES=(debootstrap gpgv debian-archive-keyring)
+COMMANDS=(debootstrap wget gpgv tar gzip chroot awk find mktemp du cut)
+if [ "${1:-}" = --print-deps ]; then
+    printf 'package %s\n' "${PACKAGES[@]}"
+    printf 'command %s\n' "${COMMANDS[@]}"
+    exit 0
+fi
+[ $# -eq 0 ] || { echo "usage: build-base-image.sh [--print-deps]" >&2; exit 2; }
+
 ALIAS=${PAYGRESS_IMAGE_ALIAS:-paygress-debian-12}
 SUITE=${PAYGRESS_IMAGE_SUITE:-bookworm}
 CACHE_DIR=${PAYGRESS_CACHE_DIR:-/var/cache/paygress}
@@ -40,7 +52,23 @@ die() { log "error: $*"; exit 1; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
 
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+            || { apt-get update -qq && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+    fi
+    # The signatures of the mirror are checked; never build from an unverified mirror.
+    [ -s /usr/share/keyrings/debian-archive-keyring.gpg ] || die "debian-archive-keyring is missing"
+}
+
 [ "$(id -u)" -eq 0 ] || die "must run as root"
+install_packages
 command -v lxc >/dev/null || die "lxc not found: run provider/lxd-setup.sh first"
 lxd waitready --timeout=10 >/dev/null 2>&1 || die "LXD is not running: run provider/lxd-setup.sh first"
 
@@ -84,10 +112,6 @@ apt_mirror() {
 
 build_rootfs() {
     local mirror work rootfs t
-    command -v debootstrap >/dev/null || {
-        log "installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends debootstrap >/dev/null
-    }
     mirror=${PAYGRESS_IMAGE_MIRROR:-}
     if [ -z "$mirror" ]; then
         mirror=$(apt_mirror) || die "no apt source for suite '$SUITE' found in /etc/apt; set PAYGRESS_IMAGE_MIRROR"

@@ -48,12 +48,28 @@ const WIRE_CRATES: &[&str] = &[
     "async_wsocket",
 ];
 
+/// Modules that print whole messages even at error level: contextvm-sdk's rmcp conversion logs
+/// the payload it could not convert (a client's message of the wrong shape, tokens and all).
+/// They are not logged at all; the SDK's worker still warns that a message was dropped.
+const BODY_AT_ANY_LEVEL: &[&str] = &["contextvm_sdk::rmcp_transport::convert"];
+
+fn is_under(target: &str, module: &str) -> bool {
+    target
+        .strip_prefix(module)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
 fn is_wire_target(target: &str) -> bool {
-    WIRE_CRATES.iter().any(|c| {
-        target
-            .strip_prefix(c)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
-    })
+    WIRE_CRATES.iter().any(|c| is_under(target, c))
+}
+
+/// Whether an event may be logged at all, whatever the filter.
+fn may_log(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    if BODY_AT_ANY_LEVEL.iter().any(|m| is_under(target, m)) {
+        return false;
+    }
+    *meta.level() <= tracing::Level::INFO || !is_wire_target(target)
 }
 
 /// Install the logger with an explicit filter and writer (tests use this to capture output).
@@ -64,9 +80,7 @@ where
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let cap = tracing_subscriber::filter::filter_fn(|meta| {
-        *meta.level() <= tracing::Level::INFO || !is_wire_target(meta.target())
-    });
+    let cap = tracing_subscriber::filter::filter_fn(may_log);
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(false)

@@ -197,16 +197,6 @@ async fn the_server_announces_itself_only_when_configured() {
 
 // ---- end to end: the real binary and the official TypeScript client -----------------------
 
-fn node_client() -> std::path::PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/e2e/contextvm-client.mjs");
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/e2e/node_modules/@contextvm/sdk");
-    assert!(
-        sdk.exists(),
-        "@contextvm/sdk is not installed: run `npm install --prefix tools/e2e` (tools/test.sh does)"
-    );
-    p
-}
-
 struct ServerProcess {
     child: tokio::process::Child,
     relay_url: String,
@@ -275,28 +265,7 @@ async fn start_binary(mint: &TestMint, encryption: &str) -> ServerProcess {
 }
 
 async fn ts_client(s: &ServerProcess, key: &Keys, encryption: &str, calls: Value) -> Vec<Value> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        tokio::process::Command::new("node")
-            .arg(node_client())
-            .args(["--relay", &s.relay_url, "--server", &s.npub, "--key"])
-            .arg(key.secret_key().to_secret_hex())
-            .args(["--encryption", encryption])
-            .arg(calls.to_string())
-            .output(),
-    )
-    .await
-    .expect("node client finished in time")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "TypeScript client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::ts::contextvm_client(&s.relay_url, &s.npub, key, encryption, calls).await
 }
 
 async fn ts_flow(encryption: &str) {
@@ -375,6 +344,8 @@ async fn the_start_script_serves_contextvm_and_prints_npub_and_relays() {
         .env("PAYGRESS_EMBEDDED_RELAY", format!("127.0.0.1:{relay_port}"))
         .env("NOSTR_PRIVATE_KEY", keys.secret_key().to_secret_hex())
         .env("CONTEXTVM_ENCRYPTION", "required")
+        // As from systemd or nohup: no input, so it serves ContextVM itself.
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

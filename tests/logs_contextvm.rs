@@ -2,14 +2,16 @@
 //! relay, in plaintext mode (where every layer sees the JSON in clear) and with encryption, run
 //! under the product's logger with the filter `trace` for every crate. The wire crates (rmcp,
 //! contextvm-sdk, nostr, websockets) print message bodies at debug level, so the logger holds
-//! them at info whatever the filter; this test is what proves the cap works. The captured output
-//! is searched for the tokens, the password and the secret keys.
+//! them at info whatever the filter; this test is what proves the cap works. Then a client sends
+//! messages of the wrong shape carrying a token, which contextvm-sdk logs whole at error level
+//! when it cannot convert them. The captured output is searched for the tokens, the password and
+//! the secret keys.
 
 mod common;
 
 use common::Capture;
 
-use common::cvm::{body, call, rust_client, world};
+use common::cvm::{body, call, rust_client, world, Raw};
 use contextvm_sdk::EncryptionMode;
 use nostr_sdk::prelude::*;
 use paygress::config::Encryption;
@@ -58,7 +60,33 @@ async fn contextvm_flows_at_trace_level_log_no_secret() {
         let _ = c.cancel().await;
     }
 
+    // Messages whose shape rmcp does not accept (a token where MCP wants an object, or an id):
+    // the SDK cannot convert them, drops them, and says so in the logs.
+    let w = world(Encryption::Optional).await;
+    let raw = Raw::start(&w, Keys::generate()).await;
+    let token = w.mint.token(21).await;
+    for bad in [
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "spawn_pod", "arguments": token}}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": token}),
+        json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": token}),
+        json!({"jsonrpc": "2.0", "id": {"t": token}, "result": {}}),
+    ] {
+        raw.send(&bad.to_string()).await;
+    }
+    // Messages from one client are handled in order: once this is answered, so is the one above.
+    let listed = raw
+        .ask(r#"{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{}}"#)
+        .await
+        .expect("the door answers");
+    assert_eq!(listed["id"], 8);
+    secrets.push(token);
+
     let logs = capture.text();
+    assert!(
+        logs.contains("Failed to convert incoming server-side message"),
+        "the wrongly shaped messages reached the SDK's conversion"
+    );
     assert!(
         logs.len() > 10_000,
         "TRACE captured the flows ({} bytes)",

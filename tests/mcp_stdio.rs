@@ -100,7 +100,14 @@ async fn tools_are_listed_with_schemas_and_honest_annotations() {
     let spawn = &tools[1];
     let req = spawn.input_schema["required"].as_array().unwrap();
     assert!(req.contains(&json!("cashu_token")) && req.contains(&json!("ssh_username")));
-    assert!(spawn.output_schema.as_ref().unwrap()["properties"]["node_port"].is_object());
+    // The result, or the typed error body an isError result carries.
+    let out = spawn.output_schema.as_ref().unwrap();
+    assert_eq!(out["type"], "object");
+    assert!(out["anyOf"][0]["properties"]["node_port"].is_object());
+    assert!(out["anyOf"][1]["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("error_type")));
     let a = spawn.annotations.as_ref().unwrap();
     assert_eq!(
         (a.read_only_hint, a.idempotent_hint, a.open_world_hint),
@@ -480,4 +487,289 @@ async fn a_cancelled_spawn_is_rolled_back_and_refunded() {
         "{}",
         String::from_utf8_lossy(&left.stdout)
     );
+}
+
+/// The binary on a sandbox-backed config, spoken to line by line.
+struct Raw {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Raw {
+    async fn start(mint: &str) -> Raw {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = common::config(dir.path(), &[mint], 100, common::free_port_block(2));
+        let f = dir.path().join("paygress.toml");
+        std::fs::write(&f, toml::to_string(&cfg).unwrap()).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_paygress-mcp-server"))
+            .arg("--config")
+            .arg(&f)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stdout.take().unwrap(),
+        ));
+        Raw {
+            child,
+            stdin,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        self.stdin.write_all(b"\n").await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// The next line the server writes (a generous bound: only for liveness).
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+            .await
+            .expect("the server answered")
+            .unwrap()
+            .expect("the server is still serving");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn ask(&mut self, line: &str) -> Value {
+        self.send(line).await;
+        self.next().await
+    }
+
+    /// `line` must produce no output: a ping sent after it is answered first.
+    async fn ignored(&mut self, line: &str, ping_id: u64) {
+        self.send(line).await;
+        let r = self
+            .ask(&json!({"jsonrpc": "2.0", "id": ping_id, "method": "ping"}).to_string())
+            .await;
+        assert_eq!(r["id"], ping_id, "{line} was answered: {r}");
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+fn code(r: &Value) -> i64 {
+    r["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error: {r}"))
+}
+
+const ENVELOPE: &str = r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"}}"#;
+
+/// A first message that is not `initialize` never ends the session: requests get JSON-RPC
+/// errors, notifications are ignored, a batch gets one error per request, and a later
+/// `initialize` opens the session as usual.
+#[tokio::test]
+async fn first_messages_that_are_not_initialize_are_answered_or_ignored_then_initialize_works() {
+    let mint = TestMint::start().await;
+    let mut s = Raw::start(&mint.url).await;
+    // A stray request before initialize.
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .await;
+    assert_eq!((r["id"].clone(), code(&r)), (json!(1), -32600), "{r}");
+    let r = s
+        .ask(
+            r#"{"jsonrpc":"2.0","id":"call","method":"tools/call","params":{"name":"get_offers"}}"#,
+        )
+        .await;
+    assert_eq!((r["id"].clone(), code(&r)), (json!("call"), -32600), "{r}");
+    // Notifications are never answered.
+    s.ignored(
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        100,
+    )
+    .await;
+    s.ignored(
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#,
+        101,
+    )
+    .await;
+    s.ignored(r#"{"jsonrpc":"2.0","method":"no/such/notification"}"#, 102)
+        .await;
+    // A batch: one error per request in it, nothing for its notification.
+    let r = s
+        .ask(r#"[{"jsonrpc":"2.0","id":3,"method":"tools/list"},{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":4,"method":"initialize","params":{}}]"#)
+        .await;
+    let errs = r
+        .as_array()
+        .unwrap_or_else(|| panic!("not a batch answer: {r}"));
+    assert_eq!(errs.len(), 2, "{r}");
+    assert_eq!((errs[0]["id"].clone(), code(&errs[0])), (json!(3), -32600));
+    assert_eq!((errs[1]["id"].clone(), code(&errs[1])), (json!(4), -32600));
+    let r = s.ask("[]").await;
+    assert_eq!((r["id"].clone(), code(&r)), (Value::Null, -32600), "{r}");
+    s.ignored(
+        r#"[{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+        103,
+    )
+    .await;
+    // An unknown method.
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":5,"method":"no/such/method","params":{}}"#)
+        .await;
+    assert_eq!((r["id"].clone(), code(&r)), (json!(5), -32601), "{r}");
+    // The 2026-07-28 probe without its envelope; the probe with an unknown revision.
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":6,"method":"server/discover"}"#)
+        .await;
+    assert_eq!((r["id"].clone(), code(&r)), (json!(6), -32602), "{r}");
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":7,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2099-01-01","io.modelcontextprotocol/clientCapabilities":{}}}}"#)
+        .await;
+    assert_eq!((r["id"].clone(), code(&r)), (json!(7), -32022), "{r}");
+    assert_eq!(r["error"]["data"]["requested"], "2099-01-01");
+    assert!(r["error"]["data"]["supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("2025-11-25")));
+    // A response to nothing.
+    s.ignored(r#"{"jsonrpc":"2.0","id":99,"result":{}}"#, 104)
+        .await;
+    // The handshake still works, at the revision the client asked for.
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":8,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#)
+        .await;
+    assert_eq!(r["id"], 8, "{r}");
+    assert_eq!(r["result"]["protocolVersion"], "2025-06-18", "{r}");
+    assert_eq!(r["result"]["serverInfo"]["name"], "paygress-mcp-server");
+    s.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .await;
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#)
+        .await;
+    assert_eq!(r["result"]["tools"].as_array().unwrap().len(), 4, "{r}");
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"get_offers","arguments":{}}}"#)
+        .await;
+    assert_eq!(
+        r["result"]["structuredContent"]["whitelisted_mints"][0],
+        mint.url
+    );
+    // A second initialize (a gateway's next client on the same session) is answered too; the
+    // session goes on.
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":11,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#)
+        .await;
+    // rmcp answers with the revision this session already speaks.
+    assert_eq!(r["id"], json!(11), "{r}");
+    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":12,"method":"tools/list"}"#)
+        .await;
+    assert_eq!(r["result"]["tools"].as_array().unwrap().len(), 4, "{r}");
+    assert!(s.running());
+}
+
+/// An `initialize` proposing 2026-07-28 (a revision without a handshake) is answered with the
+/// newest handshake revision instead of an echo.
+#[tokio::test]
+async fn an_initialize_proposing_the_stateless_revision_gets_the_newest_handshake_one() {
+    let mint = TestMint::start().await;
+    let mut s = Raw::start(&mint.url).await;
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2026-07-28","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#)
+        .await;
+    assert_eq!(r["result"]["protocolVersion"], "2025-11-25", "{r}");
+}
+
+/// The 2026-07-28 revision: `server/discover`, then requests that each carry their envelope, no
+/// handshake; results carry the revision's fields, and a late `initialize` is refused with the
+/// revision's error naming what is served.
+#[tokio::test]
+async fn a_2026_07_28_client_is_served_without_a_handshake() {
+    let mint = TestMint::start().await;
+    let mut s = Raw::start(&mint.url).await;
+    let req = |id: u64, method: &str, params: Value| {
+        let mut p = params;
+        p["_meta"] = serde_json::from_str(ENVELOPE).unwrap();
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": p}).to_string()
+    };
+    let r = s.ask(&req(1, "server/discover", json!({}))).await;
+    let d = &r["result"];
+    assert_eq!(d["supportedVersions"], json!(["2026-07-28"]), "{r}");
+    assert_eq!(d["capabilities"]["tools"], json!({}));
+    assert_eq!(d["resultType"], "complete");
+    assert!(d["ttlMs"].is_u64() && d["cacheScope"] == "public", "{d}");
+    assert_eq!(
+        d["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "paygress-mcp-server"
+    );
+    assert!(d["instructions"].as_str().unwrap().contains("get_offers"));
+    let r = s.ask(&req(2, "tools/list", json!({}))).await;
+    let l = &r["result"];
+    assert_eq!(l["tools"].as_array().unwrap().len(), 4, "{r}");
+    assert_eq!(
+        (l["resultType"].clone(), l["cacheScope"].clone()),
+        (json!("complete"), json!("public"))
+    );
+    assert!(l["ttlMs"].is_u64());
+    let r = s
+        .ask(&req(
+            3,
+            "tools/call",
+            json!({"name": "get_offers", "arguments": {}}),
+        ))
+        .await;
+    let c = &r["result"];
+    assert_eq!(c["resultType"], "complete", "{r}");
+    assert_eq!(c["structuredContent"]["whitelisted_mints"][0], mint.url);
+    assert_eq!(
+        c["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "paygress-mcp-server"
+    );
+    // Tool errors stay tool results; unknown tools and methods stay JSON-RPC errors.
+    let r = s
+        .ask(&req(
+            4,
+            "tools/call",
+            json!({"name": "get_pod_status", "arguments": {"pod_npub": "npub1nope"}}),
+        ))
+        .await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert_eq!(
+        r["result"]["structuredContent"]["error_type"],
+        "pod_not_found"
+    );
+    let r = s
+        .ask(&req(
+            5,
+            "tools/call",
+            json!({"name": "rm_rf", "arguments": {}}),
+        ))
+        .await;
+    assert!(r.get("error").is_some(), "{r}");
+    let r = s.ask(&req(6, "no/such/method", json!({}))).await;
+    assert_eq!(code(&r), -32601, "{r}");
+    // A request without its envelope, one at another revision, a late initialize.
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#)
+        .await;
+    assert_eq!((r["id"].clone(), code(&r)), (json!(7), -32602), "{r}");
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2025-11-25","io.modelcontextprotocol/clientCapabilities":{}}}}"#)
+        .await;
+    assert_eq!((r["id"].clone(), code(&r)), (json!(8), -32022), "{r}");
+    let r = s
+        .ask(r#"{"jsonrpc":"2.0","id":9,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#)
+        .await;
+    assert_eq!((r["id"].clone(), code(&r)), (json!(9), -32022), "{r}");
+    assert_eq!(r["error"]["data"]["supported"], json!(["2026-07-28"]));
+    // Still serving.
+    let r = s.ask(&req(10, "tools/list", json!({}))).await;
+    assert_eq!(r["result"]["tools"].as_array().unwrap().len(), 4, "{r}");
+    assert!(s.running());
 }

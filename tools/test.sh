@@ -9,46 +9,82 @@ export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 export DEBIAN_FRONTEND=noninteractive
 
 # --- system packages ---------------------------------------------------------------------------
+# Installed without Recommends, so everything the tests run is named here (and checked below).
 # protoc: the in-process test mint (cdk's `mint` feature) builds a gRPC signatory.
-# sshpass/openssh-client: tests log in to real workloads; openssl: the LXD HTTPS test makes certificates.
-want=(protobuf-compiler sshpass openssh-client openssl ca-certificates)
-missing=()
-for p in "${want[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "test.sh: installing ${missing[*]}"
-  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq
-  $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
+# sshpass/openssh-client: tests log in to real workloads; openssl: the LXD HTTPS test makes
+# certificates; nodejs/npm: the official MCP and ContextVM clients; python3-venv: the official
+# MCP Python SDK in a venv.
+want=(protobuf-compiler sshpass openssh-client openssl ca-certificates nodejs python3 python3-venv)
+commands=(protoc sshpass ssh ssh-keygen openssl node npm /usr/bin/python3)
 # --- sandbox isolation: each workload's own network (slirp4netns and an nftables egress
-# filter); bubblewrap is the sandbox_spawn benchmark's baseline ---------------------------------
-for p in slirp4netns nftables bubblewrap; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
-  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-  echo "test.sh: installing $p"
+# filter); bubblewrap is the sandbox_spawn benchmark's baseline.
+want+=(slirp4netns nftables bubblewrap)
+commands+=(slirp4netns nft bwrap)
+if [ "${1:-}" = --print-deps ]; then
+  printf 'package %s\n' "${want[@]}"
+  # npm ships inside some nodejs builds and as its own package in Debian's.
+  dpkg-query -W -f='${Status}' npm 2>/dev/null | grep -q "install ok installed" && echo "package npm"
+  printf 'command %s\n' "${commands[@]}"
+  exit 0
+fi
+sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  echo "test.sh: installing ${missing[*]}"
   $sudo_ apt-get update -qq
-  $sudo_ apt-get install -y -qq "$p" >/dev/null
-done
+  $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+apt_install "${want[@]}"
+command -v npm >/dev/null || apt_install npm
 
 # --- LXD: the real daemon and a locally built base image (both scripts are idempotent) --------
 bash provider/lxd-setup.sh
 bash provider/build-base-image.sh
+# Every setup script installs what it and its daemons run, whatever this machine had before.
+if ! deps=$(/usr/bin/python3 tools/check-setup-deps.py provider/lxd-setup.sh provider/build-base-image.sh tools/test.sh); then
+  grep -v ' <- ' <<<"$deps" >&2
+  exit 1
+fi
+# ...and the check itself catches the mistake it exists for: a command that only a Recommends
+# brings (LXD's dnsmasq), on this machine where dnsmasq-base is installed.
+control=$(mktemp)
+printf 'printf "package lxd\\ncommand dnsmasq\\n"\n' >"$control"
+if /usr/bin/python3 tools/check-setup-deps.py "$control" >/dev/null; then
+  echo "test.sh: tools/check-setup-deps.py accepted dnsmasq through lxd's Recommends" >&2
+  exit 1
+fi
+rm -f "$control"
 
 # --- official npm clients for the end-to-end tests ---------------------------------------------
 # Versions are pinned in tools/e2e/package.json; npm reads its registry from the system's config.
-if ! [ -x tools/e2e/node_modules/.bin/mcp-inspector ] || ! [ -d tools/e2e/node_modules/@contextvm/sdk ]; then
-  command -v npm >/dev/null || { sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"; $sudo_ apt-get install -y -qq nodejs npm >/dev/null; }
+# Reinstalled whenever package.json changes (a stamp of its hash), so a bumped pin takes effect.
+stamp=tools/e2e/node_modules/.paygress-package-json.sha256
+if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha256sum <tools/e2e/package.json)" ]; then
   npm install --prefix tools/e2e --no-audit --no-fund --loglevel=error
+  sha256sum <tools/e2e/package.json >"$stamp"
+fi
+
+# --- official MCP Python SDK for the end-to-end tests (tests/mcp_sdk.rs) -----------------------
+# Pinned in tools/e2e/requirements.txt, installed into the venv tools/e2e/.venv made by Debian's
+# python3 (installed above with python3-venv); pip reads its index from the system's
+# configuration. A copy of the requirements in the venv marks what is installed, so a changed pin
+# reinstalls.
+venv=tools/e2e/.venv
+if ! cmp -s tools/e2e/requirements.txt "$venv/installed-requirements.txt"; then
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tools/e2e/requirements.txt
+  cp tools/e2e/requirements.txt "$venv/installed-requirements.txt"
 fi
 
 # --- checks ------------------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# A provider build without the demo (no embedded mint, no protoc) must keep compiling.
-cargo check --locked --no-default-features --lib --bins
+# A provider build without the demo (no embedded mint, no protoc) is held to the same standard.
+cargo clippy --no-default-features --all-targets --locked -- -D warnings
 
 # --- tests -------------------------------------------------------------------------------------
 log=$(mktemp)

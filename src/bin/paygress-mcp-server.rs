@@ -53,6 +53,23 @@ struct Args {
     /// sandbox.
     #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
     demo_backend: DemoChoice,
+    /// Who stdio callers are. `anonymous` or `gateway-meta` when a ContextVM gateway runs this
+    /// server (start-paygress-context-vm.sh picks `anonymous`, or PAYGRESS_STDIO_CALLER).
+    #[arg(long, value_enum, default_value = "local", value_name = "WHO")]
+    stdio_caller: StdioCaller,
+}
+
+/// Who a stdio caller is (it owns what it spawns; only the owner sees login details later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StdioCaller {
+    /// The operator's own MCP client: one owner for everything spawned over stdio.
+    Local,
+    /// Callers with no name (a ContextVM gateway that does not say who calls): spawns return
+    /// their login details, `get_pod_status` shows them to nobody.
+    Anonymous,
+    /// The Nostr key in each request's `_meta.clientPubkey`, written by a ContextVM gateway
+    /// that injects it (and overwrites what clients send); anonymous without one.
+    GatewayMeta,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -155,12 +172,21 @@ async fn run(args: Args) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     if args.transport != Transport::Contextvm {
         let mut door = McpDoor::local(provider.clone());
+        match args.stdio_caller {
+            StdioCaller::Local => {}
+            StdioCaller::Anonymous => door = door.identified_by(contextvm::identify_as_anonymous()),
+            StdioCaller::GatewayMeta => {
+                door = door.identified_by(contextvm::identify_by_gateway_meta())
+            }
+        }
         for t in &extra_tools {
             door = door.with_extra_tool(t.clone());
         }
+        let info = rmcp::ServerHandler::get_info(&door);
         paygress::doors::stdio::serve_filtered(
             tokio::io::stdin(),
             tokio::io::stdout(),
+            &info,
             |r, w| async move {
                 match door.serve((r, w)).await {
                     Ok(service) => {
@@ -188,6 +214,9 @@ async fn run(args: Args) -> ExitCode {
     if demo.is_some() {
         remove_demo_workloads(&provider).await;
     }
+    // The demo's mint and temporary data dir go now, after its pods (without the demo feature
+    // there is nothing to stop).
+    #[cfg(feature = "demo")]
     drop(demo);
     code
 }
@@ -204,8 +233,9 @@ async fn remove_demo_workloads(provider: &Provider) {
 
 #[cfg(feature = "demo")]
 type DemoGuard = paygress::demo::Demo;
+/// A build without the demo has nothing to keep alive.
 #[cfg(not(feature = "demo"))]
-type DemoGuard = ();
+struct DemoGuard;
 
 /// Prepare the demo: mint, backend, config; say on stderr what is fake.
 #[cfg(feature = "demo")]

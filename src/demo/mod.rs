@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::lxd::{LxdBackend, LxdConfig};
 use crate::backend::{Backend, BackendKind};
 use crate::config::Config;
-use crate::doors::mcp::{schema_object, ExtraTool};
+use crate::doors::mcp::{output_schema, schema_object, ExtraTool};
 use crate::error::{ErrorType, ProviderError};
 use mint::DemoMint;
 
@@ -232,7 +232,7 @@ impl ExtraTool for DemoTokenTool {
             Arc::new(schema_object::<DemoTokenRequest>()),
         )
         .with_title("Get a demo token")
-        .with_raw_output_schema(Arc::new(schema_object::<DemoToken>()))
+        .with_raw_output_schema(Arc::new(output_schema::<DemoToken>()))
         .with_annotations(
             ToolAnnotations::with_title("Get a demo token")
                 .read_only(false)

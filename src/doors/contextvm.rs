@@ -16,7 +16,6 @@ use contextvm_sdk::transport::server::{
     ClientPubkey, NostrServerTransport, NostrServerTransportConfig,
 };
 use contextvm_sdk::{EncryptionMode, GiftWrapMode, ServerInfo};
-use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 use super::mcp::{Identify, McpDoor};
@@ -62,6 +61,31 @@ pub fn identify_by_client_pubkey() -> Identify {
     })
 }
 
+/// Who is calling through a ContextVM gateway that runs this server over stdio: the
+/// `_meta.clientPubkey` the gateway writes into each request (`@contextvm/sdk`'s gateway with
+/// `injectClientPubkey`, which overwrites any value the client sent). A request without a valid
+/// one is anonymous. Only for such a gateway: behind one that does not inject, a client could
+/// name any key and read another buyer's login details.
+pub fn identify_by_gateway_meta() -> Identify {
+    Arc::new(|ctx| {
+        match ctx
+            .meta
+            .get("clientPubkey")
+            .and_then(|v| v.as_str())
+            .and_then(|s| nostr_sdk::PublicKey::from_hex(s).ok())
+        {
+            Some(pk) => Caller::Nostr(pk.to_hex()),
+            None => Caller::Anonymous,
+        }
+    })
+}
+
+/// A caller nobody can name: for a gateway that does not say who calls. Spawns still return
+/// their login details; `get_pod_status` shows them to no one.
+pub fn identify_as_anonymous() -> Identify {
+    Arc::new(|_| Caller::Anonymous)
+}
+
 /// Build the transport for `provider`'s Nostr key on the configured relays.
 pub async fn transport(
     provider: &Provider,
@@ -100,15 +124,19 @@ pub async fn transport(
 
 /// Serve `door` (which should identify callers with [`identify_by_client_pubkey`]) over
 /// ContextVM until `shutdown` fires or the transport ends.
+///
+/// The SDK carries every client through one rmcp session, and rmcp's handshake would take the
+/// first message the server ever reads, from whichever client, as the session's `initialize`:
+/// a notification, a response or a malformed `initialize` there ended the session, and with it
+/// the door for every client. So the session starts without the handshake; each client's own
+/// `initialize` is answered as an ordinary request (the SDK supplies one for clients that skip
+/// it), and anything else is answered or ignored as MCP says, per message.
 pub async fn serve(
     door: McpDoor,
     transport: NostrServerTransport,
     shutdown: CancellationToken,
 ) -> Result<(), ContextVmError> {
-    let service = door
-        .serve(transport)
-        .await
-        .map_err(|e| ContextVmError::Transport(e.to_string()))?;
+    let service = rmcp::service::serve_directly(door, transport, None);
     let cancel = service.cancellation_token();
     tokio::select! {
         _ = shutdown.cancelled() => {
@@ -149,7 +177,9 @@ pub async fn self_check(
             let t = NostrClientTransport::new(nostr_sdk::Keys::generate(), config)
                 .await
                 .map_err(|e| e.to_string())?;
-            let client = ().serve(t).await.map_err(|e| e.to_string())?;
+            let client = rmcp::ServiceExt::serve((), t)
+                .await
+                .map_err(|e| e.to_string())?;
             let _ = client.cancel().await;
             Ok::<(), String>(())
         };

@@ -100,7 +100,7 @@ impl McpDoor {
                 Arc::new(empty_object_schema()),
             )
             .with_title("Get offers")
-            .with_raw_output_schema(Arc::new(schema_object::<Offers>()))
+            .with_raw_output_schema(Arc::new(output_schema::<Offers>()))
             .with_annotations(ToolAnnotations::with_title("Get offers").read_only(true).open_world(false)),
             Tool::new(
                 "spawn_pod",
@@ -111,7 +111,7 @@ impl McpDoor {
                 Arc::new(schema_object::<SpawnRequest>()),
             )
             .with_title("Spawn pod")
-            .with_raw_output_schema(Arc::new(schema_object::<SpawnResult>()))
+            .with_raw_output_schema(Arc::new(output_schema::<SpawnResult>()))
             .with_annotations(
                 ToolAnnotations::with_title("Spawn pod")
                     .read_only(false)
@@ -126,7 +126,7 @@ impl McpDoor {
                 Arc::new(schema_object::<TopUpRequest>()),
             )
             .with_title("Top up pod")
-            .with_raw_output_schema(Arc::new(schema_object::<TopUpResult>()))
+            .with_raw_output_schema(Arc::new(output_schema::<TopUpResult>()))
             .with_annotations(
                 ToolAnnotations::with_title("Top up pod")
                     .read_only(false)
@@ -140,7 +140,7 @@ impl McpDoor {
                 Arc::new(schema_object::<StatusRequest>()),
             )
             .with_title("Get pod status")
-            .with_raw_output_schema(Arc::new(schema_object::<PodStatus>()))
+            .with_raw_output_schema(Arc::new(output_schema::<PodStatus>()))
             .with_annotations(ToolAnnotations::with_title("Get pod status").read_only(true).open_world(false)),
         ];
         tools.extend(self.extra.iter().map(|t| t.tool()));
@@ -282,11 +282,89 @@ fn empty_object_schema() -> JsonObject {
     m
 }
 
-/// The JSON schema of `T` as an object, with definitions inlined where schemars can.
+/// The formats JSON Schema 2020-12 defines (Validation, section 7.3). schemars also writes the
+/// Rust integer type as a format (`"uint64"`, `"uint32"`, ...), which no standard validator
+/// knows: the official TypeScript SDK's (ajv) warns "unknown format ignored" for each one.
+pub const STANDARD_FORMATS: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// Drop a non-standard `format`, keeping what it meant as standard bounds: schemars already
+/// writes `minimum: 0` for unsigned types and both bounds for 8- and 16-bit ones; 32-bit ones
+/// get theirs here (64-bit bounds are beyond what JSON numbers carry exactly, so none).
+fn standard_formats_only(schema: &mut schemars::Schema) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    let Some(format) = obj
+        .get("format")
+        .and_then(|f| f.as_str())
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    if STANDARD_FORMATS.contains(&format.as_str()) {
+        return;
+    }
+    obj.remove("format");
+    let bounds: Option<(i64, i64)> = match format.as_str() {
+        "uint32" => Some((0, i64::from(u32::MAX))),
+        "int32" => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+        _ => None,
+    };
+    if let Some((min, max)) = bounds {
+        obj.entry("minimum").or_insert(min.into());
+        obj.entry("maximum").or_insert(max.into());
+    }
+}
+
+/// A tool's `outputSchema`: its result, or the typed error body (`ProviderError`) an `isError`
+/// result carries. Both are `structuredContent`, and the official TypeScript SDK (1.32) checks
+/// an error result's `structuredContent` against `outputSchema` too, so without the error branch
+/// every typed error (a refund token among them) reaches its callers as a validation failure.
+pub fn output_schema<T: schemars::JsonSchema>() -> JsonObject {
+    let mut m = JsonObject::new();
+    m.insert("type".into(), "object".into());
+    m.insert(
+        "description".into(),
+        "The tool's result; when isError is true, the error body {error_type, message, details?, refund_token?}."
+            .into(),
+    );
+    m.insert(
+        "anyOf".into(),
+        serde_json::json!([schema_object::<T>(), schema_object::<ProviderError>()]),
+    );
+    m
+}
+
+/// The JSON schema of `T` as an object, with definitions inlined where schemars can and only
+/// standard formats, so validators accept it silently.
 pub fn schema_object<T: schemars::JsonSchema>() -> JsonObject {
-    let settings = schemars::generate::SchemaSettings::draft2020_12().with(|s| {
-        s.inline_subschemas = true;
-    });
+    let settings = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.inline_subschemas = true;
+        })
+        .with_transform(schemars::transform::RecursiveTransform(
+            standard_formats_only,
+        ));
     let schema = settings.into_generator().into_root_schema_for::<T>();
     match serde_json::to_value(schema) {
         Ok(serde_json::Value::Object(mut m)) => {
@@ -313,6 +391,56 @@ mod tests {
             .contains("Cashu"));
         let o = schema_object::<Offers>();
         assert!(o.get("$defs").is_none(), "inlined: {o:?}");
+    }
+
+    /// Every `format` left in any schema is one JSON Schema defines, and the integer bounds the
+    /// Rust types imply are still there.
+    #[test]
+    fn schemas_use_only_standard_formats_and_keep_integer_bounds() {
+        fn formats(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(f) = m.get("format").and_then(|f| f.as_str()) {
+                        out.push(f.to_string());
+                    }
+                    m.iter()
+                        .filter(|(k, _)| k.as_str() != "format")
+                        .for_each(|(_, v)| formats(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| formats(v, out)),
+                _ => {}
+            }
+        }
+        let all = [
+            schema_object::<Offers>(),
+            schema_object::<SpawnRequest>(),
+            schema_object::<SpawnResult>(),
+            schema_object::<TopUpRequest>(),
+            schema_object::<TopUpResult>(),
+            schema_object::<StatusRequest>(),
+            schema_object::<PodStatus>(),
+        ];
+        let mut found = Vec::new();
+        for s in &all {
+            formats(&serde_json::Value::Object(s.clone()), &mut found);
+        }
+        assert!(
+            found.iter().all(|f| STANDARD_FORMATS.contains(&f.as_str())),
+            "{found:?}"
+        );
+        let spawn = schema_object::<SpawnResult>();
+        let port = &spawn["properties"]["node_port"];
+        assert_eq!(
+            (port["minimum"].clone(), port["maximum"].clone()),
+            (0.into(), 65535.into())
+        );
+        let paid = &spawn["properties"]["paid_msats"];
+        assert_eq!(
+            (paid["type"].clone(), paid["minimum"].clone()),
+            ("integer".into(), 0.into())
+        );
+        let cpu = &spawn["properties"]["cpu_millicores"];
+        assert_eq!(cpu["maximum"], u64::from(u32::MAX));
     }
 
     #[test]

@@ -3,4 +3,5 @@
 pub mod contextvm;
 pub mod mcp;
 pub mod nostr_dm;
+pub mod stateless;
 pub mod stdio;

@@ -75,6 +75,21 @@ pub async fn world(encryption: Encryption) -> World {
 }
 
 pub async fn world_with(encryption: Encryption, announce: bool) -> World {
+    let w = prepare(encryption, announce).await;
+    serve(&w);
+    let opts = ContextVmOptions::from_config(w.provider.config());
+    contextvm::self_check(
+        w.provider.keys().public_key(),
+        &opts,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("server reachable through the relay");
+    w
+}
+
+/// Everything but the ContextVM door: mint, relay, provider, tap.
+pub async fn prepare(encryption: Encryption, announce: bool) -> World {
     let mint = TestMint::start().await;
     let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -88,23 +103,28 @@ pub async fn world_with(encryption: Encryption, announce: bool) -> World {
         .await
         .unwrap();
     let tap = Tap::start(&relay.url()).await;
-    let opts = ContextVmOptions::from_config(provider.config());
-    let transport = contextvm::transport(&provider, &opts).await.unwrap();
-    let door =
-        McpDoor::local(provider.clone()).identified_by(contextvm::identify_by_client_pubkey());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(contextvm::serve(door, transport, shutdown.clone()));
-    contextvm::self_check(provider.keys().public_key(), &opts, Duration::from_secs(30))
-        .await
-        .expect("server reachable through the relay");
     World {
         mint,
         relay,
         provider,
         tap,
-        shutdown,
+        shutdown: CancellationToken::new(),
         dir,
     }
+}
+
+/// Open the ContextVM door on a prepared world, with no readiness check: nothing has talked to
+/// it yet. The task ends only if the door stops.
+pub fn serve(w: &World) -> tokio::task::JoinHandle<Result<(), contextvm::ContextVmError>> {
+    let provider = w.provider.clone();
+    let shutdown = w.shutdown.clone();
+    tokio::spawn(async move {
+        let opts = ContextVmOptions::from_config(provider.config());
+        let transport = contextvm::transport(&provider, &opts).await?;
+        let door =
+            McpDoor::local(provider.clone()).identified_by(contextvm::identify_by_client_pubkey());
+        contextvm::serve(door, transport, shutdown).await
+    })
 }
 
 pub async fn rust_client(
@@ -144,4 +164,127 @@ pub async fn call(c: &RunningService<RoleClient, ()>, name: &str, args: Value) -
 
 pub fn body(r: &CallToolResult) -> Value {
     r.structured_content.clone().expect("structured content")
+}
+
+pub const CTXVM: Kind = Kind::Custom(25910);
+
+/// A ContextVM client that writes its messages by hand, and the answers it got (by the id of
+/// the request event they answer).
+pub struct Raw {
+    pub keys: Keys,
+    server: PublicKey,
+    client: Client,
+    answers: Arc<Mutex<Vec<(EventId, Value)>>>,
+}
+
+impl Raw {
+    pub async fn start(w: &World, keys: Keys) -> Raw {
+        let client = Client::default();
+        client.add_relay(w.relay.url()).await.unwrap();
+        client.connect().await;
+        let filter = Filter::new()
+            .kinds([CTXVM, Kind::GiftWrap, Kind::Custom(21059)])
+            .pubkey(keys.public_key());
+        client.subscribe(filter, None).await.unwrap();
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let sink = answers.clone();
+        let secret = keys.secret_key().clone();
+        let mut notes = client.notifications();
+        tokio::spawn(async move {
+            while let Ok(n) = notes.recv().await {
+                let RelayPoolNotification::Event { event, .. } = n else {
+                    continue;
+                };
+                // Encrypted answers are single-layer NIP-44 gift wraps of the signed event.
+                let inner = if event.kind == CTXVM {
+                    (*event).clone()
+                } else {
+                    let Ok(json) = nip44::decrypt(&secret, &event.pubkey, &event.content) else {
+                        continue;
+                    };
+                    let Ok(inner) = Event::from_json(json) else {
+                        continue;
+                    };
+                    inner
+                };
+                let answered = inner.tags.iter().find_map(|t| match t.as_standardized() {
+                    Some(TagStandard::Event { event_id, .. }) => Some(*event_id),
+                    _ => None,
+                });
+                if let (Some(id), Ok(v)) = (answered, serde_json::from_str(&inner.content)) {
+                    sink.lock().unwrap().push((id, v));
+                }
+            }
+        });
+        Raw {
+            keys,
+            server: w.provider.keys().public_key(),
+            client,
+            answers,
+        }
+    }
+
+    pub fn message(&self, content: &str) -> Event {
+        EventBuilder::new(CTXVM, content)
+            .tag(Tag::public_key(self.server))
+            .sign_with_keys(&self.keys)
+            .unwrap()
+    }
+
+    /// Leave `content` on the relay for the server, encrypted, dated 30 s ahead so that a
+    /// subscription opened from now on returns it. Returns the id answers will name.
+    pub async fn store_wrapped(&self, content: &str) -> EventId {
+        let inner = self.message(content);
+        let wrapper = Keys::generate();
+        let sealed = nip44::encrypt(
+            wrapper.secret_key(),
+            &self.server,
+            inner.as_json(),
+            nip44::Version::V2,
+        )
+        .unwrap();
+        let ahead = Timestamp::from(Timestamp::now().as_secs() + 30);
+        let wrap = EventBuilder::new(Kind::GiftWrap, sealed)
+            .tag(Tag::public_key(self.server))
+            .custom_created_at(ahead)
+            .sign_with_keys(&wrapper)
+            .unwrap();
+        self.client.send_event(&wrap).await.unwrap();
+        inner.id
+    }
+
+    /// Send `content` in clear, once.
+    pub async fn send(&self, content: &str) -> EventId {
+        let e = self.message(content);
+        self.client.send_event(&e).await.unwrap();
+        e.id
+    }
+
+    pub fn answer(&self, id: EventId) -> Option<Value> {
+        self.answers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(a, _)| *a == id)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Send `content` in clear until an answer to one of the copies arrives (a server that is
+    /// still subscribing misses ephemeral events); `None` after 30 s.
+    pub async fn ask(&self, content: &str) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut sent = Vec::new();
+        while tokio::time::Instant::now() < deadline {
+            let e = self.message(content);
+            self.client.send_event(&e).await.unwrap();
+            sent.push(e.id);
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(v) = sent.iter().find_map(|id| self.answer(*id)) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
 }

@@ -7,6 +7,7 @@ pub mod mint;
 pub mod netns;
 pub mod sandbox;
 pub mod ssh;
+pub mod ts;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -4,8 +4,8 @@
 //   node contextvm-client.mjs --relay ws://127.0.0.1:PORT --server NPUB_OR_HEX \
 //        --key CLIENT_SECRET_HEX --encryption optional|required|disabled CALLS_JSON
 //
-// CALLS_JSON is a JSON array of {"name": tool, "arguments": {...}}. The client connects, lists
-// the tools, makes the calls in order and prints one JSON line per step on stdout:
+// CALLS_JSON is a JSON array of {"name": tool, "arguments": {...}, "_meta"?: {...}}. The client
+// connects, lists the tools, makes the calls in order and prints one JSON line per step on stdout:
 //   {"step":"tools","tools":[...]}  then  {"step":"call","name":...,"result":{...}}
 // Errors go to stderr and the exit code is non-zero.
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -48,8 +48,10 @@ async function main() {
   const tools = await client.listTools();
   console.log(JSON.stringify({ step: 'tools', tools: tools.tools }));
   for (const call of calls) {
+    const params = { name: call.name, arguments: call.arguments ?? {} };
+    if (call._meta) params._meta = call._meta;
     const result = await client.callTool(
-      { name: call.name, arguments: call.arguments ?? {} },
+      params,
       undefined,
       { timeout: 120000 },
     );
