@@ -21,6 +21,8 @@
 # Runs with no input. Usage: lxd-setup.sh [--print-deps]. Settings (environment):
 #   PAYGRESS_LXD_BRIDGE_ADDR  bridge address/prefix     (default 10.77.0.1/24)
 #   PAYGRESS_LXD_BRIDGE       bridge name               (default lxdbr0)
+#   PAYGRESS_LXD_WORKLOAD_BRIDGE       bridge for workloads only (default paygressbr0; "" = none)
+#   PAYGRESS_LXD_WORKLOAD_BRIDGE_ADDR  its address/prefix        (default 10.78.0.1/24)
 #   PAYGRESS_LXD_LOG_DIR      where daemon logs go      (default /var/log/lxd)
 #   PAYGRESS_LXD_STORAGE      driver of the pool "default": auto (default), btrfs or dir
 #   PAYGRESS_LXD_POOL_SIZE    size of the btrfs loop file (default 30GiB)
@@ -35,6 +37,11 @@ set -euo pipefail
 
 BRIDGE_ADDR=${PAYGRESS_LXD_BRIDGE_ADDR:-10.77.0.1/24}
 BRIDGE=${PAYGRESS_LXD_BRIDGE:-lxdbr0}
+# Workloads get a bridge of their own: LXD 5.0 puts network ACLs on bridges only, and the backend
+# keeps its egress ACL (no host, link-local or private destinations) on this one
+# (`backend.lxd.egress_network`), leaving the default bridge as it is.
+WORKLOAD_BRIDGE=${PAYGRESS_LXD_WORKLOAD_BRIDGE-paygressbr0}
+WORKLOAD_BRIDGE_ADDR=${PAYGRESS_LXD_WORKLOAD_BRIDGE_ADDR:-10.78.0.1/24}
 LOG_DIR=${PAYGRESS_LXD_LOG_DIR:-/var/log/lxd}
 LXD_DIR=${LXD_DIR:-/var/lib/lxd}
 SOCKET="$LXD_DIR/unix.socket"
@@ -133,8 +140,24 @@ initialised() {
     grep -q '^  root:' <<<"$profile" && grep -q '^  eth0:' <<<"$profile"
 }
 
+# 5. The workloads' own bridge (after 4, or on its own when LXD was initialised earlier).
+workload_bridge() {
+    [ -n "$WORKLOAD_BRIDGE" ] || return 0
+    if lxc network show "$WORKLOAD_BRIDGE" >/dev/null 2>&1; then
+        return 0
+    fi
+    local prefix=${WORKLOAD_BRIDGE_ADDR%.*}.
+    if ip -4 route show | grep -q "^${prefix//./\\.}"; then
+        die "the host already routes ${prefix}0; set PAYGRESS_LXD_WORKLOAD_BRIDGE_ADDR to a free subnet"
+    fi
+    log "creating the workload bridge $WORKLOAD_BRIDGE $WORKLOAD_BRIDGE_ADDR (set backend.lxd.egress_network = \"$WORKLOAD_BRIDGE\")"
+    lxc network create "$WORKLOAD_BRIDGE" ipv4.address="$WORKLOAD_BRIDGE_ADDR" ipv4.nat=true \
+        ipv6.address=none >/dev/null
+}
+
 if initialised; then
     log "LXD already initialised (pool default, bridge $BRIDGE, default profile)"
+    workload_bridge
     exit 0
 fi
 
@@ -178,4 +201,5 @@ if lxc storage show default >/dev/null 2>&1; then
 fi
 lxd init --preseed <<<"$preseed"
 initialised || die "LXD initialisation did not complete"
+workload_bridge
 log "LXD ready"
