@@ -74,12 +74,29 @@ pub struct ProviderSection {
     pub max_workloads: u32,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentsSection {
     /// Mint URLs whose tokens are accepted. Tokens from any other mint are refused untouched.
     #[serde(default)]
     pub whitelisted_mints: Vec<String>,
+    /// Longest wait for one answer from a mint. A swap whose answer does not come in time has an
+    /// unknown outcome and is settled with the mint afterwards (README, "Money rules").
+    #[serde(default = "default_mint_timeout")]
+    pub mint_timeout_seconds: u64,
+}
+
+impl Default for PaymentsSection {
+    fn default() -> Self {
+        PaymentsSection {
+            whitelisted_mints: Vec::new(),
+            mint_timeout_seconds: default_mint_timeout(),
+        }
+    }
+}
+
+fn default_mint_timeout() -> u64 {
+    20
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -445,6 +462,12 @@ impl Config {
         if p.reaper_interval_seconds == 0 {
             return Err(ConfigError::new(
                 "provider.reaper_interval_seconds",
+                "must be at least 1",
+            ));
+        }
+        if self.payments.mint_timeout_seconds == 0 {
+            return Err(ConfigError::new(
+                "payments.mint_timeout_seconds",
                 "must be at least 1",
             ));
         }
