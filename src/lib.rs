@@ -29,6 +29,7 @@ pub mod payments;
 pub mod provider;
 pub mod relay;
 pub mod secret;
+pub mod settlement;
 pub mod store;
 pub mod validate;
 

@@ -38,8 +38,9 @@ use crate::backend::{Backend, BackendError, WorkloadSpec, WorkloadState};
 use crate::config::{Config, Tier};
 use crate::error::{ErrorType, ProviderError};
 use crate::identity;
-use crate::payments::{Payments, TokenInfo};
+use crate::payments::{Payments, RedeemError, TokenInfo};
 use crate::secret::Secret;
+use crate::settlement::Settlement;
 use crate::store::{PaymentKind, PaymentRow, PaymentState, Store, WorkloadRow, WorkloadStatus};
 use crate::validate;
 
@@ -90,6 +91,8 @@ pub struct RecoveryReport {
     pub orphans_removed: usize,
     /// Workloads the store thought live but the backend lost.
     pub lost: usize,
+    /// Swaps whose outcome the mint could not tell yet: settled later in the background.
+    pub unsettled: usize,
 }
 
 /// The response stored for replay: the first answer, success or error.
@@ -98,6 +101,22 @@ pub struct RecoveryReport {
 enum Stored<T> {
     Ok(T),
     Err(ProviderError),
+}
+
+/// Why a payment was not taken.
+enum Unpaid {
+    /// Settled: no money of the buyer's is with us (refused, never swapped, spent elsewhere).
+    Refused(ProviderError),
+    /// Not settled yet: the journal row stays `unknown` and is settled later.
+    Unsettled(ProviderError),
+}
+
+/// What a replay found in the journal.
+enum Replayed<T> {
+    /// The answer to give.
+    Answer(Result<T, ProviderError>),
+    /// The same request, whose swap outcome is still unknown: settle it now.
+    Unknown(PaymentRow),
 }
 
 pub struct Provider {
@@ -238,7 +257,12 @@ impl Provider {
             let b: [u8; 6] = rand::random();
             hex::encode(b)
         })?;
-        let payments = Payments::open(&data_dir, &cfg.payments.whitelisted_mints).await?;
+        let payments = Payments::open(
+            &data_dir,
+            &cfg.payments.whitelisted_mints,
+            Duration::from_secs(cfg.payments.mint_timeout_seconds),
+        )
+        .await?;
         let provider = Arc::new(Provider {
             cfg,
             keys,
@@ -248,7 +272,7 @@ impl Provider {
             backend,
             locks: StdMutex::new(HashMap::new()),
         });
-        let report = provider.recover().await;
+        let report = Box::pin(provider.recover()).await;
         tracing::info!(?report, "provider state recovered");
         Ok(provider)
     }
@@ -378,10 +402,20 @@ impl Provider {
 
         // Serialise everything that concerns this token.
         let guard = self.lock(&format!("token:{}", info.key)).await;
-        if let Some(answer) =
-            self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)?
-        {
-            return answer;
+        match self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)? {
+            None => {}
+            Some(Replayed::Answer(answer)) => return answer,
+            Some(Replayed::Unknown(row)) => {
+                // Settle on a task of its own (a provisioning may follow), under the token lock.
+                let this = Arc::clone(self);
+                let task = tokio::spawn(async move {
+                    let _guard: OwnedMutexGuard<()> = guard;
+                    this.resume_unknown_spawn(row, progress, cancel).await
+                });
+                return task.await.unwrap_or_else(|e| {
+                    Err(ProviderError::internal(format!("spawn task failed: {e}")))
+                });
+            }
         }
 
         // Reserve a host port (capacity) before paying.
@@ -462,17 +496,163 @@ impl Provider {
         cancel: CancellationToken,
     ) -> Result<SpawnResult, ProviderError> {
         // 2. Swap.
-        let received = match self.payments.redeem(&info, &token).await {
+        let received = match self.take_payment(&info.key, &info.mint_url, &token).await {
             Ok(m) => m,
-            Err(e) => return self.swap_failed(&info.key, Some(&row.id), e),
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, Some(&row.id), e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
         };
+        self.provision_paid(&info.key, &info.mint_url, received, tier, row, progress, cancel)
+            .await
+    }
+
+    /// A replay of a spawn whose swap outcome was unknown: settle it with the mint, then finish
+    /// the request as if the swap had answered. `None` from the settlement (the token was never
+    /// taken) releases the reservation and answers so the buyer can send the request again.
+    async fn resume_unknown_spawn(
+        self: &Arc<Self>,
+        row: PaymentRow,
+        progress: Option<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<SpawnResult, ProviderError> {
+        if row.state == PaymentState::RefundPending {
+            return Err(self.retry_refund::<SpawnResult>(&row).await);
+        }
+        let mint = self.payments.mint(&row.mint_url)?;
+        let Some(token) = row.token.clone() else {
+            return Err(ProviderError::internal("unknown swap without its token"));
+        };
+        let pod_id = row.pod_id.clone().unwrap_or_default();
+        let received = match self.settle_unknown(&row.key, &mint, &token).await {
+            Ok(m) => m,
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&row.key, Some(&pod_id), e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
+        };
+        let Some(w) = self.store.workload(&pod_id)? else {
+            return Err(self
+                .refund_and_record::<SpawnResult>(
+                    &row.key,
+                    &mint,
+                    received,
+                    None,
+                    ProviderError::new(ErrorType::PodCreationFailed, "the reserved workload is gone; the payment is refunded"),
+                )
+                .await);
+        };
+        let tier = w.tier.clone();
+        self.provision_paid(&row.key, &mint, received, tier, w, progress, cancel)
+            .await
+    }
+
+    /// Swap, and if the outcome is unknown, settle it with the mint at once (most lost answers
+    /// are settled by this first try).
+    async fn take_payment(
+        &self,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        token: &Secret,
+    ) -> Result<u64, Unpaid> {
+        let info = self
+            .payments
+            .inspect(token.expose())
+            .map_err(Unpaid::Refused)?;
+        match self.payments.redeem(&info, token).await {
+            Ok(m) => Ok(m),
+            Err(RedeemError::Refused(e)) => Err(Unpaid::Refused(e)),
+            Err(RedeemError::Unknown { error, attempts }) => {
+                tracing::warn!(
+                    "swap outcome unknown ({}); settling with the mint",
+                    error.message
+                );
+                let now = now_secs();
+                let in_flight_until =
+                    now.saturating_add(2 * self.cfg.payments.mint_timeout_seconds);
+                self.store
+                    .mark_unknown(key, &attempts, in_flight_until, now)
+                    .map_err(|e| Unpaid::Unsettled(e.into()))?;
+                self.settle_unknown(key, mint, token).await
+            }
+        }
+    }
+
+    /// Ask the mint what became of a swap whose outcome is unknown (see `crate::settlement`).
+    async fn settle_unknown(
+        &self,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        token: &Secret,
+    ) -> Result<u64, Unpaid> {
+        let now = now_secs();
+        // Whatever cdk still tracks goes into the journal first: its recovery deletes it.
+        let more = self.payments.attempts_for(mint, token).await;
+        self.store
+            .mark_unknown(key, &more, 0, now)
+            .map_err(|e| Unpaid::Unsettled(e.into()))?;
+        let row = self
+            .store
+            .payment(key)
+            .map_err(|e| Unpaid::Unsettled(e.into()))?
+            .ok_or_else(|| Unpaid::Unsettled(ProviderError::internal("journal row vanished")))?;
+        let in_flight = row.in_flight_until > now;
+        match self
+            .payments
+            .settle(mint, token, &row.attempts, in_flight)
+            .await
+        {
+            Settlement::Received(m) => {
+                tracing::info!(received_msats = m, "unknown swap settled: received");
+                Ok(m)
+            }
+            Settlement::NotSwapped => {
+                tracing::info!("unknown swap settled: the mint never took the token");
+                Err(Unpaid::Refused(ProviderError::new(
+                    ErrorType::PaymentFailed,
+                    "the mint did not take the token (its answer was lost on the way); nothing was charged and the token is still yours: send the request again",
+                )))
+            }
+            Settlement::SpentElsewhere => {
+                tracing::info!("unknown swap settled: the token was spent elsewhere");
+                Err(Unpaid::Refused(ProviderError::new(
+                    ErrorType::TokenAlreadySpent,
+                    "the mint reports this token as already spent, and not to this provider",
+                )))
+            }
+            Settlement::Unknown(why) => {
+                tracing::warn!("unknown swap not settled yet: {why}");
+                Err(Unpaid::Unsettled(
+                    ProviderError::new(
+                        ErrorType::PaymentFailed,
+                        format!(
+                            "the mint's answer to the payment was lost and the mint cannot be asked yet ({why}). Nothing is lost: the provider settles it in the background; repeat the same request (same token, same request_id) to get the pod or a full refund"
+                        ),
+                    )
+                    .with_details(serde_json::json!({
+                        "swap_outcome": "unknown",
+                        "retry_after_seconds": self.cfg.provider.reaper_interval_seconds.max(1),
+                    })),
+                ))
+            }
+        }
+    }
+
+    /// The part of a spawn after the money is in: price, provision, answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn provision_paid(
+        self: &Arc<Self>,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        tier: Tier,
+        row: WorkloadRow,
+        progress: Option<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<SpawnResult, ProviderError> {
         let now = now_secs();
         // 3. Price from what was received.
         let duration =
             (received / tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
         let expires_at = now.saturating_add(duration);
         self.store
-            .mark_spawn_paid(&info.key, received, &row.id, expires_at, now)?;
+            .mark_spawn_paid(key, received, &row.id, expires_at, now)?;
         tracing::info!(pod = %row.id, received_msats = received, "spawn paid");
         report(&progress, SpawnStage::Paid);
         if duration < self.cfg.provider.minimum_duration_seconds {
@@ -483,7 +663,7 @@ impl Provider {
                     self.cfg.provider.minimum_duration_seconds
                 ),
             );
-            return self.fail_spawn_after_swap(&info, received, &row, e).await;
+            return self.fail_spawn_after_swap(key, mint, received, &row, e).await;
         }
 
         // 4. Provision, honouring cancellation.
@@ -499,6 +679,7 @@ impl Provider {
             host_port: row.host_port,
             expires_at,
         };
+        let spec_expires_at = expires_at;
         let backend = Arc::clone(&self.backend);
         let mut create = tokio::spawn(async move { backend.create(&spec).await });
         let outcome = tokio::select! {
@@ -521,14 +702,21 @@ impl Provider {
                     backend_error_message(&e)
                 },
             );
-            return self.fail_spawn_after_swap(&info, received, &row, err).await;
+            return self.fail_spawn_after_swap(key, mint, received, &row, err).await;
         }
 
-        // 5. Done.
+        // 5. Done. Paid time starts now that the workload is ready, not at the swap.
+        let ready = now_secs();
+        let expires_at = ready.saturating_add(duration);
+        if expires_at != spec_expires_at {
+            if let Err(e) = self.backend.extend(&row.name, expires_at).await {
+                tracing::warn!(pod = %row.id, "cannot move the backend's deadline mark: {e}");
+            }
+        }
         let result: Result<SpawnResult, ProviderError> =
             Ok(self.spawn_result(&row, &tier, expires_at, duration, received));
         self.store
-            .complete_spawn(&info.key, &row.id, &to_stored(&result), now_secs())?;
+            .complete_spawn(key, &row.id, expires_at, &to_stored(&result), ready)?;
         report(&progress, SpawnStage::Ready);
         tracing::info!(pod = %row.id, port = row.host_port, duration, "workload running");
         result
@@ -605,7 +793,8 @@ impl Provider {
     /// Undo a paid spawn: remove anything made, refund, record the answer.
     async fn fail_spawn_after_swap(
         &self,
-        info: &TokenInfo,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
         received: u64,
         row: &WorkloadRow,
         err: ProviderError,
@@ -616,14 +805,68 @@ impl Provider {
         self.store
             .set_workload_state(&row.id, WorkloadStatus::Failed, now_secs())?;
         Err(self
-            .refund_and_record::<SpawnResult>(
-                &info.key,
-                &info.mint_url,
-                received,
-                Some(&row.id),
-                err,
-            )
+            .refund_and_record::<SpawnResult>(key, mint, received, Some(&row.id), err)
             .await)
+    }
+
+    /// Retry a refund that could not be minted before (replays and the background loop).
+    async fn retry_refund<T: Serialize>(&self, row: &PaymentRow) -> ProviderError {
+        let err = ProviderError::new(
+            if row.kind == PaymentKind::Spawn {
+                ErrorType::PodCreationFailed
+            } else {
+                ErrorType::PaymentFailed
+            },
+            "this request failed after payment; the payment is refunded",
+        );
+        let mint = match self.payments.mint(&row.mint_url) {
+            Ok(m) => m,
+            Err(e) => return e,
+        };
+        self.refund_and_record::<T>(
+            &row.key,
+            &mint,
+            row.received_msats.unwrap_or(0),
+            row.pod_id.as_deref(),
+            err,
+        )
+        .await
+    }
+
+    /// Settle, in the background, every swap whose outcome is unknown and retry every pending
+    /// refund (called by the reaper loop each tick). Returns how many rows it looked at.
+    pub async fn settle_pending(self: &Arc<Self>) -> usize {
+        let rows = match self
+            .store
+            .payments_in_state(&[PaymentState::Unknown, PaymentState::RefundPending])
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot read the journal to settle payments: {e}");
+                return 0;
+            }
+        };
+        let n = rows.len();
+        for r in rows {
+            let _guard = self.lock(&format!("token:{}", r.key)).await;
+            let Ok(Some(row)) = self.store.payment(&r.key) else {
+                continue;
+            };
+            if !matches!(row.state, PaymentState::Unknown | PaymentState::RefundPending) {
+                continue;
+            }
+            let outcome = match row.kind {
+                PaymentKind::Spawn => self
+                    .resume_unknown_spawn(row, None, CancellationToken::new())
+                    .await
+                    .map(|_| ()),
+                PaymentKind::TopUp => self.resume_unknown_top_up(row).await.map(|_| ()),
+            };
+            if let Err(e) = outcome {
+                tracing::debug!("background settlement: {}", e.message);
+            }
+        }
+        n
     }
 
     /// Mint the refund and store the final answer; on a mint failure keep it pending (recovery
@@ -715,13 +958,14 @@ impl Provider {
         kind: PaymentKind,
         fp: &str,
         request_id: &Option<String>,
-    ) -> Result<Option<Result<T, ProviderError>>, ProviderError> {
+    ) -> Result<Option<Replayed<T>>, ProviderError> {
+        let answer = |r| Ok(Some(Replayed::Answer(r)));
         if let Some(id) = request_id {
             if let Some(row) = self.store.payment_by_request_id(id)? {
                 if row.key != info.key {
-                    return Ok(Some(Err(ProviderError::invalid_request(
+                    return answer(Err(ProviderError::invalid_request(
                         "request_id was already used with a different token",
-                    ))));
+                    )));
                 }
             }
         }
@@ -729,21 +973,20 @@ impl Provider {
             return Ok(None);
         };
         if row.kind != kind || row.fingerprint != fp {
-            return Ok(Some(Err(ProviderError::new(
+            return answer(Err(ProviderError::new(
                 ErrorType::TokenAlreadySpent,
                 "this token was already used for another request",
-            ))));
+            )));
         }
         match (&row.state, &row.response) {
-            (_, Some(resp)) if !resp.is_empty() => Ok(Some(from_stored(resp))),
-            (PaymentState::RefundPending, _) => Ok(Some(Err(ProviderError::new(
-                ErrorType::PodCreationFailed,
-                "this request failed after payment and its refund is still pending; retry shortly",
-            )))),
-            _ => Ok(Some(Err(ProviderError::new(
+            (_, Some(resp)) if !resp.is_empty() => answer(from_stored(resp)),
+            (PaymentState::Unknown | PaymentState::RefundPending, _) => {
+                Ok(Some(Replayed::Unknown(row)))
+            }
+            _ => answer(Err(ProviderError::new(
                 ErrorType::PaymentFailed,
-                "this payment is still being settled after a restart; retry shortly",
-            )))),
+                "this payment is still being settled; repeat the same request shortly",
+            ))),
         }
     }
 
@@ -766,21 +1009,31 @@ impl Provider {
     pub async fn top_up(self: &Arc<Self>, req: TopUpRequest) -> Result<TopUpResult, ProviderError> {
         check_pod_id(&req.pod_npub)?;
         check_request_id(&req.request_id)?;
+        let info = self.payments.inspect(req.cashu_token.expose())?;
+        let fp = fingerprint(&["topup", &req.pod_npub]);
+
+        let guard = self.lock(&format!("token:{}", info.key)).await;
+        // A replay first: its answer (a refund, say) stands even if the pod is gone since.
+        match self.replay::<TopUpResult>(&info, PaymentKind::TopUp, &fp, &req.request_id)? {
+            None => {}
+            Some(Replayed::Answer(answer)) => return answer,
+            Some(Replayed::Unknown(row)) => {
+                let this = Arc::clone(self);
+                let task = tokio::spawn(async move {
+                    let _guard = guard;
+                    this.resume_unknown_top_up(row).await
+                });
+                return task.await.unwrap_or_else(|e| {
+                    Err(ProviderError::internal(format!("top-up task failed: {e}")))
+                });
+            }
+        }
         let w = self
             .store
             .workload(&req.pod_npub)?
             .filter(|w| matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired))
             .ok_or_else(|| ProviderError::not_found(&req.pod_npub))?;
-        let info = self.payments.inspect(req.cashu_token.expose())?;
         self.check_face_value(&info, &w.tier, 1)?;
-        let fp = fingerprint(&["topup", &req.pod_npub]);
-
-        let guard = self.lock(&format!("token:{}", info.key)).await;
-        if let Some(answer) =
-            self.replay::<TopUpResult>(&info, PaymentKind::TopUp, &fp, &req.request_id)?
-        {
-            return answer;
-        }
         let now = now_secs();
         let journal = PaymentRow::before_swap(
             &info,
@@ -806,6 +1059,28 @@ impl Provider {
             .unwrap_or_else(|e| Err(ProviderError::internal(format!("top-up task failed: {e}"))))
     }
 
+    /// A replay of a top-up whose swap outcome was unknown (or whose refund is pending).
+    async fn resume_unknown_top_up(
+        self: &Arc<Self>,
+        row: PaymentRow,
+    ) -> Result<TopUpResult, ProviderError> {
+        if row.state == PaymentState::RefundPending {
+            return Err(self.retry_refund::<TopUpResult>(&row).await);
+        }
+        let mint = self.payments.mint(&row.mint_url)?;
+        let Some(token) = row.token.clone() else {
+            return Err(ProviderError::internal("unknown swap without its token"));
+        };
+        let pod_id = row.pod_id.clone().unwrap_or_default();
+        let _pod = self.lock(&format!("pod:{pod_id}")).await;
+        let received = match self.settle_unknown(&row.key, &mint, &token).await {
+            Ok(m) => m,
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&row.key, None, e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
+        };
+        self.extend_paid(&row.key, &mint, received, &pod_id).await
+    }
+
     async fn top_up_paid_part(
         self: &Arc<Self>,
         info: TokenInfo,
@@ -814,10 +1089,29 @@ impl Provider {
     ) -> Result<TopUpResult, ProviderError> {
         // The reaper takes the same lock: a workload is never stopped halfway through a top-up.
         let _pod = self.lock(&format!("pod:{pod_id}")).await;
-        let received = match self.payments.redeem(&info, &token).await {
+        let received = match self.take_payment(&info.key, &info.mint_url, &token).await {
             Ok(m) => m,
-            Err(e) => return self.swap_failed(&info.key, None, e),
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, None, e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
         };
+        self.extend_paid(&info.key, &info.mint_url, received, &pod_id)
+            .await
+    }
+
+    /// The part of a top-up after the money is in (the caller holds the pod lock).
+    async fn extend_paid(
+        self: &Arc<Self>,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        pod_id: &str,
+    ) -> Result<TopUpResult, ProviderError> {
+        let info = TokenInfo {
+            key: key.to_string(),
+            mint_url: mint.clone(),
+            face_msats: 0,
+        };
+        let pod_id = pod_id.to_string();
         let now = now_secs();
         self.store.mark_paid(&info.key, received, now)?;
         // Re-read: the reaper may have moved it while we were paying.
@@ -859,7 +1153,6 @@ impl Provider {
                 )
                 .await);
         }
-        self.store.extend_workload(&w.id, new_expires, received)?;
         let result: Result<TopUpResult, ProviderError> = Ok(TopUpResult {
             success: true,
             pod_npub: w.id.clone(),
@@ -875,11 +1168,12 @@ impl Provider {
                 format!("pod extended by {added} s until {}", rfc3339(new_expires))
             },
         });
-        self.store.finish_payment(
+        // The new deadline and the finished payment commit together.
+        self.store.complete_top_up(
             &info.key,
-            PaymentState::Completed,
-            Some(&w.id),
-            None,
+            &w.id,
+            new_expires,
+            received,
             &to_stored(&result),
             now_secs(),
         )?;
@@ -1024,7 +1318,10 @@ impl Provider {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => { this.reap_at(now_secs()).await; }
+                    _ = tick.tick() => {
+                        this.settle_pending().await;
+                        this.reap_at(now_secs()).await;
+                    }
                 }
             }
         })
@@ -1035,11 +1332,28 @@ impl Provider {
     /// Bring the journal and the backend back in line after a restart (money rule 5).
     pub async fn recover(&self) -> RecoveryReport {
         let mut rep = RecoveryReport::default();
+        let now = now_secs();
+        // Journal our swap attempts before cdk's saga recovery resolves (and deletes) them.
+        let unsettled = self
+            .store
+            .payments_in_state(&[PaymentState::Swapping, PaymentState::Unknown])
+            .unwrap_or_default();
+        for p in &unsettled {
+            if let (Some(token), Ok(mint)) = (&p.token, self.payments.mint(&p.mint_url)) {
+                let attempts = self.payments.attempts_for(&mint, token).await;
+                if !attempts.is_empty() {
+                    if let Err(e) = self.store.mark_unknown(&p.key, &attempts, 0, now) {
+                        tracing::error!("cannot journal swap attempts: {e}");
+                    }
+                }
+            }
+        }
         self.payments.recover().await;
         let pending = self
             .store
             .payments_in_state(&[
                 PaymentState::Swapping,
+                PaymentState::Unknown,
                 PaymentState::Paid,
                 PaymentState::RefundPending,
             ])
@@ -1064,49 +1378,35 @@ impl Provider {
             }
         };
         let mut received = p.received_msats;
-        if p.state == PaymentState::Swapping {
-            // The swap may or may not have reached the mint. Try it again: if the proofs are
-            // still unspent this takes them now and the request is refunded below; if the mint
-            // says spent, cdk's saga recovery (run just before) has already restored any
-            // outputs that were ours.
+        if matches!(p.state, PaymentState::Swapping | PaymentState::Unknown) {
+            // Whether the swap happened is learned from what the mint signed for us, never from
+            // "the token is spent" (someone else may have spent it).
             let Some(token) = p.token.clone() else {
                 let _ = self.store.forget_payment(&p.key);
                 return;
             };
-            let info = match self.payments.inspect(token.expose()) {
-                Ok(i) => i,
-                Err(_) => {
-                    let _ = self.store.forget_payment(&p.key);
-                    return;
+            match self.settle_unknown(&p.key, &mint, &token).await {
+                Ok(m) => {
+                    received = Some(m);
+                    let _ = self.store.mark_paid(&p.key, m, now);
                 }
-            };
-            match self.payments.redeem(&info, &token).await {
-                Ok(m) => received = Some(m),
-                Err(e) if e.error_type == ErrorType::TokenAlreadySpent => {
-                    received = Some(p.face_msats)
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "interrupted swap left to the buyer (mint said: {})",
-                        e.message
-                    );
-                    if let Some(pod) = &p.pod_id {
-                        if p.kind == PaymentKind::Spawn {
-                            let _ = self
-                                .store
-                                .set_workload_state(pod, WorkloadStatus::Failed, now);
-                        }
-                    }
-                    let _ = self.store.forget_payment(&p.key);
+                Err(Unpaid::Refused(e)) => {
+                    tracing::info!("interrupted swap settled without payment: {}", e.message);
+                    let reserved = (p.kind == PaymentKind::Spawn)
+                        .then_some(p.pod_id.as_deref())
+                        .flatten();
+                    let _ = self.swap_failed::<serde_json::Value>(&p.key, reserved, e);
                     rep.released += 1;
                     return;
                 }
-            }
-            if let Some(m) = received {
-                let _ = self.store.mark_paid(&p.key, m, now);
+                Err(Unpaid::Unsettled(e)) => {
+                    tracing::warn!("interrupted swap not settled yet: {}", e.message);
+                    rep.unsettled += 1;
+                    return;
+                }
             }
         }
-        let received = received.unwrap_or(p.face_msats);
+        let received = received.unwrap_or(0);
         // A paid spawn whose workload is actually up is finished, not refunded.
         if p.kind == PaymentKind::Spawn && p.state == PaymentState::Paid {
             if let Some(pod) = &p.pod_id {
@@ -1189,7 +1489,18 @@ impl Provider {
             ])
             .unwrap_or_default();
         let now = now_secs();
+        // Reservations whose payment is still being settled stay reserved.
+        let settling: Vec<String> = self
+            .store
+            .payments_in_state(&[PaymentState::Unknown])
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.pod_id)
+            .collect();
         for w in &live {
+            if w.state == WorkloadStatus::Provisioning && settling.contains(&w.id) {
+                continue;
+            }
             if w.state == WorkloadStatus::Provisioning {
                 // No payment is pending for it any more (recovered above): it never completed.
                 let _ = self.backend.destroy(&w.name).await;

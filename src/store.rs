@@ -33,6 +33,9 @@ pub enum StoreError {
 pub enum PaymentState {
     /// Validated; the swap is about to happen or is under way.
     Swapping,
+    /// The swap may or may not have happened (the mint's answer was lost, late or odd). Kept,
+    /// with our swap outputs, until the mint tells what was received (`crate::settlement`).
+    Unknown,
     /// The mint accepted the swap: the provider holds the money.
     Paid,
     /// Done: compute was delivered (workload created or extended).
@@ -49,6 +52,7 @@ impl PaymentState {
     fn as_str(self) -> &'static str {
         match self {
             PaymentState::Swapping => "swapping",
+            PaymentState::Unknown => "unknown",
             PaymentState::Paid => "paid",
             PaymentState::Completed => "completed",
             PaymentState::Refunded => "refunded",
@@ -59,6 +63,7 @@ impl PaymentState {
     fn parse(s: &str) -> Result<Self, StoreError> {
         Ok(match s {
             "swapping" => PaymentState::Swapping,
+            "unknown" => PaymentState::Unknown,
             "paid" => PaymentState::Paid,
             "completed" => PaymentState::Completed,
             "refunded" => PaymentState::Refunded,
@@ -112,6 +117,11 @@ pub struct PaymentRow {
     /// The first response (JSON of `Result<_, ProviderError>`), replayed verbatim.
     pub response: Option<String>,
     pub created_at: u64,
+    /// Our swap requests for this token (their blinded outputs), journalled when the outcome
+    /// was unknown so the mint can be asked later what it signed.
+    pub attempts: Vec<crate::settlement::SwapAttempt>,
+    /// Until this time a swap request of ours may still be on its way to the mint.
+    pub in_flight_until: u64,
 }
 
 impl PaymentRow {
@@ -141,6 +151,8 @@ impl PaymentRow {
             refund_token: None,
             response: None,
             created_at: now,
+            attempts: Vec::new(),
+            in_flight_until: 0,
         }
     }
 }
@@ -234,7 +246,9 @@ CREATE TABLE IF NOT EXISTS payments (
     refund_token TEXT,
     response TEXT,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    attempts TEXT,
+    in_flight_until INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS payments_state ON payments(state);
 CREATE TABLE IF NOT EXISTS workloads (
@@ -280,6 +294,7 @@ impl Store {
         }
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -395,9 +410,47 @@ impl Store {
     pub fn forget_payment(&self, key: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "DELETE FROM payments WHERE key = ?1 AND state = 'swapping'",
+                "DELETE FROM payments WHERE key = ?1 AND state IN ('swapping', 'unknown')",
                 [key],
             )?;
+            Ok(())
+        })
+    }
+
+    /// The swap's outcome is unknown: keep the row (and the token) with our swap outputs, added
+    /// to any journalled before.
+    pub fn mark_unknown(
+        &self,
+        key: &str,
+        attempts: &[crate::settlement::SwapAttempt],
+        in_flight_until: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let old: Option<String> = tx
+                .query_row("SELECT attempts FROM payments WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .flatten();
+            let mut all: Vec<crate::settlement::SwapAttempt> = old
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default();
+            for a in attempts {
+                if !all.contains(a) {
+                    all.push(a.clone());
+                }
+            }
+            let json = serde_json::to_string(&all).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE payments SET state = 'unknown', attempts = ?2,
+                    in_flight_until = MAX(in_flight_until, ?3), updated_at = ?4
+                 WHERE key = ?1 AND state IN ('swapping', 'unknown')",
+                params![key, json, to_i64(in_flight_until), to_i64(now)],
+            )?;
+            tx.commit()?;
             Ok(())
         })
     }
@@ -469,17 +522,52 @@ impl Store {
         })
     }
 
-    /// A spawn is done: the workload runs and the payment is completed with its answer, together.
-    pub fn complete_spawn(
+    /// A top-up is done: the new deadline, the paid total and the completed payment with its
+    /// answer commit together (a crash leaves either all of it or none).
+    pub fn complete_top_up(
         &self,
         key: &str,
         pod_id: &str,
+        expires_at: u64,
+        add_msats: u64,
         response: &str,
         now: u64,
     ) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute("UPDATE workloads SET state = 'running' WHERE id = ?1", params![pod_id])?;
+            tx.execute(
+                "UPDATE workloads SET expires_at = ?2, paid_msats = paid_msats + ?3,
+                    state = CASE WHEN state = 'expired' THEN 'running' ELSE state END,
+                    stopped_at = NULL
+                 WHERE id = ?1",
+                params![pod_id, to_i64(expires_at), to_i64(add_msats)],
+            )?;
+            tx.execute(
+                "UPDATE payments SET state = 'completed', pod_id = ?2, response = ?3, updated_at = ?4
+                 WHERE key = ?1",
+                params![key, pod_id, response, to_i64(now)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// A spawn is done: the workload runs from `expires_at`'s start and the payment is
+    /// completed with its answer, together.
+    pub fn complete_spawn(
+        &self,
+        key: &str,
+        pod_id: &str,
+        expires_at: u64,
+        response: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE workloads SET state = 'running', expires_at = ?2 WHERE id = ?1",
+                params![pod_id, to_i64(expires_at)],
+            )?;
             tx.execute(
                 "UPDATE payments SET state = 'completed', pod_id = ?2, response = ?3, updated_at = ?4
                  WHERE key = ?1",
@@ -662,7 +750,28 @@ impl Store {
 
 const PAYMENT_SELECT: &str =
     "SELECT key, kind, fingerprint, request_id, pod_id, mint_url, face_msats,
-    received_msats, state, token, refund_token, response, created_at FROM payments";
+    received_msats, state, token, refund_token, response, created_at, attempts, in_flight_until
+    FROM payments";
+
+/// Bring a journal written by an older version up to the current schema.
+fn migrate(c: &Connection) -> Result<(), StoreError> {
+    let mut cols = Vec::new();
+    {
+        let mut stmt = c.prepare("PRAGMA table_info(payments)")?;
+        for name in stmt.query_map([], |r| r.get::<_, String>(1))? {
+            cols.push(name?);
+        }
+    }
+    if !cols.iter().any(|n| n == "attempts") {
+        c.execute_batch("ALTER TABLE payments ADD COLUMN attempts TEXT")?;
+    }
+    if !cols.iter().any(|n| n == "in_flight_until") {
+        c.execute_batch(
+            "ALTER TABLE payments ADD COLUMN in_flight_until INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    Ok(())
+}
 
 fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentRow, StoreError>> {
     let kind: String = r.get(1)?;
@@ -685,6 +794,12 @@ fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentRow
         refund_token: r.get::<_, Option<String>>(10)?.map(Secret::new),
         response: r.get(11)?,
         created_at: to_u64(r.get(12)?),
+        attempts: r
+            .get::<_, Option<String>>(13)?
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default(),
+        in_flight_until: to_u64(r.get(14)?),
     }))
 }
 

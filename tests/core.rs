@@ -171,7 +171,7 @@ async fn a_token_spent_elsewhere_is_rejected_by_the_mint_and_nothing_is_provisio
     let token = e.mint.token(100).await;
     assert_eq!(e.mint.receive_fresh(&token).await.unwrap(), 100);
     let err = spawn(&e.provider, req(&token)).await.unwrap_err();
-    assert_eq!(err.error_type, ErrorType::TokenAlreadySpent);
+    assert_eq!(err.error_type, ErrorType::TokenAlreadySpent, "{}", err.message);
     assert_eq!(e.backend.count(), 0);
     assert_eq!(*e.backend.creates.lock().unwrap(), 0);
     assert_eq!(e.earnings(&e.provider).await, 0);
@@ -732,44 +732,55 @@ fn a_restart_refunds_a_request_that_was_paid_but_not_provisioned() {
     });
 }
 
+/// A crash between writing the journal row and calling the mint: nothing of ours reached the
+/// mint. Journal such a row by hand (the crash) for `token`.
+fn journal_unsent_swap(p: &Provider, token: &str) -> String {
+    let info = p.payments().inspect(token).unwrap();
+    let mut row = PaymentRow::before_swap(
+        &info,
+        PaymentKind::Spawn,
+        "x".into(),
+        None,
+        "npub1none",
+        &Secret::new(token),
+        now_secs(),
+    );
+    row.pod_id = None;
+    assert!(p.store().insert_payment(&row, now_secs()).unwrap());
+    info.key
+}
+
 #[tokio::test]
 async fn a_restart_settles_a_swap_that_was_journalled_but_never_sent() {
     let e = env().await;
     let token = e.mint.token(100).await;
-    let info = e.provider.payments().inspect(&token).unwrap();
-    // Simulate a crash between writing the journal row and calling the mint.
-    assert!(e
-        .provider
-        .store()
-        .insert_payment(
-            &PaymentRow {
-                key: info.key.clone(),
-                kind: PaymentKind::Spawn,
-                fingerprint: "x".into(),
-                request_id: None,
-                pod_id: None,
-                mint_url: info.mint_url.to_string(),
-                face_msats: info.face_msats,
-                received_msats: None,
-                state: PaymentState::Swapping,
-                token: Some(Secret::new(&token)),
-                refund_token: None,
-                response: None,
-                created_at: now_secs(),
-            },
-            now_secs(),
-        )
-        .unwrap());
+    let key = journal_unsent_swap(&e.provider, &token);
     let p2 = e.reopen().await;
-    let row = p2.store().payment(&info.key).unwrap().unwrap();
-    assert_eq!(row.state, PaymentState::Refunded);
     assert!(
-        row.token.is_none(),
-        "the buyer's token is not kept once settled"
+        p2.store().payment(&key).unwrap().is_none(),
+        "the mint never took the token: the journal forgets it"
     );
-    let refund = row.refund_token.unwrap();
-    assert_eq!(e.mint.receive_fresh(refund.expose()).await.unwrap(), 100);
     assert_eq!(e.earnings(&p2).await, 0);
+    // The token is still the buyer's, whole.
+    assert_eq!(e.mint.receive_fresh(&token).await.unwrap(), 100);
+}
+
+#[tokio::test]
+async fn a_journalled_token_spent_elsewhere_meanwhile_is_not_refunded_from_earnings() {
+    let e = env().await;
+    // The provider holds earnings a wrong refund could come from.
+    let paid = e.mint.token(500).await;
+    spawn(&e.provider, req(&paid)).await.unwrap();
+    assert_eq!(e.earnings(&e.provider).await, 500);
+    let token = e.mint.token(100).await;
+    let key = journal_unsent_swap(&e.provider, &token);
+    // The buyer spends the token somewhere else before the provider restarts.
+    assert_eq!(e.mint.receive_fresh(&token).await.unwrap(), 100);
+    let p2 = e.reopen().await;
+    let row = p2.store().payment(&key).unwrap().unwrap();
+    assert_eq!(row.state, PaymentState::Rejected, "settled: nothing received");
+    assert!(row.refund_token.is_none(), "no refund for what was never received");
+    assert_eq!(e.earnings(&p2).await, 500, "earnings untouched");
 }
 
 #[tokio::test]

@@ -37,8 +37,12 @@ async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
         eprintln!("paygress-cli: {e}");
         exit::USAGE
     })?;
-    Payments::open(&cfg.provider.data_dir, &cfg.payments.whitelisted_mints)
-        .await
+    Payments::open(
+        &cfg.provider.data_dir,
+        &cfg.payments.whitelisted_mints,
+        std::time::Duration::from_secs(cfg.payments.mint_timeout_seconds),
+    )
+    .await
         .map_err(|e| {
             eprintln!("paygress-cli: {e}");
             exit::PROVIDER
