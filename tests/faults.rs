@@ -141,3 +141,172 @@ async fn a_swap_whose_answer_is_cut_ends_with_a_pod_or_a_full_refund_in_the_same
         assert_eq!(again.pod_npub, pod.pod_npub);
     }
 }
+
+/// One spawn through one fault on `/v1/swap`; the same request repeated until it settles.
+async fn one_fault(fault: Fault) {
+    let e = env().await;
+    let token = e.mint.token(1000).await;
+    e.mint.proxy.inject("/v1/swap", fault, 1);
+    let r = req(&token, "one-fault");
+    let end = match spawn(&e.provider, r.clone()).await {
+        Ok(pod) => Ok(pod),
+        Err(err) => {
+            assert_ne!(err.error_type, ErrorType::TokenAlreadySpent, "{fault:?}: {}", err.message);
+            if err.refund_token.is_some() {
+                Err(err)
+            } else {
+                settle(&e.provider, &r).await
+            }
+        }
+    };
+    assert_eq!(e.mint.proxy.applied("/v1/swap"), 1, "{fault:?} was applied");
+    let refunds: Vec<String> = end
+        .as_ref()
+        .err()
+        .and_then(|e| e.refund_token.clone())
+        .map(|t| t.expose().to_string())
+        .into_iter()
+        .collect();
+    if let Ok(pod) = &end {
+        assert_eq!(pod.paid_msats, 1_000_000, "{fault:?}");
+        assert_eq!(e.backend.count(), 1, "{fault:?}");
+    }
+    let earnings = e.earnings(&e.provider).await;
+    e.mint
+        .assert_books(1000, earnings, &refunds, std::slice::from_ref(&token))
+        .await;
+}
+
+#[tokio::test]
+async fn a_502_after_the_mint_swapped_settles() {
+    one_fault(Fault::StatusAfterForward(502)).await;
+}
+
+#[tokio::test]
+async fn a_502_before_the_mint_saw_the_swap_settles() {
+    one_fault(Fault::Status(502)).await;
+}
+
+#[tokio::test]
+async fn a_connection_dropped_before_forwarding_settles() {
+    one_fault(Fault::Drop).await;
+}
+
+#[tokio::test]
+async fn an_answer_later_than_the_mint_timeout_settles() {
+    // The provider gives up after 2 s; the mint's answer comes after 3 s.
+    one_fault(Fault::DelayAnswer(Duration::from_secs(3))).await;
+}
+
+#[tokio::test]
+async fn a_request_held_past_the_mint_timeout_settles() {
+    one_fault(Fault::Delay(Duration::from_secs(3))).await;
+}
+
+/// The answer is cut and the mint then stays unreachable: the first answer says the outcome is
+/// unknown (never token_already_spent, never a lost payment); when the mint is back, the same
+/// request gets the pod, in the same process.
+#[tokio::test]
+async fn a_cut_answer_while_the_mint_stays_down_settles_when_it_is_back() {
+    let e = env().await;
+    let token = e.mint.token(1000).await;
+    e.mint.proxy.inject("/v1/swap", Fault::CutAfterForward, 1);
+    e.mint.proxy.always("/v1/restore", Fault::Status(503));
+    e.mint.proxy.always("/v1/checkstate", Fault::Status(503));
+    let r = req(&token, "down");
+    let err = spawn(&e.provider, r.clone()).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
+    assert!(err.refund_token.is_none());
+    let details = err.details.clone().unwrap_or_default();
+    assert_eq!(details["swap_outcome"], "unknown", "{details}");
+    assert!(err.message.contains("repeat the same request"), "{}", err.message);
+    // Still down: a replay says the same, and the reservation holds.
+    let again = spawn(&e.provider, r.clone()).await.unwrap_err();
+    assert_eq!(again.error_type, ErrorType::PaymentFailed);
+    assert_eq!(e.provider.offers().capacity.live_workloads, 1);
+    // The mint is back: the same request gets the pod.
+    e.mint.proxy.clear();
+    let pod = settle(&e.provider, &r).await.unwrap();
+    assert_eq!(pod.paid_msats, 1_000_000);
+    let earnings = e.earnings(&e.provider).await;
+    assert_eq!(earnings, 1000);
+    e.mint
+        .assert_books(1000, earnings, &[], std::slice::from_ref(&token))
+        .await;
+}
+
+/// Nobody repeats the request: the background pass settles it and provisions; a later replay
+/// returns that pod.
+#[tokio::test]
+async fn the_background_pass_settles_an_unknown_swap_without_a_replay() {
+    let e = env().await;
+    let token = e.mint.token(1000).await;
+    e.mint.proxy.inject("/v1/swap", Fault::CutAfterForward, 1);
+    e.mint.proxy.always("/v1/restore", Fault::Status(503));
+    let r = req(&token, "background");
+    let err = spawn(&e.provider, r.clone()).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PaymentFailed);
+    e.mint.proxy.clear();
+    e.provider.settle_pending().await;
+    assert_eq!(e.backend.count(), 1, "provisioned by the background pass");
+    let pod = spawn(&e.provider, r).await.unwrap();
+    assert_eq!(pod.paid_msats, 1_000_000);
+    let earnings = e.earnings(&e.provider).await;
+    e.mint
+        .assert_books(1000, earnings, &[], std::slice::from_ref(&token))
+        .await;
+}
+
+/// The provider restarts while the outcome is unknown: recovery settles it from what the mint
+/// signed for us and refunds (the request did not finish before the restart).
+#[tokio::test]
+async fn a_restart_with_an_unknown_swap_refunds_what_was_received() {
+    let e = env().await;
+    let token = e.mint.token(1000).await;
+    e.mint.proxy.inject("/v1/swap", Fault::CutAfterForward, 1);
+    e.mint.proxy.always("/v1/restore", Fault::Status(503));
+    let r = req(&token, "restart");
+    spawn(&e.provider, r.clone()).await.unwrap_err();
+    e.mint.proxy.clear();
+    let p2 = e.reopen().await;
+    let err = spawn(&p2, r).await.unwrap_err();
+    let refund = err.refund_token.clone().expect("a refund");
+    assert_eq!(e.backend.count(), 0);
+    let earnings = e.earnings(&p2).await;
+    e.mint
+        .assert_books(
+            1000,
+            earnings,
+            &[refund.expose().to_string()],
+            std::slice::from_ref(&token),
+        )
+        .await;
+}
+
+/// A top-up whose swap answer is cut: the same top-up repeated extends the pod once.
+#[tokio::test]
+async fn a_top_up_whose_answer_is_cut_extends_once() {
+    use paygress::api::TopUpRequest;
+    let e = env().await;
+    let t1 = e.mint.token(1000).await;
+    let t2 = e.mint.token(500).await;
+    let pod = spawn(&e.provider, req(&t1, "spawn")).await.unwrap();
+    e.mint.proxy.inject("/v1/swap", Fault::CutAfterForward, 1);
+    e.mint.proxy.always("/v1/restore", Fault::Status(503));
+    let top = TopUpRequest {
+        pod_npub: pod.pod_npub.clone(),
+        cashu_token: Secret::new(&t2),
+        request_id: Some("top".into()),
+    };
+    let first = e.provider.top_up(top.clone()).await;
+    assert!(first.is_err(), "the outcome is not known yet");
+    e.mint.proxy.clear();
+    let done = e.provider.top_up(top.clone()).await.unwrap();
+    assert_eq!(done.extended_duration_seconds, 5000);
+    let again = e.provider.top_up(top).await.unwrap();
+    assert_eq!(again.new_expires_at, done.new_expires_at, "extended once");
+    let earnings = e.earnings(&e.provider).await;
+    e.mint
+        .assert_books(1500, earnings, &[], &[t1, t2])
+        .await;
+}
