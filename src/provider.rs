@@ -127,6 +127,7 @@ pub struct Provider {
     payments: Payments,
     backend: Arc<dyn Backend>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    _dir_lock: crate::datadir_lock::DataDirLock,
 }
 
 /// Current Unix time in seconds.
@@ -227,15 +228,33 @@ impl Provider {
         cfg: Config,
         backend: Arc<dyn Backend>,
     ) -> Result<Arc<Provider>, ProviderError> {
-        cfg.validate()
-            .map_err(|e| ProviderError::internal(e.to_string()))?;
-        let data_dir = cfg.provider.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| {
+        let dir_lock = Self::lock_data_dir(&cfg)?;
+        Self::open_locked(cfg, backend, dir_lock).await
+    }
+
+    /// Create the data dir and take its lock (one process per data dir): before anything in it
+    /// is read or written, the backend's own state included.
+    pub fn lock_data_dir(cfg: &Config) -> Result<crate::datadir_lock::DataDirLock, ProviderError> {
+        let data_dir = &cfg.provider.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
             ProviderError::internal(format!(
                 "cannot create data dir {}: {e}",
                 data_dir.display()
             ))
         })?;
+        crate::datadir_lock::DataDirLock::acquire(data_dir)
+            .map_err(|e| ProviderError::internal(e.to_string()))
+    }
+
+    /// [`Provider::open`] with the data dir's lock already held.
+    pub async fn open_locked(
+        cfg: Config,
+        backend: Arc<dyn Backend>,
+        dir_lock: crate::datadir_lock::DataDirLock,
+    ) -> Result<Arc<Provider>, ProviderError> {
+        cfg.validate()
+            .map_err(|e| ProviderError::internal(e.to_string()))?;
+        let data_dir = cfg.provider.data_dir.clone();
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
@@ -271,6 +290,7 @@ impl Provider {
             payments,
             backend,
             locks: StdMutex::new(HashMap::new()),
+            _dir_lock: dir_lock,
         });
         let report = Box::pin(provider.recover()).await;
         tracing::info!(?report, "provider state recovered");
