@@ -900,11 +900,41 @@ impl Provider {
         err: ProviderError,
     ) -> ProviderError {
         let now = now_secs();
+        // Cashu moves whole sats: what is under 1 sat cannot be returned. Say so.
+        let refundable = received - received % 1000;
+        let kept = received % 1000;
+        if refundable == 0 {
+            let err = ProviderError {
+                message: format!(
+                    "{} Nothing can be refunded: the {received} msat received (after the mint's fees) is below the mint's smallest unit of 1 sat.",
+                    err.message
+                ),
+                ..err
+            }
+            .with_details(serde_json::json!({
+                "refunded_msats": 0,
+                "unrefundable_msats": received,
+            }));
+            let r: Result<T, ProviderError> = Err(err.clone());
+            if let Err(e) = self.store.finish_payment(
+                key,
+                PaymentState::Refunded,
+                pod_id,
+                None,
+                &to_stored(&r),
+                now,
+            ) {
+                tracing::error!("refund outcome not journalled: {e}");
+            }
+            return err;
+        }
         match self.payments.refund(mint, received).await {
             Ok(token) => {
-                let err = err.with_refund(token.clone()).with_details(
-                    serde_json::json!({ "refunded_msats": received - received % 1000 }),
-                );
+                let mut details = serde_json::json!({ "refunded_msats": refundable });
+                if kept > 0 {
+                    details["unrefundable_msats"] = kept.into();
+                }
+                let err = err.with_refund(token.clone()).with_details(details);
                 let r: Result<T, ProviderError> = Err(err.clone());
                 if let Err(e) = self.store.finish_payment(
                     key,
@@ -916,18 +946,24 @@ impl Provider {
                 ) {
                     tracing::error!("refund minted but not journalled: {e}");
                 }
-                tracing::info!(pod = ?pod_id, refunded_msats = received, "payment refunded");
+                tracing::info!(pod = ?pod_id, refunded_msats = refundable, "payment refunded");
                 err
             }
             Err(e) => {
                 tracing::error!(pod = ?pod_id, "refund could not be minted yet: {e}");
+                let every = self.cfg.provider.reaper_interval_seconds;
                 let err = ProviderError {
                     message: format!(
-                        "{} The refund could not be minted yet ({}); repeat the same request with the same token to collect it.",
+                        "{} The refund of {refundable} msat could not be minted yet (the mint said: {}). It is kept for you: the provider retries every {every} s, and repeating the same request (same token, same request_id) returns the refund token as soon as the mint answers.",
                         err.message, e.message
                     ),
                     ..err
-                };
+                }
+                .with_details(serde_json::json!({
+                    "refund_pending": true,
+                    "refund_msats": refundable,
+                    "retry_after_seconds": every,
+                }));
                 if let Err(e) = self.store.finish_payment(
                     key,
                     PaymentState::RefundPending,

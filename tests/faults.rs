@@ -310,3 +310,60 @@ async fn a_top_up_whose_answer_is_cut_extends_once() {
         .assert_books(1500, earnings, &[], &[t1, t2])
         .await;
 }
+
+/// The backend fails after the swap and the refund cannot be minted right then (the earnings
+/// were withdrawn meanwhile; with exact proofs in the wallet cdk mints a refund offline, so the
+/// mint being down cannot be forced here): the buyer is told the refund is kept and how to
+/// collect it; the background pass mints it once it can, and a replay returns it.
+#[tokio::test]
+async fn a_refund_that_cannot_be_minted_yet_is_kept_and_collected_later() {
+    use common::backend::Step;
+    let e = env().await;
+    let token = e.mint.token(1000).await;
+    e.backend.fail(Step::Create);
+    e.backend.set_create_delay(Duration::from_millis(500));
+    let r = req(&token, "pending-refund");
+    let swaps = e.mint.proxy.forwarded("/v1/swap");
+    let p = e.provider.clone();
+    let call = tokio::spawn({
+        let r = r.clone();
+        async move { spawn(&p, r).await }
+    });
+    while e.mint.proxy.forwarded("/v1/swap") <= swaps {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The operator withdraws everything while the workload is being created.
+    let mint = e.provider.payments().mint(&e.mint.url).unwrap();
+    let withdrawn = e.provider.payments().withdraw(&mint, 1000).await.unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    e.backend.heal(Step::Create);
+    assert!(err.refund_token.is_none(), "no refund can be minted yet");
+    let d = err.details.clone().unwrap_or_default();
+    assert_eq!(d["refund_pending"], true, "{d}: {}", err.message);
+    assert_eq!(d["refund_msats"], 1_000_000);
+    assert!(err.message.contains("repeating the same request"), "{}", err.message);
+    let again = spawn(&e.provider, r.clone()).await.unwrap_err();
+    assert!(again.refund_token.is_none(), "still not mintable");
+    // Money comes in again (another buyer); the background pass mints the kept refund.
+    let other = e.mint.token(1000).await;
+    spawn(&e.provider, {
+        let mut o = req(&other, "other");
+        o.ssh_username = "bob".into();
+        o
+    })
+    .await
+    .unwrap();
+    e.provider.settle_pending().await;
+    let got = spawn(&e.provider, r).await.unwrap_err();
+    let refund = got.refund_token.clone().expect("the kept refund");
+    assert_eq!(got.details.clone().unwrap()["refunded_msats"], 1_000_000);
+    let earnings = e.earnings(&e.provider).await;
+    e.mint
+        .assert_books(
+            2000,
+            earnings,
+            &[refund.expose().to_string(), withdrawn.expose().to_string()],
+            &[token, other],
+        )
+        .await;
+}
