@@ -354,6 +354,12 @@ impl Provider {
                 live_workloads: live,
             },
             expiry_grace_seconds: self.cfg.provider.expiry_grace_seconds,
+            ssh_key_types: self
+                .backend
+                .login_key_types()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 
@@ -402,6 +408,17 @@ impl Provider {
         let public_key = match &req.ssh_public_key {
             Some(k) if !k.trim().is_empty() => {
                 validate::check_public_key(k).map_err(ProviderError::invalid_request)?;
+                // Every check before the swap: a key the backend cannot install is refused now.
+                let kind = k.split_whitespace().next().unwrap_or("");
+                let accepted = self.backend.login_key_types();
+                if !accepted.contains(&kind) {
+                    return Err(ProviderError::invalid_request(format!(
+                        "the {} backend cannot install {kind} keys; use one of: {}",
+                        self.backend.kind(),
+                        accepted.join(", ")
+                    ))
+                    .with_details(serde_json::json!({ "ssh_key_types": accepted })));
+                }
                 Some(k.trim().to_string())
             }
             _ => None,
@@ -986,6 +1003,22 @@ impl Provider {
         min_seconds: u64,
     ) -> Result<(), ProviderError> {
         let seconds = info.face_msats / tier.rate_msats_per_sec;
+        // Nothing kept that buys nothing: a payment one purchase cannot use is refused untouched.
+        let max = self.cfg.provider.maximum_duration_seconds;
+        if seconds > max {
+            let most = max.saturating_mul(tier.rate_msats_per_sec);
+            return Err(ProviderError::invalid_request(format!(
+                "the token is worth {} msat, which buys {seconds} s of {}; one payment buys at most {max} s ({} sat): send a smaller token",
+                info.face_msats,
+                tier.id,
+                most / 1000
+            ))
+            .with_details(serde_json::json!({
+                "offered_msats": info.face_msats,
+                "maximum_msats": most,
+                "maximum_duration_seconds": max,
+            })));
+        }
         if seconds < min_seconds {
             let needed = min_seconds.saturating_mul(tier.rate_msats_per_sec);
             return Err(ProviderError::new(
@@ -1145,6 +1178,15 @@ impl Provider {
     ) -> Result<TopUpResult, ProviderError> {
         // The reaper takes the same lock: a workload is never stopped halfway through a top-up.
         let _pod = self.lock(&format!("pod:{pod_id}")).await;
+        // Re-check under the lock, before the swap: the reaper may have deleted it meanwhile.
+        let alive = matches!(
+            self.store.workload(&pod_id)?,
+            Some(w) if matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired)
+        );
+        if !alive {
+            self.store.forget_payment(&info.key)?;
+            return Err(ProviderError::not_found(&pod_id));
+        }
         let received = match self.take_payment(&info.key, &info.mint_url, &token).await {
             Ok(m) => m,
             Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, None, e),
@@ -1188,6 +1230,18 @@ impl Provider {
         };
         let added =
             (received / w.tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
+        if added == 0 {
+            let e = ProviderError::new(
+                ErrorType::InsufficientPayment,
+                format!(
+                    "after mint fees {received} msat buys no time at {} msat/s; the payment is refunded",
+                    w.tier.rate_msats_per_sec
+                ),
+            );
+            return Err(self
+                .refund_and_record::<TopUpResult>(&info.key, &info.mint_url, received, Some(&w.id), e)
+                .await);
+        }
         let new_expires = w.expires_at.max(now).saturating_add(added);
         let mut result = self.backend.extend(&w.name, new_expires).await;
         if result.is_ok() && w.state == WorkloadStatus::Expired {

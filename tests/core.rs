@@ -826,3 +826,103 @@ async fn an_unreachable_mint_is_payment_failed_and_the_token_can_be_retried() {
         "the journal forgets it: a retry is possible"
     );
 }
+
+#[tokio::test]
+async fn a_key_the_backend_cannot_install_is_refused_before_payment() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(4));
+    // Like the sandbox: no RSA.
+    let backend = Arc::new(FakeBackend::with_key_types(&["ssh-ed25519"]));
+    let p = Provider::open(cfg, backend.clone()).await.unwrap();
+    assert_eq!(p.offers().ssh_key_types, vec!["ssh-ed25519".to_string()]);
+    let token = mint.token(100).await;
+    let r = SpawnRequest {
+        ssh_public_key: Some(
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 alice@laptop".into(),
+        ),
+        ..req(&token)
+    };
+    let err = spawn(&p, r).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::InvalidRequest, "{}", err.message);
+    assert!(err.message.contains("ssh-ed25519"), "{}", err.message);
+    assert_eq!(*backend.creates.lock().unwrap(), 0);
+    let key = p.payments().inspect(&token).unwrap().key;
+    assert!(p.store().payment(&key).unwrap().is_none(), "nothing journalled");
+    assert_eq!(mint.receive_fresh(&token).await.unwrap(), 100, "the token is untouched");
+}
+
+#[tokio::test]
+async fn a_payment_above_what_the_maximum_duration_can_use_is_refused_untouched() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(4));
+    cfg.provider.maximum_duration_seconds = 600; // 60 sat at 100 msat/s
+    let backend = Arc::new(FakeBackend::new());
+    let p = Provider::open(cfg, backend.clone()).await.unwrap();
+    let big = mint.token(100).await;
+    let err = spawn(&p, req(&big)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::InvalidRequest, "{}", err.message);
+    assert_eq!(err.details.unwrap()["maximum_msats"], 60_000);
+    assert_eq!(mint.receive_fresh(&big).await.unwrap(), 100, "untouched");
+    // A top-up too.
+    let ok = mint.token(60).await;
+    let pod = spawn(&p, req(&ok)).await.unwrap();
+    let big = mint.token(100).await;
+    let err = p
+        .top_up(TopUpRequest {
+            pod_npub: pod.pod_npub,
+            cashu_token: Secret::new(&big),
+            request_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, ErrorType::InvalidRequest);
+    assert_eq!(mint.receive_fresh(&big).await.unwrap(), 100, "untouched");
+}
+
+#[tokio::test]
+async fn a_top_up_of_a_pod_deleted_meanwhile_takes_nothing() {
+    let e = env().await;
+    let t1 = e.mint.token(100).await;
+    let pod = spawn(&e.provider, req(&t1)).await.unwrap();
+    // The reaper deleted the pod before the top-up arrived.
+    let w = e.provider.store().workload(&pod.pod_npub).unwrap().unwrap();
+    e.provider
+        .store()
+        .set_workload_state(&w.id, paygress::store::WorkloadStatus::Deleted, now_secs())
+        .unwrap();
+    let t2 = e.mint.token(100).await;
+    let err = e
+        .provider
+        .top_up(TopUpRequest {
+            pod_npub: pod.pod_npub,
+            cashu_token: Secret::new(&t2),
+            request_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PodNotFound);
+    assert_eq!(e.mint.receive_fresh(&t2).await.unwrap(), 100, "untouched");
+    assert_eq!(e.earnings(&e.provider).await, 100);
+}
+
+#[tokio::test]
+async fn paid_time_starts_when_the_workload_is_ready() {
+    let e = env().await;
+    e.backend.set_create_delay(Duration::from_secs(3));
+    let token = e.mint.token(100).await; // 1000 s at 100 msat/s
+    let before = now_secs();
+    let pod = spawn(&e.provider, req(&token)).await.unwrap();
+    let w = e.provider.store().workload(&pod.pod_npub).unwrap().unwrap();
+    assert_eq!(pod.duration_seconds, 1000);
+    assert!(
+        w.expires_at >= before + 3 + 1000,
+        "the 3 s of provisioning are not charged: expires {} vs started {before}",
+        w.expires_at
+    );
+    assert_eq!(pod.expires_at, paygress::provider::rfc3339(w.expires_at));
+    // The backend's deadline mark follows.
+    let held = e.backend.get(&w.name).unwrap();
+    assert_eq!(held.expires_at, w.expires_at);
+}
