@@ -836,11 +836,7 @@ impl Provider {
         row: &WorkloadRow,
         err: ProviderError,
     ) -> Result<SpawnResult, ProviderError> {
-        if let Err(e) = self.backend.destroy(&row.name).await {
-            tracing::warn!(pod = %row.id, "cleanup after failed create: {e}");
-        }
-        self.store
-            .set_workload_state(&row.id, WorkloadStatus::Failed, now_secs())?;
+        self.destroy_or_retry(&row.id, &row.name).await;
         Err(self
             .refund_and_record::<SpawnResult>(key, mint, received, Some(&row.id), err)
             .await)
@@ -1347,6 +1343,27 @@ impl Provider {
     pub async fn reap_at(&self, now: u64) -> ReapReport {
         let mut report = ReapReport::default();
         let grace = self.cfg.provider.expiry_grace_seconds;
+        // Failed spawns whose removal failed: retried every pass until gone.
+        match self.store.workloads_in_state(&[WorkloadStatus::Destroying]) {
+            Ok(v) => {
+                for w in v {
+                    let _pod = self.lock(&format!("pod:{}", w.id)).await;
+                    match self.backend.destroy(&w.name).await {
+                        Ok(()) | Err(BackendError::NotFound(_)) => {
+                            if self
+                                .store
+                                .set_workload_state(&w.id, WorkloadStatus::Failed, now)
+                                .is_ok()
+                            {
+                                report.deleted.push(w.id.clone());
+                            }
+                        }
+                        Err(e) => tracing::warn!(pod = %w.id, "still cannot remove the workload: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::error!("reaper cannot read the store: {e}"),
+        }
         let due = match self
             .store
             .workloads_in_state(&[WorkloadStatus::Running, WorkloadStatus::Expired])
@@ -1413,6 +1430,22 @@ impl Provider {
             }
         }
         report
+    }
+
+    /// Remove a workload that will not be used (its spawn failed). If the backend cannot remove
+    /// it now, it is kept as `destroying` (holding its port) and the reaper retries until gone.
+    async fn destroy_or_retry(&self, id: &str, name: &str) {
+        let now = now_secs();
+        let state = match self.backend.destroy(name).await {
+            Ok(()) | Err(BackendError::NotFound(_)) => WorkloadStatus::Failed,
+            Err(e) => {
+                tracing::warn!(pod = %id, "cannot remove the workload yet (the reaper retries): {e}");
+                WorkloadStatus::Destroying
+            }
+        };
+        if let Err(e) = self.store.set_workload_state(id, state, now) {
+            tracing::error!(pod = %id, "cannot record the workload's removal: {e}");
+        }
     }
 
     /// Run the reaper every `reaper_interval_seconds` until `shutdown` fires.
@@ -1540,10 +1573,7 @@ impl Provider {
                         rep.finished += 1;
                         return;
                     }
-                    let _ = self.backend.destroy(&w.name).await;
-                    let _ = self
-                        .store
-                        .set_workload_state(pod, WorkloadStatus::Failed, now);
+                    self.destroy_or_retry(pod, &w.name).await;
                 }
             }
         }
@@ -1613,10 +1643,7 @@ impl Provider {
             }
             if w.state == WorkloadStatus::Provisioning {
                 // No payment is pending for it any more (recovered above): it never completed.
-                let _ = self.backend.destroy(&w.name).await;
-                let _ = self
-                    .store
-                    .set_workload_state(&w.id, WorkloadStatus::Failed, now);
+                self.destroy_or_retry(&w.id, &w.name).await;
                 continue;
             }
             if on_backend.iter().any(|b| b.name == w.name) {

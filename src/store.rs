@@ -170,6 +170,9 @@ pub enum WorkloadStatus {
     Deleted,
     /// Creation failed (the payment was refunded).
     Failed,
+    /// Creation failed and the backend could not remove it yet: holds its port; the reaper
+    /// retries the removal until it is gone (then `failed`).
+    Destroying,
 }
 
 impl WorkloadStatus {
@@ -180,6 +183,7 @@ impl WorkloadStatus {
             WorkloadStatus::Expired => "expired",
             WorkloadStatus::Deleted => "deleted",
             WorkloadStatus::Failed => "failed",
+            WorkloadStatus::Destroying => "destroying",
         }
     }
     fn parse(s: &str) -> Result<Self, StoreError> {
@@ -189,6 +193,7 @@ impl WorkloadStatus {
             "expired" => WorkloadStatus::Expired,
             "deleted" => WorkloadStatus::Deleted,
             "failed" => WorkloadStatus::Failed,
+            "destroying" => WorkloadStatus::Destroying,
             other => return Err(StoreError::Corrupt(format!("workload state {other:?}"))),
         })
     }
@@ -196,7 +201,10 @@ impl WorkloadStatus {
     pub fn is_live(self) -> bool {
         matches!(
             self,
-            WorkloadStatus::Provisioning | WorkloadStatus::Running | WorkloadStatus::Expired
+            WorkloadStatus::Provisioning
+                | WorkloadStatus::Running
+                | WorkloadStatus::Expired
+                | WorkloadStatus::Destroying
         )
     }
 }
@@ -267,8 +275,8 @@ CREATE TABLE IF NOT EXISTS workloads (
     stopped_at INTEGER,
     paid_msats INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS workloads_live_port ON workloads(host_port)
-    WHERE state IN ('provisioning', 'running', 'expired');
+CREATE UNIQUE INDEX IF NOT EXISTS workloads_live_port2 ON workloads(host_port)
+    WHERE state IN ('provisioning', 'running', 'expired', 'destroying');
 CREATE TABLE IF NOT EXISTS seen_events (
     id TEXT PRIMARY KEY,
     response TEXT,
@@ -595,7 +603,7 @@ impl Store {
             let used: std::collections::HashSet<u16> = {
                 let mut stmt = tx.prepare(
                     "SELECT host_port FROM workloads
-                     WHERE state IN ('provisioning', 'running', 'expired')",
+                     WHERE state IN ('provisioning', 'running', 'expired', 'destroying')",
                 )?;
                 let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
                 let mut set = std::collections::HashSet::new();
@@ -705,7 +713,7 @@ impl Store {
     pub fn live_count(&self) -> Result<u32, StoreError> {
         self.with(|c| {
             let n: i64 = c.query_row(
-                "SELECT COUNT(*) FROM workloads WHERE state IN ('provisioning', 'running', 'expired')",
+                "SELECT COUNT(*) FROM workloads WHERE state IN ('provisioning', 'running', 'expired', 'destroying')",
                 [],
                 |r| r.get(0),
             )?;
@@ -762,6 +770,8 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
             cols.push(name?);
         }
     }
+    // The live-port index before `destroying` existed.
+    c.execute_batch("DROP INDEX IF EXISTS workloads_live_port")?;
     if !cols.iter().any(|n| n == "attempts") {
         c.execute_batch("ALTER TABLE payments ADD COLUMN attempts TEXT")?;
     }

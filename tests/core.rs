@@ -926,3 +926,36 @@ async fn paid_time_starts_when_the_workload_is_ready() {
     let held = e.backend.get(&w.name).unwrap();
     assert_eq!(held.expires_at, w.expires_at);
 }
+
+#[tokio::test]
+async fn a_failed_destroy_is_retried_by_the_reaper_until_the_workload_is_gone() {
+    let e = env().await;
+    e.backend.set_create_delay(Duration::from_secs(1));
+    e.backend.fail(Step::Destroy);
+    let token = e.mint.token(100).await;
+    // Cancel mid-create: the workload is made, the spawn is rolled back, but the backend
+    // cannot remove it.
+    let cancel = CancellationToken::new();
+    let p = e.provider.clone();
+    let c = cancel.clone();
+    let call = tokio::spawn(async move { p.spawn(req(&token), Caller::Local, None, c).await });
+    while *e.backend.creates.lock().unwrap() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.refund_token.is_some(), "refunded");
+    assert_eq!(e.backend.count(), 1, "the backend still holds it");
+    assert_eq!(
+        e.provider.offers().capacity.live_workloads,
+        1,
+        "its port stays reserved while it exists"
+    );
+    // The reaper retries: still failing, then healed.
+    e.provider.reap_at(now_secs()).await;
+    assert_eq!(e.backend.count(), 1);
+    e.backend.heal(Step::Destroy);
+    e.provider.reap_at(now_secs()).await;
+    assert_eq!(e.backend.count(), 0, "gone");
+    assert_eq!(e.provider.offers().capacity.live_workloads, 0);
+}
