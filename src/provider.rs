@@ -478,10 +478,25 @@ impl Provider {
             paid_msats: 0,
         };
         let p = &self.cfg.provider;
-        let port = self
-            .store
-            .insert_workload_with_port(&row, p.ssh_port_range_start, p.ssh_port_range_end, p.max_workloads, port_is_free)?
-            .ok_or_else(|| {
+        let mut port = self.store.insert_workload_with_port(
+            &row,
+            p.ssh_port_range_start,
+            p.ssh_port_range_end,
+            p.max_workloads,
+            port_is_free,
+        )?;
+        // Grace is a courtesy, not a reservation: when a paying buyer finds no room, the pod
+        // longest in its grace period (paid time over, stopped) is deleted to make it.
+        if port.is_none() && self.evict_one_graced().await {
+            port = self.store.insert_workload_with_port(
+                &row,
+                p.ssh_port_range_start,
+                p.ssh_port_range_end,
+                p.max_workloads,
+                port_is_free,
+            )?;
+        }
+        let port = port.ok_or_else(|| {
                 ProviderError::new(
                     ErrorType::ResourceUnavailable,
                     "no capacity left right now (all SSH ports or workload slots are in use); try later",
@@ -1430,6 +1445,40 @@ impl Provider {
             }
         }
         report
+    }
+
+    /// Delete the expired workload that has been in its grace period longest, to free its slot.
+    /// `true` when one was removed.
+    async fn evict_one_graced(&self) -> bool {
+        let Ok(graced) = self.store.workloads_in_state(&[WorkloadStatus::Expired]) else {
+            return false;
+        };
+        let mut graced = graced;
+        graced.sort_by_key(|w| w.stopped_at.unwrap_or(0));
+        for w in graced {
+            let _pod = self.lock(&format!("pod:{}", w.id)).await;
+            // Re-read under the lock: a top-up may have just resumed it.
+            let Ok(Some(w)) = self.store.workload(&w.id) else {
+                continue;
+            };
+            if w.state != WorkloadStatus::Expired {
+                continue;
+            }
+            match self.backend.destroy(&w.name).await {
+                Ok(()) | Err(BackendError::NotFound(_)) => {
+                    if self
+                        .store
+                        .set_workload_state(&w.id, WorkloadStatus::Deleted, now_secs())
+                        .is_ok()
+                    {
+                        tracing::info!(pod = %w.id, "graced workload deleted early: its slot went to a paying buyer");
+                        return true;
+                    }
+                }
+                Err(e) => tracing::warn!(pod = %w.id, "cannot delete a graced workload: {e}"),
+            }
+        }
+        false
     }
 
     /// Remove a workload that will not be used (its spawn failed). If the backend cannot remove

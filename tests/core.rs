@@ -959,3 +959,27 @@ async fn a_failed_destroy_is_retried_by_the_reaper_until_the_workload_is_gone() 
     assert_eq!(e.backend.count(), 0, "gone");
     assert_eq!(e.provider.offers().capacity.live_workloads, 0);
 }
+
+#[tokio::test]
+async fn a_pod_in_its_grace_period_gives_its_slot_to_a_paying_buyer() {
+    let e = env_with(100, 1).await;
+    let t1 = e.mint.token(100).await;
+    let a = spawn(&e.provider, req(&t1)).await.unwrap();
+    // A's paid time runs out: stopped, in its grace period, holding the only port.
+    let report = e.provider.reap_at(now_secs() + 2000).await;
+    assert_eq!(report.stopped, vec![a.pod_npub.clone()]);
+    let t2 = e.mint.token(100).await;
+    let b = spawn(&e.provider, req(&t2)).await.unwrap();
+    assert_eq!(b.node_port, a.node_port, "B got A's slot");
+    let sa = e
+        .provider
+        .status(StatusRequest { pod_npub: a.pod_npub.clone() }, &Caller::Local)
+        .await
+        .unwrap();
+    assert_eq!(sa.state, "deleted");
+    // A running pod is never evicted: a third buyer finds no room.
+    let t3 = e.mint.token(100).await;
+    let err = spawn(&e.provider, req(&t3)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::ResourceUnavailable);
+    assert_eq!(e.mint.receive_fresh(&t3).await.unwrap(), 100);
+}
