@@ -130,6 +130,10 @@ pub struct Provider {
     _dir_lock: crate::datadir_lock::DataDirLock,
 }
 
+/// How long Nostr event ids are remembered for replay protection (the doors refuse requests
+/// older than minutes, so a day is ample).
+const SEEN_EVENTS_KEPT_SECONDS: u64 = 24 * 3600;
+
 /// Current Unix time in seconds.
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -1358,37 +1362,32 @@ impl Provider {
     pub async fn reap_at(&self, now: u64) -> ReapReport {
         let mut report = ReapReport::default();
         let grace = self.cfg.provider.expiry_grace_seconds;
-        // Failed spawns whose removal failed: retried every pass until gone.
-        match self.store.workloads_in_state(&[WorkloadStatus::Destroying]) {
-            Ok(v) => {
-                for w in v {
-                    let _pod = self.lock(&format!("pod:{}", w.id)).await;
-                    match self.backend.destroy(&w.name).await {
-                        Ok(()) | Err(BackendError::NotFound(_)) => {
-                            if self
-                                .store
-                                .set_workload_state(&w.id, WorkloadStatus::Failed, now)
-                                .is_ok()
-                            {
-                                report.deleted.push(w.id.clone());
-                            }
-                        }
-                        Err(e) => tracing::warn!(pod = %w.id, "still cannot remove the workload: {e}"),
-                    }
-                }
-            }
-            Err(e) => tracing::error!("reaper cannot read the store: {e}"),
-        }
-        let due = match self
-            .store
-            .workloads_in_state(&[WorkloadStatus::Running, WorkloadStatus::Expired])
-        {
+        let due = match self.store.workloads_due(now, grace) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!("reaper cannot read the store: {e}");
                 return report;
             }
         };
+        let (destroying, due): (Vec<_>, Vec<_>) = due
+            .into_iter()
+            .partition(|w| w.state == WorkloadStatus::Destroying);
+        // Failed spawns whose removal failed: retried every pass until gone.
+        for w in destroying {
+            let _pod = self.lock(&format!("pod:{}", w.id)).await;
+            match self.backend.destroy(&w.name).await {
+                Ok(()) | Err(BackendError::NotFound(_)) => {
+                    if self
+                        .store
+                        .set_workload_state(&w.id, WorkloadStatus::Failed, now)
+                        .is_ok()
+                    {
+                        report.deleted.push(w.id.clone());
+                    }
+                }
+                Err(e) => tracing::warn!(pod = %w.id, "still cannot remove the workload: {e}"),
+            }
+        }
         for w in due {
             let stop_due = w.state == WorkloadStatus::Running && w.expires_at <= now;
             let delete_due = |stopped_at: u64| stopped_at.saturating_add(grace) <= now;
@@ -1513,6 +1512,8 @@ impl Provider {
                     _ = tick.tick() => {
                         this.settle_pending().await;
                         this.reap_at(now_secs()).await;
+                        // Replay protection needs event ids only while requests are fresh.
+                        let _ = this.store.prune_seen_events(now_secs().saturating_sub(SEEN_EVENTS_KEPT_SECONDS));
                     }
                 }
             }

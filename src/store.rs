@@ -277,11 +277,14 @@ CREATE TABLE IF NOT EXISTS workloads (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS workloads_live_port2 ON workloads(host_port)
     WHERE state IN ('provisioning', 'running', 'expired', 'destroying');
+CREATE INDEX IF NOT EXISTS workloads_state_expires ON workloads(state, expires_at);
+CREATE INDEX IF NOT EXISTS workloads_state_stopped ON workloads(state, stopped_at);
 CREATE TABLE IF NOT EXISTS seen_events (
     id TEXT PRIMARY KEY,
     response TEXT,
     created_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS seen_events_created ON seen_events(created_at);
 "#;
 
 fn to_i64(v: u64) -> i64 {
@@ -673,6 +676,25 @@ impl Store {
         })
     }
 
+    /// Workloads the reaper has work for at `now`: running past their deadline, expired past
+    /// their grace, or waiting to be destroyed. Index-backed, so a pass costs what is due, not
+    /// what the journal holds.
+    pub fn workloads_due(&self, now: u64, grace: u64) -> Result<Vec<WorkloadRow>, StoreError> {
+        self.with(|c| {
+            let mut out = Vec::new();
+            let mut stmt = c.prepare(&format!(
+                "{WORKLOAD_SELECT} WHERE state = 'running' AND expires_at <= ?1
+                 UNION ALL {WORKLOAD_SELECT} WHERE state = 'expired' AND stopped_at <= ?2
+                 UNION ALL {WORKLOAD_SELECT} WHERE state = 'destroying'"
+            ))?;
+            let cutoff = now.saturating_sub(grace);
+            for row in stmt.query_map(params![to_i64(now), to_i64(cutoff)], workload_from_row)? {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+    }
+
     pub fn set_workload_state(
         &self,
         id: &str,
@@ -742,6 +764,17 @@ impl Store {
                 params![id, to_i64(now)],
             )?;
             Ok(None)
+        })
+    }
+
+    /// Forget event ids seen before `before` (Unix seconds). Requests older than the doors'
+    /// freshness window are refused anyway, so their ids are no longer needed for replays.
+    pub fn prune_seen_events(&self, before: u64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM seen_events WHERE created_at < ?1",
+                params![to_i64(before)],
+            )?)
         })
     }
 

@@ -983,3 +983,23 @@ async fn a_pod_in_its_grace_period_gives_its_slot_to_a_paying_buyer() {
     assert_eq!(err.error_type, ErrorType::ResourceUnavailable);
     assert_eq!(e.mint.receive_fresh(&t3).await.unwrap(), 100);
 }
+
+#[tokio::test]
+async fn seen_event_ids_are_pruned_and_the_reaper_scans_only_what_is_due() {
+    let e = env().await;
+    let s = e.provider.store();
+    let now = now_secs();
+    assert!(s.see_event("old", now - 100_000).unwrap().is_none());
+    assert!(s.see_event("new", now).unwrap().is_none());
+    assert_eq!(s.prune_seen_events(now - 3600).unwrap(), 1);
+    assert!(s.see_event("old", now).unwrap().is_none(), "forgotten");
+    assert!(s.see_event("new", now).unwrap().is_some(), "kept");
+    // The due scan: a fresh pod is not due; past its deadline it is; past its grace too.
+    let t = e.mint.token(100).await;
+    let pod = spawn(&e.provider, req(&t)).await.unwrap();
+    let grace = e.cfg.provider.expiry_grace_seconds;
+    assert!(s.workloads_due(now_secs(), grace).unwrap().is_empty());
+    let due = s.workloads_due(now_secs() + 2000, grace).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, pod.pod_npub);
+}
