@@ -72,6 +72,14 @@ pub struct ProviderSection {
     /// Most workloads alive at once (0 = only the port range limits it).
     #[serde(default)]
     pub max_workloads: u32,
+    /// Payments are refused (untouched) while the data dir's file system has less free space
+    /// than this: the journal must be able to record what a swap took.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk_mb: u64,
+}
+
+fn default_min_free_disk() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +315,7 @@ impl Default for ProviderSection {
             expiry_grace_seconds: default_grace(),
             reaper_interval_seconds: default_reaper_interval(),
             max_workloads: 0,
+            min_free_disk_mb: default_min_free_disk(),
         }
     }
 }

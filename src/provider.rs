@@ -430,6 +430,7 @@ impl Provider {
         check_request_id(&req.request_id)?;
         let info = self.payments.inspect(req.cashu_token.expose())?;
         self.check_face_value(&info, &tier, self.cfg.provider.minimum_duration_seconds)?;
+        self.check_disk()?;
 
         let fp = fingerprint(&[
             "spawn",
@@ -707,8 +708,15 @@ impl Provider {
         let duration =
             (received / tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
         let expires_at = now.saturating_add(duration);
-        self.store
-            .mark_spawn_paid(key, received, &row.id, expires_at, now)?;
+        if let Err(e) = self
+            .write_after_swap(|| {
+                self.store
+                    .mark_spawn_paid(key, received, &row.id, expires_at, now)
+            })
+            .await
+        {
+            return Err(self.refund_unjournalled(mint, received, e).await);
+        }
         tracing::info!(pod = %row.id, received_msats = received, "spawn paid");
         report(&progress, SpawnStage::Paid);
         if duration < self.cfg.provider.minimum_duration_seconds {
@@ -861,6 +869,52 @@ impl Provider {
             .await)
     }
 
+    /// The first journal write after a swap: the money is in, so a failed write (a full disk,
+    /// say) is retried for a while before giving up.
+    async fn write_after_swap(
+        &self,
+        op: impl Fn() -> Result<(), crate::store::StoreError>,
+    ) -> Result<(), crate::store::StoreError> {
+        let mut wait = Duration::from_millis(100);
+        let mut last = None;
+        for _ in 0..6 {
+            match op() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::error!("journal write after a swap failed (retrying): {e}");
+                    last = Some(e);
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                }
+            }
+        }
+        Err(last.unwrap_or(crate::store::StoreError::Poisoned))
+    }
+
+    /// The swap succeeded but the journal cannot record it: give the money back at once, so
+    /// the buyer is never left without compute or refund. (The row stays `swapping`; a later
+    /// settlement finds the token spent and no swap of ours outstanding, and refunds nothing
+    /// twice.)
+    async fn refund_unjournalled(
+        &self,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        e: crate::store::StoreError,
+    ) -> ProviderError {
+        let err = ProviderError::internal(format!(
+            "the provider cannot write its journal ({e}); the payment is refunded"
+        ));
+        match self.payments.refund(mint, received).await {
+            Ok(token) => err
+                .with_refund(token)
+                .with_details(serde_json::json!({ "refunded_msats": received - received % 1000 })),
+            Err(r) => {
+                tracing::error!("cannot refund an unjournalled payment of {received} msat: {r}");
+                err
+            }
+        }
+    }
+
     /// Retry a refund that could not be minted before (replays and the background loop).
     async fn retry_refund<T: Serialize>(&self, row: &PaymentRow) -> ProviderError {
         let err = ProviderError::new(
@@ -1011,6 +1065,22 @@ impl Provider {
         }
     }
 
+    /// Refuse a payment (untouched) when the journal may not be able to record it.
+    fn check_disk(&self) -> Result<(), ProviderError> {
+        let want = self.cfg.provider.min_free_disk_mb.saturating_mul(1024 * 1024);
+        match crate::fsutil::free_bytes(&self.cfg.provider.data_dir) {
+            Ok(free) if free < want => Err(ProviderError::new(
+                ErrorType::ResourceUnavailable,
+                "the provider is low on disk space and takes no payments right now; try later (your token is untouched)",
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!("cannot read free disk space: {e}");
+                Ok(())
+            }
+        }
+    }
+
     fn check_face_value(
         &self,
         info: &TokenInfo,
@@ -1138,6 +1208,7 @@ impl Provider {
             .filter(|w| matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired))
             .ok_or_else(|| ProviderError::not_found(&req.pod_npub))?;
         self.check_face_value(&info, &w.tier, 1)?;
+        self.check_disk()?;
         let now = now_secs();
         let journal = PaymentRow::before_swap(
             &info,
@@ -1226,7 +1297,12 @@ impl Provider {
         };
         let pod_id = pod_id.to_string();
         let now = now_secs();
-        self.store.mark_paid(&info.key, received, now)?;
+        if let Err(e) = self
+            .write_after_swap(|| self.store.mark_paid(&info.key, received, now))
+            .await
+        {
+            return Err(self.refund_unjournalled(mint, received, e).await);
+        }
         // Re-read: the reaper may have moved it while we were paying.
         let w = match self.store.workload(&pod_id)? {
             Some(w) if matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired) => w,

@@ -1003,3 +1003,21 @@ async fn seen_event_ids_are_pruned_and_the_reaper_scans_only_what_is_due() {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].id, pod.pod_npub);
 }
+
+#[tokio::test]
+async fn a_provider_low_on_disk_takes_no_payment() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(4));
+    // More free space than any test machine has: the real statvfs of the data dir says no.
+    cfg.provider.min_free_disk_mb = u64::MAX / (1024 * 1024 * 2);
+    let backend = Arc::new(FakeBackend::new());
+    let p = Provider::open(cfg, backend.clone()).await.unwrap();
+    let token = mint.token(100).await;
+    let err = spawn(&p, req(&token)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::ResourceUnavailable, "{}", err.message);
+    assert!(err.message.contains("disk"), "{}", err.message);
+    assert_eq!(*backend.creates.lock().unwrap(), 0);
+    assert_eq!(p.offers().capacity.live_workloads, 0);
+    assert_eq!(mint.receive_fresh(&token).await.unwrap(), 100, "untouched");
+}
