@@ -165,10 +165,7 @@ impl Side {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rounds: usize = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(200);
+    let rounds: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200);
     let rows: usize = args
         .iter()
         .position(|a| a == "--rows")
@@ -183,7 +180,10 @@ fn main() {
     drop(Store::open(&full).expect("full store"));
     let t = Instant::now();
     prefill(&full, rows, now);
-    eprintln!("prefilled {rows} workloads + {rows} payments in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "prefilled {rows} workloads + {rows} payments in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let mut base = Side {
         store: Store::open(&empty).expect("open"),
         spawn: vec![],
@@ -206,8 +206,16 @@ fn main() {
     println!("| operation | empty | {rows} rows | ratio |");
     println!("| --- | ---: | ---: | ---: |");
     for (name, a, b) in [
-        ("spawn (reserve, journal, paid, complete)", &mut base.spawn, &mut big.spawn),
-        ("status (workload + payment by key)", &mut base.status, &mut big.status),
+        (
+            "spawn (reserve, journal, paid, complete)",
+            &mut base.spawn,
+            &mut big.spawn,
+        ),
+        (
+            "status (workload + payment by key)",
+            &mut base.status,
+            &mut big.status,
+        ),
         ("reaper pass (due scan)", &mut base.reap, &mut big.reap),
         (
             "reaper pass, previous scan (all running/expired rows)",

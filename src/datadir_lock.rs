@@ -31,10 +31,7 @@ pub enum LockError {
         command: String,
     },
     #[error("cannot lock data dir {dir}: {source}")]
-    Io {
-        dir: String,
-        source: std::io::Error,
-    },
+    Io { dir: String, source: std::io::Error },
 }
 
 fn flock_struct(kind: libc::c_short) -> libc::flock {

@@ -114,7 +114,9 @@ impl Payments {
     pub async fn recover(&self) {
         for (url, w) in &self.wallets {
             let _exclusive = self.lock(url).write().await;
-            match tokio::time::timeout(self.timeout * 3, Box::pin(w.recover_incomplete_sagas())).await {
+            match tokio::time::timeout(self.timeout * 3, Box::pin(w.recover_incomplete_sagas()))
+                .await
+            {
                 Err(_) => tracing::warn!(mint = %url, "wallet recovery timed out"),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(mint = %url, "wallet recovery could not finish: {e}"),

@@ -558,8 +558,16 @@ impl Provider {
             Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, Some(&row.id), e),
             Err(Unpaid::Unsettled(e)) => return Err(e),
         };
-        self.provision_paid(&info.key, &info.mint_url, received, tier, row, progress, cancel)
-            .await
+        self.provision_paid(
+            &info.key,
+            &info.mint_url,
+            received,
+            tier,
+            row,
+            progress,
+            cancel,
+        )
+        .await
     }
 
     /// A replay of a spawn whose swap outcome was unknown: settle it with the mint, then finish
@@ -591,7 +599,10 @@ impl Provider {
                     &mint,
                     received,
                     None,
-                    ProviderError::new(ErrorType::PodCreationFailed, "the reserved workload is gone; the payment is refunded"),
+                    ProviderError::new(
+                        ErrorType::PodCreationFailed,
+                        "the reserved workload is gone; the payment is refunded",
+                    ),
                 )
                 .await);
         };
@@ -727,7 +738,9 @@ impl Provider {
                     self.cfg.provider.minimum_duration_seconds
                 ),
             );
-            return self.fail_spawn_after_swap(key, mint, received, &row, e).await;
+            return self
+                .fail_spawn_after_swap(key, mint, received, &row, e)
+                .await;
         }
 
         // 4. Provision, honouring cancellation.
@@ -766,7 +779,9 @@ impl Provider {
                     backend_error_message(&e)
                 },
             );
-            return self.fail_spawn_after_swap(key, mint, received, &row, err).await;
+            return self
+                .fail_spawn_after_swap(key, mint, received, &row, err)
+                .await;
         }
 
         // 5. Done. Paid time starts now that the workload is ready, not at the swap.
@@ -958,7 +973,10 @@ impl Provider {
             let Ok(Some(row)) = self.store.payment(&r.key) else {
                 continue;
             };
-            if !matches!(row.state, PaymentState::Unknown | PaymentState::RefundPending) {
+            if !matches!(
+                row.state,
+                PaymentState::Unknown | PaymentState::RefundPending
+            ) {
                 continue;
             }
             let outcome = match row.kind {
@@ -1067,7 +1085,11 @@ impl Provider {
 
     /// Refuse a payment (untouched) when the journal may not be able to record it.
     fn check_disk(&self) -> Result<(), ProviderError> {
-        let want = self.cfg.provider.min_free_disk_mb.saturating_mul(1024 * 1024);
+        let want = self
+            .cfg
+            .provider
+            .min_free_disk_mb
+            .saturating_mul(1024 * 1024);
         match crate::fsutil::free_bytes(&self.cfg.provider.data_dir) {
             Ok(free) if free < want => Err(ProviderError::new(
                 ErrorType::ResourceUnavailable,
@@ -1330,7 +1352,13 @@ impl Provider {
                 ),
             );
             return Err(self
-                .refund_and_record::<TopUpResult>(&info.key, &info.mint_url, received, Some(&w.id), e)
+                .refund_and_record::<TopUpResult>(
+                    &info.key,
+                    &info.mint_url,
+                    received,
+                    Some(&w.id),
+                    e,
+                )
                 .await);
         }
         let new_expires = w.expires_at.max(now).saturating_add(added);

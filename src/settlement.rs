@@ -81,8 +81,10 @@ pub async fn attempts_for(wallet: &Wallet, token: &Token) -> Vec<SwapAttempt> {
             .get_reserved_proofs(&saga.id)
             .await
             .unwrap_or_default();
-        let by_proofs =
-            !reserved.is_empty() && reserved.iter().all(|p| want.contains(&p.proof.secret.to_string()));
+        let by_proofs = !reserved.is_empty()
+            && reserved
+                .iter()
+                .all(|p| want.contains(&p.proof.secret.to_string()));
         let by_token = d
             .token
             .as_deref()
@@ -140,8 +142,11 @@ pub async fn settle(
             Err(_) => return Settlement::SpentElsewhere,
         }
     }
-    let states = match tokio::time::timeout(timeout, client.post_check_state(CheckStateRequest { ys }))
-        .await
+    let states = match tokio::time::timeout(
+        timeout,
+        client.post_check_state(CheckStateRequest { ys }),
+    )
+    .await
     {
         Ok(Ok(r)) => r.states,
         // No swap request of ours for these proofs ever left (cdk journals a receive as
@@ -156,7 +161,9 @@ pub async fn settle(
     }
     if states.iter().all(|s| s.state == State::Unspent) {
         if may_be_in_flight && !attempts.is_empty() {
-            return Settlement::Unknown("a swap request may still be on its way to the mint".into());
+            return Settlement::Unknown(
+                "a swap request may still be on its way to the mint".into(),
+            );
         }
         return Settlement::NotSwapped;
     }
@@ -181,7 +188,11 @@ async fn forget_sagas(wallet: &Wallet, token: &Token) {
             .get_reserved_proofs(&saga.id)
             .await
             .unwrap_or_default();
-        if reserved.is_empty() || !reserved.iter().all(|p| want.contains(&p.proof.secret.to_string())) {
+        if reserved.is_empty()
+            || !reserved
+                .iter()
+                .all(|p| want.contains(&p.proof.secret.to_string()))
+        {
             continue;
         }
         let ys = reserved.iter().map(|p| p.y).collect();

@@ -454,7 +454,8 @@ impl Store {
                     all.push(a.clone());
                 }
             }
-            let json = serde_json::to_string(&all).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let json =
+                serde_json::to_string(&all).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             tx.execute(
                 "UPDATE payments SET state = 'unknown', attempts = ?2,
                     in_flight_until = MAX(in_flight_until, ?3), updated_at = ?4

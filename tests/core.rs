@@ -171,7 +171,12 @@ async fn a_token_spent_elsewhere_is_rejected_by_the_mint_and_nothing_is_provisio
     let token = e.mint.token(100).await;
     assert_eq!(e.mint.receive_fresh(&token).await.unwrap(), 100);
     let err = spawn(&e.provider, req(&token)).await.unwrap_err();
-    assert_eq!(err.error_type, ErrorType::TokenAlreadySpent, "{}", err.message);
+    assert_eq!(
+        err.error_type,
+        ErrorType::TokenAlreadySpent,
+        "{}",
+        err.message
+    );
     assert_eq!(e.backend.count(), 0);
     assert_eq!(*e.backend.creates.lock().unwrap(), 0);
     assert_eq!(e.earnings(&e.provider).await, 0);
@@ -778,8 +783,15 @@ async fn a_journalled_token_spent_elsewhere_meanwhile_is_not_refunded_from_earni
     assert_eq!(e.mint.receive_fresh(&token).await.unwrap(), 100);
     let p2 = e.reopen().await;
     let row = p2.store().payment(&key).unwrap().unwrap();
-    assert_eq!(row.state, PaymentState::Rejected, "settled: nothing received");
-    assert!(row.refund_token.is_none(), "no refund for what was never received");
+    assert_eq!(
+        row.state,
+        PaymentState::Rejected,
+        "settled: nothing received"
+    );
+    assert!(
+        row.refund_token.is_none(),
+        "no refund for what was never received"
+    );
     assert_eq!(e.earnings(&p2).await, 500, "earnings untouched");
 }
 
@@ -838,9 +850,7 @@ async fn a_key_the_backend_cannot_install_is_refused_before_payment() {
     assert_eq!(p.offers().ssh_key_types, vec!["ssh-ed25519".to_string()]);
     let token = mint.token(100).await;
     let r = SpawnRequest {
-        ssh_public_key: Some(
-            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 alice@laptop".into(),
-        ),
+        ssh_public_key: Some("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 alice@laptop".into()),
         ..req(&token)
     };
     let err = spawn(&p, r).await.unwrap_err();
@@ -848,8 +858,15 @@ async fn a_key_the_backend_cannot_install_is_refused_before_payment() {
     assert!(err.message.contains("ssh-ed25519"), "{}", err.message);
     assert_eq!(*backend.creates.lock().unwrap(), 0);
     let key = p.payments().inspect(&token).unwrap().key;
-    assert!(p.store().payment(&key).unwrap().is_none(), "nothing journalled");
-    assert_eq!(mint.receive_fresh(&token).await.unwrap(), 100, "the token is untouched");
+    assert!(
+        p.store().payment(&key).unwrap().is_none(),
+        "nothing journalled"
+    );
+    assert_eq!(
+        mint.receive_fresh(&token).await.unwrap(),
+        100,
+        "the token is untouched"
+    );
 }
 
 #[tokio::test]
@@ -973,7 +990,12 @@ async fn a_pod_in_its_grace_period_gives_its_slot_to_a_paying_buyer() {
     assert_eq!(b.node_port, a.node_port, "B got A's slot");
     let sa = e
         .provider
-        .status(StatusRequest { pod_npub: a.pod_npub.clone() }, &Caller::Local)
+        .status(
+            StatusRequest {
+                pod_npub: a.pod_npub.clone(),
+            },
+            &Caller::Local,
+        )
         .await
         .unwrap();
     assert_eq!(sa.state, "deleted");
@@ -1015,7 +1037,12 @@ async fn a_provider_low_on_disk_takes_no_payment() {
     let p = Provider::open(cfg, backend.clone()).await.unwrap();
     let token = mint.token(100).await;
     let err = spawn(&p, req(&token)).await.unwrap_err();
-    assert_eq!(err.error_type, ErrorType::ResourceUnavailable, "{}", err.message);
+    assert_eq!(
+        err.error_type,
+        ErrorType::ResourceUnavailable,
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("disk"), "{}", err.message);
     assert_eq!(*backend.creates.lock().unwrap(), 0);
     assert_eq!(p.offers().capacity.live_workloads, 0);

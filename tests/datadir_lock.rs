@@ -12,7 +12,12 @@ use rmcp::transport::TokioChildProcess;
 use rmcp::ServiceExt;
 
 fn write_config(dir: &Path) -> PathBuf {
-    let mut cfg = common::config(dir, &["http://127.0.0.1:9"], 100, common::free_port_block(4));
+    let mut cfg = common::config(
+        dir,
+        &["http://127.0.0.1:9"],
+        100,
+        common::free_port_block(4),
+    );
     cfg.nostr.marketplace = true;
     let f = dir.join("paygress.toml");
     std::fs::write(&f, toml::to_string(&cfg).unwrap()).unwrap();
@@ -62,20 +67,39 @@ async fn a_second_process_on_the_same_data_dir_exits_naming_the_first_and_touche
     assert!(!second.status.success(), "the second server must not start");
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("in use by another paygress process"), "{err}");
-    assert!(err.contains(&format!("pid {pid}")), "names the first: {err}");
-    assert!(err.contains("paygress-mcp-server"), "names its command: {err}");
+    assert!(
+        err.contains(&format!("pid {pid}")),
+        "names the first: {err}"
+    );
+    assert!(
+        err.contains("paygress-mcp-server"),
+        "names its command: {err}"
+    );
 
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_paygress-cli"))
-        .args(["provider", "start", "--embedded-relay", "127.0.0.1:0", "--config"])
+        .args([
+            "provider",
+            "start",
+            "--embedded-relay",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&cfg)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert!(!cli.status.success(), "provider start must not start");
     let err = String::from_utf8_lossy(&cli.stderr);
-    assert!(err.contains(&format!("pid {pid}")), "names the first: {err}");
+    assert!(
+        err.contains(&format!("pid {pid}")),
+        "names the first: {err}"
+    );
 
-    assert_eq!(before, snapshot(dir.path()), "nothing of the first's was touched");
+    assert_eq!(
+        before,
+        snapshot(dir.path()),
+        "nothing of the first's was touched"
+    );
     // And the first still serves.
     let tools = first.list_tools(None).await.unwrap();
     assert_eq!(tools.tools.len(), offers.tools.len());
@@ -97,8 +121,16 @@ async fn the_lock_goes_with_the_process_so_a_restart_after_kill_9_opens() {
     let lock = dir.path().join("paygress.lock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let pid = child.id().to_string();
-    while std::fs::read_to_string(&lock).ok().as_deref().map(str::trim) != Some(pid.as_str()) {
-        assert!(std::time::Instant::now() < deadline, "the server never took its lock");
+    while std::fs::read_to_string(&lock)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+        != Some(pid.as_str())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never took its lock"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     child.kill().unwrap();

@@ -109,7 +109,12 @@ async fn a_swap_whose_answer_is_cut_ends_with_a_pod_or_a_full_refund_in_the_same
     let first = spawn(&e.provider, r.clone()).await;
     assert_eq!(e.mint.proxy.applied("/v1/swap"), 1, "the fault was applied");
     if let Err(err) = &first {
-        assert_ne!(err.error_type, ErrorType::TokenAlreadySpent, "{}", err.message);
+        assert_ne!(
+            err.error_type,
+            ErrorType::TokenAlreadySpent,
+            "{}",
+            err.message
+        );
     }
     let end = match first {
         Ok(pod) => Ok(pod),
@@ -151,7 +156,12 @@ async fn one_fault(fault: Fault) {
     let end = match spawn(&e.provider, r.clone()).await {
         Ok(pod) => Ok(pod),
         Err(err) => {
-            assert_ne!(err.error_type, ErrorType::TokenAlreadySpent, "{fault:?}: {}", err.message);
+            assert_ne!(
+                err.error_type,
+                ErrorType::TokenAlreadySpent,
+                "{fault:?}: {}",
+                err.message
+            );
             if err.refund_token.is_some() {
                 Err(err)
             } else {
@@ -219,7 +229,11 @@ async fn a_cut_answer_while_the_mint_stays_down_settles_when_it_is_back() {
     assert!(err.refund_token.is_none());
     let details = err.details.clone().unwrap_or_default();
     assert_eq!(details["swap_outcome"], "unknown", "{details}");
-    assert!(err.message.contains("repeat the same request"), "{}", err.message);
+    assert!(
+        err.message.contains("repeat the same request"),
+        "{}",
+        err.message
+    );
     // Still down: a replay says the same, and the reservation holds.
     let again = spawn(&e.provider, r.clone()).await.unwrap_err();
     assert_eq!(again.error_type, ErrorType::PaymentFailed);
@@ -306,9 +320,7 @@ async fn a_top_up_whose_answer_is_cut_extends_once() {
     let again = e.provider.top_up(top).await.unwrap();
     assert_eq!(again.new_expires_at, done.new_expires_at, "extended once");
     let earnings = e.earnings(&e.provider).await;
-    e.mint
-        .assert_books(1500, earnings, &[], &[t1, t2])
-        .await;
+    e.mint.assert_books(1500, earnings, &[], &[t1, t2]).await;
 }
 
 /// The backend fails after the swap and the refund cannot be minted right then (the earnings
@@ -341,7 +353,11 @@ async fn a_refund_that_cannot_be_minted_yet_is_kept_and_collected_later() {
     let d = err.details.clone().unwrap_or_default();
     assert_eq!(d["refund_pending"], true, "{d}: {}", err.message);
     assert_eq!(d["refund_msats"], 1_000_000);
-    assert!(err.message.contains("repeating the same request"), "{}", err.message);
+    assert!(
+        err.message.contains("repeating the same request"),
+        "{}",
+        err.message
+    );
     let again = spawn(&e.provider, r.clone()).await.unwrap_err();
     assert!(again.refund_token.is_none(), "still not mintable");
     // Money comes in again (another buyer); the background pass mints the kept refund.

@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Bytes;
 use cdk::amount::SplitTarget;
 use cdk::nuts::PaymentMethod;
 use cdk::wallet::{ReceiveOptions, SendOptions, Wallet};
 use cdk::Amount;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -372,7 +372,13 @@ impl FaultyMint {
     /// The books of a test, to the sat: everything the buyer paid is either in the provider's
     /// earnings, in a refund a fresh wallet can receive, or still spendable in the buyer's own
     /// tokens. Receives the refunds and the tokens (so call it last), with every fault cleared.
-    pub async fn assert_books(&self, paid: u64, earnings: u64, refunds: &[String], tokens: &[String]) {
+    pub async fn assert_books(
+        &self,
+        paid: u64,
+        earnings: u64,
+        refunds: &[String],
+        tokens: &[String],
+    ) {
         self.proxy.clear();
         self.proxy.refuse(false);
         let mut refunded = 0;

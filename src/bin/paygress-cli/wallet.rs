@@ -43,10 +43,10 @@ async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
         std::time::Duration::from_secs(cfg.payments.mint_timeout_seconds),
     )
     .await
-        .map_err(|e| {
-            eprintln!("paygress-cli: {e}");
-            exit::PROVIDER
-        })
+    .map_err(|e| {
+        eprintln!("paygress-cli: {e}");
+        exit::PROVIDER
+    })
 }
 
 pub async fn run(cmd: WalletCommand) -> i32 {
