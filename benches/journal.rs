@@ -69,6 +69,7 @@ fn payment(key: &str, pod: &str, now: u64) -> PaymentRow {
         created_at: now,
         attempts: Vec::new(),
         in_flight_until: 0,
+        refund_op: None,
     }
 }
 

@@ -301,11 +301,69 @@ impl Payments {
 
     /// Mint a token worth `msats` (rounded down to whole sats) from the earnings at `mint`.
     pub async fn refund(&self, mint: &MintUrl, msats: u64) -> Result<Secret, ProviderError> {
+        self.refund_journalled(mint, msats, |_| Ok(())).await
+    }
+
+    /// [`Payments::refund`], calling `journal` with the send's operation id after the proofs are
+    /// set aside and before the token is made: a crash after that leaves the token findable by
+    /// [`Payments::refund_token_of`], so it is delivered instead of minting a second refund.
+    pub async fn refund_journalled(
+        &self,
+        mint: &MintUrl,
+        msats: u64,
+        journal: impl FnOnce(&str) -> Result<(), ProviderError>,
+    ) -> Result<Secret, ProviderError> {
         let sats = msats / 1000;
         if sats == 0 {
             return Err(ProviderError::internal("nothing to refund"));
         }
-        self.send(mint, sats, "paygress refund").await
+        let wallet = self.wallet(mint)?;
+        let prepared = wallet
+            .prepare_send(Amount::from(sats), send_options("paygress refund"))
+            .await
+            .map_err(|e| {
+                ProviderError::new(
+                    ErrorType::PaymentFailed,
+                    format!("cannot prepare {sats} sat: {e}"),
+                )
+            })?;
+        if let Err(e) = journal(&prepared.operation_id().to_string()) {
+            let _ = prepared.cancel().await;
+            return Err(e);
+        }
+        let token = prepared.confirm(None).await.map_err(|e| {
+            ProviderError::new(
+                ErrorType::PaymentFailed,
+                format!("cannot create token: {e}"),
+            )
+        })?;
+        Ok(Secret::new(token.to_string()))
+    }
+
+    /// The token a refund send (by operation id) made, if cdk still holds it unclaimed.
+    pub async fn refund_token_of(&self, mint: &MintUrl, op: &str) -> Option<Secret> {
+        use cdk::wallet::types::{OperationData, SendSagaState, WalletSagaState};
+        let wallet = self.wallet(mint).ok()?;
+        let id = op.parse().ok()?;
+        let saga = wallet.localstore.get_saga(&id).await.ok()??;
+        let (WalletSagaState::Send(SendSagaState::TokenCreated), OperationData::Send(d)) =
+            (&saga.state, &saga.data)
+        else {
+            return None;
+        };
+        if let Some(t) = &d.token {
+            return Some(Secret::new(t.clone()));
+        }
+        let proofs = d.proofs.clone()?;
+        Some(Secret::new(
+            Token::new(
+                wallet.mint_url.clone(),
+                proofs,
+                d.memo.clone(),
+                wallet.unit.clone(),
+            )
+            .to_string(),
+        ))
     }
 
     /// Take `sats` out of the earnings at `mint` as a token (operator withdrawal).
@@ -336,14 +394,7 @@ impl Payments {
 
     async fn send(&self, mint: &MintUrl, sats: u64, memo: &str) -> Result<Secret, ProviderError> {
         let wallet = self.wallet(mint)?;
-        let opts = SendOptions {
-            memo: Some(SendMemo {
-                memo: memo.to_string(),
-                include_memo: true,
-            }),
-            amount_split_target: SplitTarget::default(),
-            ..Default::default()
-        };
+        let opts = send_options(memo);
         let prepared = wallet
             .prepare_send(Amount::from(sats), opts)
             .await
@@ -393,6 +444,17 @@ fn map_receive_error(e: cdk::Error) -> ProviderError {
             ErrorType::PaymentFailed,
             format!("could not redeem the token at the mint: {other}"),
         ),
+    }
+}
+
+fn send_options(memo: &str) -> SendOptions {
+    SendOptions {
+        memo: Some(SendMemo {
+            memo: memo.to_string(),
+            include_memo: true,
+        }),
+        amount_split_target: SplitTarget::default(),
+        ..Default::default()
     }
 }
 

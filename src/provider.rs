@@ -1032,7 +1032,30 @@ impl Provider {
             }
             return err;
         }
-        match self.payments.refund(mint, received).await {
+        // A refund minted before a crash (its operation journalled) is delivered, not re-minted.
+        let earlier = match self
+            .store
+            .payment(key)
+            .ok()
+            .flatten()
+            .and_then(|r| r.refund_op)
+        {
+            Some(op) => self.payments.refund_token_of(mint, &op).await,
+            None => None,
+        };
+        let minted = match earlier {
+            Some(t) => Ok(t),
+            None => {
+                self.payments
+                    .refund_journalled(mint, received, |op| {
+                        self.store
+                            .set_refund_op(key, op)
+                            .map_err(ProviderError::from)
+                    })
+                    .await
+            }
+        };
+        match minted {
             Ok(token) => {
                 let mut details = serde_json::json!({ "refunded_msats": refundable });
                 if kept > 0 {

@@ -122,6 +122,8 @@ pub struct PaymentRow {
     pub attempts: Vec<crate::settlement::SwapAttempt>,
     /// Until this time a swap request of ours may still be on its way to the mint.
     pub in_flight_until: u64,
+    /// The wallet operation minting this payment's refund, journalled before the token is made.
+    pub refund_op: Option<String>,
 }
 
 impl PaymentRow {
@@ -153,6 +155,7 @@ impl PaymentRow {
             created_at: now,
             attempts: Vec::new(),
             in_flight_until: 0,
+            refund_op: None,
         }
     }
 }
@@ -256,7 +259,8 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     attempts TEXT,
-    in_flight_until INTEGER NOT NULL DEFAULT 0
+    in_flight_until INTEGER NOT NULL DEFAULT 0,
+    refund_op TEXT
 );
 CREATE INDEX IF NOT EXISTS payments_state ON payments(state);
 CREATE TABLE IF NOT EXISTS workloads (
@@ -474,6 +478,17 @@ impl Store {
                 "UPDATE payments SET state = 'paid', received_msats = ?2, token = NULL, updated_at = ?3
                  WHERE key = ?1",
                 params![key, to_i64(received_msats), to_i64(now)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A refund for this payment is being minted by wallet operation `op`.
+    pub fn set_refund_op(&self, key: &str, op: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE payments SET refund_op = ?2 WHERE key = ?1",
+                params![key, op],
             )?;
             Ok(())
         })
@@ -792,8 +807,8 @@ impl Store {
 
 const PAYMENT_SELECT: &str =
     "SELECT key, kind, fingerprint, request_id, pod_id, mint_url, face_msats,
-    received_msats, state, token, refund_token, response, created_at, attempts, in_flight_until
-    FROM payments";
+    received_msats, state, token, refund_token, response, created_at, attempts, in_flight_until,
+    refund_op FROM payments";
 
 /// Bring a journal written by an older version up to the current schema.
 fn migrate(c: &Connection) -> Result<(), StoreError> {
@@ -808,6 +823,9 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
     c.execute_batch("DROP INDEX IF EXISTS workloads_live_port")?;
     if !cols.iter().any(|n| n == "attempts") {
         c.execute_batch("ALTER TABLE payments ADD COLUMN attempts TEXT")?;
+    }
+    if !cols.iter().any(|n| n == "refund_op") {
+        c.execute_batch("ALTER TABLE payments ADD COLUMN refund_op TEXT")?;
     }
     if !cols.iter().any(|n| n == "in_flight_until") {
         c.execute_batch(
@@ -844,6 +862,7 @@ fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentRow
             .and_then(|j| serde_json::from_str(j).ok())
             .unwrap_or_default(),
         in_flight_until: to_u64(r.get(14)?),
+        refund_op: r.get(15)?,
     }))
 }
 

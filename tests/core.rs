@@ -1048,3 +1048,51 @@ async fn a_provider_low_on_disk_takes_no_payment() {
     assert_eq!(p.offers().capacity.live_workloads, 0);
     assert_eq!(mint.receive_fresh(&token).await.unwrap(), 100, "untouched");
 }
+
+#[tokio::test]
+async fn a_crash_between_minting_a_refund_and_journalling_it_delivers_the_same_refund() {
+    let e = env().await;
+    e.backend.fail(Step::Create);
+    let paid = e.mint.token(500).await;
+    spawn(&e.provider, {
+        let mut r = req(&paid);
+        r.ssh_username = "bob".into();
+        r
+    })
+    .await
+    .unwrap_err();
+    // Earnings that a second refund could come from.
+    e.backend.heal(Step::Create);
+    let other = e.mint.token(500).await;
+    spawn(&e.provider, req(&other)).await.unwrap();
+    e.backend.fail(Step::Create);
+    let token = e.mint.token(100).await;
+    let first = spawn(&e.provider, req(&token)).await.unwrap_err();
+    let refund = first.refund_token.clone().unwrap();
+    let before = e.earnings(&e.provider).await;
+    // The crash: the refund was minted, its final journal write never happened.
+    let key = e.provider.payments().inspect(&token).unwrap().key;
+    let db = rusqlite::Connection::open(e.dir.path().join("paygress.sqlite3")).unwrap();
+    db.execute(
+        "UPDATE payments SET state = 'paid', refund_token = NULL, response = NULL WHERE key = ?1",
+        [&key],
+    )
+    .unwrap();
+    drop(db);
+    let p2 = e.reopen().await;
+    let again = spawn(&p2, req(&token)).await.unwrap_err();
+    let again = again.refund_token.expect("a refund");
+    assert_eq!(
+        e.earnings(&p2).await,
+        before,
+        "no second refund was minted from the earnings"
+    );
+    let a = p2.payments().inspect(refund.expose()).unwrap().key;
+    let b = p2.payments().inspect(again.expose()).unwrap().key;
+    assert_eq!(a, b, "the same proofs are delivered");
+    assert_eq!(e.mint.receive_fresh(again.expose()).await.unwrap(), 100);
+    assert!(
+        e.mint.receive_fresh(refund.expose()).await.is_err(),
+        "only once"
+    );
+}
