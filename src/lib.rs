@@ -18,6 +18,7 @@ pub mod api;
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod crashpoint;
 pub mod datadir_lock;
 #[cfg(feature = "demo")]
 pub mod demo;

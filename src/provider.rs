@@ -529,6 +529,7 @@ impl Provider {
                 "request_id was already used with a different token",
             ));
         }
+        crate::crashpoint::hit("spawn_journalled");
         report(&progress, SpawnStage::Validated);
 
         // 2-5 on a task of their own, so the money path finishes even if the caller goes away.
@@ -558,6 +559,7 @@ impl Provider {
             Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, Some(&row.id), e),
             Err(Unpaid::Unsettled(e)) => return Err(e),
         };
+        crate::crashpoint::hit("spawn_swapped");
         self.provision_paid(
             &info.key,
             &info.mint_url,
@@ -729,6 +731,7 @@ impl Provider {
             return Err(self.refund_unjournalled(mint, received, e).await);
         }
         tracing::info!(pod = %row.id, received_msats = received, "spawn paid");
+        crate::crashpoint::hit("spawn_paid");
         report(&progress, SpawnStage::Paid);
         if duration < self.cfg.provider.minimum_duration_seconds {
             let e = ProviderError::new(
@@ -784,6 +787,7 @@ impl Provider {
                 .await;
         }
 
+        crate::crashpoint::hit("spawn_created");
         // 5. Done. Paid time starts now that the workload is ready, not at the swap.
         let ready = now_secs();
         let expires_at = ready.saturating_add(duration);
@@ -796,6 +800,7 @@ impl Provider {
             Ok(self.spawn_result(&row, &tier, expires_at, duration, received));
         self.store
             .complete_spawn(key, &row.id, expires_at, &to_stored(&result), ready)?;
+        crate::crashpoint::hit("spawn_completed");
         report(&progress, SpawnStage::Ready);
         tracing::info!(pod = %row.id, port = row.host_port, duration, "workload running");
         result
@@ -1050,13 +1055,16 @@ impl Provider {
                     .refund_journalled(mint, received, |op| {
                         self.store
                             .set_refund_op(key, op)
-                            .map_err(ProviderError::from)
+                            .map_err(ProviderError::from)?;
+                        crate::crashpoint::hit("refund_prepared");
+                        Ok(())
                     })
                     .await
             }
         };
         match minted {
             Ok(token) => {
+                crate::crashpoint::hit("refund_minted");
                 let mut details = serde_json::json!({ "refunded_msats": refundable });
                 if kept > 0 {
                     details["unrefundable_msats"] = kept.into();
@@ -1269,6 +1277,7 @@ impl Provider {
                 "request_id was already used with a different token",
             ));
         }
+        crate::crashpoint::hit("topup_journalled");
         let this = Arc::clone(self);
         let token = req.cashu_token.clone();
         let task = tokio::spawn(async move {
@@ -1323,6 +1332,7 @@ impl Provider {
             Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, None, e),
             Err(Unpaid::Unsettled(e)) => return Err(e),
         };
+        crate::crashpoint::hit("topup_swapped");
         self.extend_paid(&info.key, &info.mint_url, received, &pod_id)
             .await
     }
@@ -1384,10 +1394,14 @@ impl Provider {
                 )
                 .await);
         }
+        crate::crashpoint::hit("topup_paid");
         let new_expires = w.expires_at.max(now).saturating_add(added);
         let mut result = self.backend.extend(&w.name, new_expires).await;
         if result.is_ok() && w.state == WorkloadStatus::Expired {
             result = self.backend.resume(&w.name).await;
+        }
+        if result.is_ok() {
+            crate::crashpoint::hit("topup_extended");
         }
         if let Err(e) = result {
             tracing::warn!(pod = %w.id, "top-up could not extend the workload: {e}");

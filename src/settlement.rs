@@ -134,7 +134,6 @@ pub async fn settle(
             return Settlement::Received(sats.saturating_mul(1000));
         }
     }
-    // 4. Nothing of ours signed: whose are the proofs now?
     let mut ys = Vec::new();
     for s in token.token_secrets() {
         match cdk::dhke::hash_to_curve(s.as_bytes()) {
@@ -142,6 +141,15 @@ pub async fn settle(
             Err(_) => return Settlement::SpentElsewhere,
         }
     }
+    // 3b. No outputs journalled: the swap either never left or succeeded with its answer in
+    // hand just before a crash (cdk then forgets the saga). In the latter case the wallet has
+    // the proofs and records the receive as completed, with these inputs.
+    if attempts.is_empty() {
+        if let Some(sats) = completed_receive(wallet, &ys).await {
+            return Settlement::Received(sats.saturating_mul(1000));
+        }
+    }
+    // 4. Nothing of ours signed: whose are the proofs now?
     let states = match tokio::time::timeout(
         timeout,
         client.post_check_state(CheckStateRequest { ys }),
@@ -171,6 +179,24 @@ pub async fn settle(
     // restore finds nothing to complete it with); we asked the mint ourselves, so drop it.
     forget_sagas(wallet, token).await;
     Settlement::SpentElsewhere
+}
+
+/// What a completed receive of exactly these input proofs brought in, from the wallet's own
+/// transaction history.
+async fn completed_receive(wallet: &Wallet, ys: &[cdk::nuts::PublicKey]) -> Option<u64> {
+    use cdk::wallet::types::{TransactionDirection, TransactionStatus};
+    let want: HashSet<_> = ys.iter().collect();
+    let txs = wallet
+        .list_transactions(Some(TransactionDirection::Incoming))
+        .await
+        .ok()?;
+    txs.into_iter()
+        .find(|t| {
+            t.status == TransactionStatus::Completed
+                && t.ys.len() == want.len()
+                && t.ys.iter().all(|y| want.contains(y))
+        })
+        .map(|t| u64::from(t.amount))
 }
 
 /// Remove cdk's records of receives of these proofs (the saga and its pending input proofs).
