@@ -76,6 +76,14 @@ pub struct ProviderSection {
     /// than this: the journal must be able to record what a swap took.
     #[serde(default = "default_min_free_disk")]
     pub min_free_disk_mb: u64,
+    /// Spawns one remote caller (a Nostr key, over the marketplace or ContextVM) may have in
+    /// flight at once; more are refused untouched (`resource_unavailable`).
+    #[serde(default = "default_per_sender")]
+    pub max_concurrent_per_sender: u32,
+}
+
+fn default_per_sender() -> u32 {
+    4
 }
 
 fn default_min_free_disk() -> u64 {
@@ -316,6 +324,7 @@ impl Default for ProviderSection {
             reaper_interval_seconds: default_reaper_interval(),
             max_workloads: 0,
             min_free_disk_mb: default_min_free_disk(),
+            max_concurrent_per_sender: default_per_sender(),
         }
     }
 }

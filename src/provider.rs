@@ -128,6 +128,26 @@ pub struct Provider {
     backend: Arc<dyn Backend>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     _dir_lock: crate::datadir_lock::DataDirLock,
+    /// Spawns in flight per remote caller (bounded work per sender).
+    in_flight: Arc<StdMutex<HashMap<String, u32>>>,
+}
+
+/// One remote caller's spawn in flight; gives its slot back when dropped.
+struct SenderSlot {
+    map: Arc<StdMutex<HashMap<String, u32>>>,
+    who: String,
+}
+
+impl Drop for SenderSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.who);
+            }
+        }
+    }
 }
 
 /// How long Nostr event ids are remembered for replay protection (the doors refuse requests
@@ -295,6 +315,7 @@ impl Provider {
             backend,
             locks: StdMutex::new(HashMap::new()),
             _dir_lock: dir_lock,
+            in_flight: Arc::new(StdMutex::new(HashMap::new())),
         });
         let report = Box::pin(provider.recover()).await;
         tracing::info!(?report, "provider state recovered");
@@ -377,6 +398,8 @@ impl Provider {
         progress: Option<Progress>,
         cancel: CancellationToken,
     ) -> Result<SpawnResult, ProviderError> {
+        // Bounded work: a remote caller gets a few spawns in flight, not a thousand.
+        let _slot = self.sender_slot(&caller)?;
         // 1. Everything checkable with the token untouched.
         let tier = match req.pod_spec_id.as_deref() {
             None => self
@@ -1112,6 +1135,26 @@ impl Provider {
                 err
             }
         }
+    }
+
+    fn sender_slot(&self, caller: &Caller) -> Result<Option<SenderSlot>, ProviderError> {
+        let Caller::Nostr(pk) = caller else {
+            return Ok(None);
+        };
+        let cap = self.cfg.provider.max_concurrent_per_sender;
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(pk.clone()).or_insert(0);
+        if cap > 0 && *n >= cap {
+            return Err(ProviderError::new(
+                ErrorType::ResourceUnavailable,
+                format!("{cap} of your spawns are still in progress; wait for them to finish (your token is untouched)"),
+            ));
+        }
+        *n += 1;
+        Ok(Some(SenderSlot {
+            map: Arc::clone(&self.in_flight),
+            who: pk.clone(),
+        }))
     }
 
     /// Refuse a payment (untouched) when the journal may not be able to record it.

@@ -1096,3 +1096,61 @@ async fn a_crash_between_minting_a_refund_and_journalling_it_delivers_the_same_r
         "only once"
     );
 }
+
+#[tokio::test]
+async fn a_remote_sender_gets_a_bounded_number_of_spawns_in_flight() {
+    let e = env().await;
+    e.backend.set_create_delay(Duration::from_millis(1500));
+    let cap = e.cfg.provider.max_concurrent_per_sender as usize;
+    let alice = Caller::Nostr("a".repeat(64));
+    let mut calls = Vec::new();
+    for _ in 0..cap {
+        let t = e.mint.token(100).await;
+        let (p, c) = (e.provider.clone(), alice.clone());
+        calls.push(tokio::spawn(async move {
+            p.spawn(req(&t), c, None, CancellationToken::new()).await
+        }));
+    }
+    while *e.backend.creates.lock().unwrap() < cap as u32 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let extra = e.mint.token(100).await;
+    let err = e
+        .provider
+        .spawn(req(&extra), alice.clone(), None, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.error_type,
+        ErrorType::ResourceUnavailable,
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        e.mint.receive_fresh(&extra).await.unwrap(),
+        100,
+        "untouched"
+    );
+    // Another sender is not held up.
+    let bob_token = e.mint.token(100).await;
+    let bob = e
+        .provider
+        .spawn(
+            req(&bob_token),
+            Caller::Nostr("b".repeat(64)),
+            None,
+            CancellationToken::new(),
+        )
+        .await;
+    assert!(bob.is_ok());
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    // Done: the slots are back.
+    let again = e.mint.token(100).await;
+    assert!(e
+        .provider
+        .spawn(req(&again), alice, None, CancellationToken::new())
+        .await
+        .is_ok());
+}
