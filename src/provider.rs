@@ -466,20 +466,34 @@ impl Provider {
         ]);
 
         // Serialise everything that concerns this token.
-        let guard = self.lock(&format!("token:{}", info.key)).await;
+        let mut guard = self.lock(&format!("token:{}", info.key)).await;
         match self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)? {
             None => {}
             Some(Replayed::Answer(answer)) => return answer,
             Some(Replayed::Unknown(row)) => {
                 // Settle on a task of its own (a provisioning may follow), under the token lock.
                 let this = Arc::clone(self);
+                let (p, c) = (progress.clone(), cancel.clone());
                 let task = tokio::spawn(async move {
                     let _guard: OwnedMutexGuard<()> = guard;
-                    this.resume_unknown_spawn(row, progress, cancel).await
+                    this.resume_unknown_spawn(row, p, c).await
                 });
-                return task.await.unwrap_or_else(|e| {
+                let r = task.await.unwrap_or_else(|e| {
                     Err(ProviderError::internal(format!("spawn task failed: {e}")))
                 });
+                // Settled as never taken (the row is gone): the token is still the buyer's,
+                // so this request goes on as a new one.
+                let released = matches!(&r, Err(e) if e.error_type == ErrorType::PaymentFailed)
+                    && self.store.payment(&info.key)?.is_none();
+                if !released {
+                    return r;
+                }
+                guard = self.lock(&format!("token:{}", info.key)).await;
+                if let Some(Replayed::Answer(answer)) =
+                    self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)?
+                {
+                    return answer;
+                }
             }
         }
 

@@ -383,3 +383,27 @@ async fn a_refund_that_cannot_be_minted_yet_is_kept_and_collected_later() {
         )
         .await;
 }
+
+/// The swap never reaches the mint and neither does cdk's replay of it: nothing was charged.
+/// While a request might still be on its way the outcome stays unknown; after that, the same
+/// request goes through as a new one and gets the pod.
+#[tokio::test]
+async fn a_swap_that_never_reached_the_mint_is_released_and_the_same_request_then_succeeds() {
+    let e = env().await;
+    let token = e.mint.token(1000).await;
+    let before = e.mint.proxy.forwarded("/v1/swap");
+    e.mint.proxy.inject("/v1/swap", Fault::Drop, 2);
+    let r = req(&token, "never-sent");
+    let err = spawn(&e.provider, r.clone()).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
+    assert_eq!(e.mint.proxy.applied("/v1/swap"), 2, "the swap and its replay were dropped");
+    assert_eq!(e.mint.proxy.forwarded("/v1/swap"), before, "nothing reached the mint");
+    // Past the in-flight window (2 x the 2 s mint timeout).
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let pod = spawn(&e.provider, r).await.unwrap();
+    assert_eq!(pod.paid_msats, 1_000_000);
+    let earnings = e.earnings(&e.provider).await;
+    e.mint
+        .assert_books(1000, earnings, &[], std::slice::from_ref(&token))
+        .await;
+}
