@@ -1154,3 +1154,21 @@ async fn a_remote_sender_gets_a_bounded_number_of_spawns_in_flight() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_token_the_fees_eat_whole_is_refused_and_nothing_is_kept() {
+    // 1 sat buys 100 s at face value; the mint's 1 sat input fee leaves nothing, and cdk
+    // refuses a swap with nothing out (a definitive failure): nothing moves.
+    let mint = TestMint::start_with_fee(1000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], 10, common::free_port_block(4));
+    let p = Provider::open(cfg, Arc::new(FakeBackend::new())).await.unwrap();
+    let token = mint.token(1).await;
+    let err = spawn(&p, req(&token)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
+    assert!(err.refund_token.is_none());
+    assert_eq!(p.offers().capacity.live_workloads, 0);
+    let key = p.payments().inspect(&token).unwrap().key;
+    assert!(p.store().payment(&key).unwrap().is_none(), "nothing journalled");
+    assert_eq!(p.payments().balances().await.unwrap()[0].1, 0, "nothing kept");
+}
