@@ -8,7 +8,8 @@
 //! survives restarts without a table of its own.
 //!
 //! rusqlite is synchronous; every statement here is short, so the connection sits behind a plain
-//! mutex that is never held across an `.await`.
+//! mutex that is never held across an `.await`, and on a multi-threaded runtime each call runs
+//! under `block_in_place` so a journal fsync never stalls other tasks on that worker.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -319,8 +320,20 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        f(&mut guard)
+        let run = || {
+            let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+            f(&mut guard)
+        };
+        // A journal write waits for fsync. On the multi-threaded runtime the binaries use, tell
+        // tokio this thread blocks, so other tasks move to other workers meanwhile; elsewhere
+        // (a current-thread runtime, plain threads) just run it.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        }
     }
 
     /// A value from the meta table, created with `init` on first use.

@@ -1162,13 +1162,45 @@ async fn a_token_the_fees_eat_whole_is_refused_and_nothing_is_kept() {
     let mint = TestMint::start_with_fee(1000).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::config(dir.path(), &[&mint.url], 10, common::free_port_block(4));
-    let p = Provider::open(cfg, Arc::new(FakeBackend::new())).await.unwrap();
+    let p = Provider::open(cfg, Arc::new(FakeBackend::new()))
+        .await
+        .unwrap();
     let token = mint.token(1).await;
     let err = spawn(&p, req(&token)).await.unwrap_err();
     assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
     assert!(err.refund_token.is_none());
     assert_eq!(p.offers().capacity.live_workloads, 0);
     let key = p.payments().inspect(&token).unwrap().key;
-    assert!(p.store().payment(&key).unwrap().is_none(), "nothing journalled");
-    assert_eq!(p.payments().balances().await.unwrap()[0].1, 0, "nothing kept");
+    assert!(
+        p.store().payment(&key).unwrap().is_none(),
+        "nothing journalled"
+    );
+    assert_eq!(
+        p.payments().balances().await.unwrap()[0].1,
+        0,
+        "nothing kept"
+    );
+}
+
+/// The binaries run on tokio's multi-threaded runtime, where journal calls run under
+/// `block_in_place`: the whole money path works there too, concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_money_path_runs_on_the_multi_threaded_runtime() {
+    let e = env().await;
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let t = e.mint.token(100).await;
+        let p = e.provider.clone();
+        calls.push(tokio::spawn(async move {
+            let mut r = req(&t);
+            r.request_id = Some(format!("mt-{i}"));
+            p.spawn(r, Caller::Local, None, CancellationToken::new())
+                .await
+        }));
+    }
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(e.backend.count(), 8);
+    assert_eq!(e.earnings(&e.provider).await, 800);
 }

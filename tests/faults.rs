@@ -396,8 +396,16 @@ async fn a_swap_that_never_reached_the_mint_is_released_and_the_same_request_the
     let r = req(&token, "never-sent");
     let err = spawn(&e.provider, r.clone()).await.unwrap_err();
     assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
-    assert_eq!(e.mint.proxy.applied("/v1/swap"), 2, "the swap and its replay were dropped");
-    assert_eq!(e.mint.proxy.forwarded("/v1/swap"), before, "nothing reached the mint");
+    assert_eq!(
+        e.mint.proxy.applied("/v1/swap"),
+        2,
+        "the swap and its replay were dropped"
+    );
+    assert_eq!(
+        e.mint.proxy.forwarded("/v1/swap"),
+        before,
+        "nothing reached the mint"
+    );
     // Past the in-flight window (2 x the 2 s mint timeout).
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let pod = spawn(&e.provider, r).await.unwrap();
