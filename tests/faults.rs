@@ -415,3 +415,62 @@ async fn a_swap_that_never_reached_the_mint_is_released_and_the_same_request_the
         .assert_books(1000, earnings, &[], std::slice::from_ref(&token))
         .await;
 }
+
+/// The reproduction exactly: against an independent mint (Nutshell), the proxy forwards
+/// `POST /v1/swap` and cuts the answer once; the same request repeated ends with a pod or a full
+/// refund, in the same process.
+#[tokio::test]
+async fn against_nutshell_a_cut_swap_answer_ends_with_a_pod_or_a_full_refund() {
+    let e = env_with(FaultyMint::nutshell().await).await;
+    let token = e.mint.token(1000).await;
+    e.mint.proxy.inject("/v1/swap", Fault::CutAfterForward, 1);
+    let r = req(&token, "nutshell-cut");
+    let end = match spawn(&e.provider, r.clone()).await {
+        Ok(pod) => Ok(pod),
+        Err(err) => {
+            assert_ne!(
+                err.error_type,
+                ErrorType::TokenAlreadySpent,
+                "{}",
+                err.message
+            );
+            settle(&e.provider, &r).await
+        }
+    };
+    assert_eq!(e.mint.proxy.applied("/v1/swap"), 1);
+    let refunds: Vec<String> = end
+        .as_ref()
+        .err()
+        .and_then(|e| e.refund_token.clone())
+        .map(|t| t.expose().to_string())
+        .into_iter()
+        .collect();
+    if let Ok(pod) = &end {
+        assert_eq!(pod.paid_msats, 1_000_000);
+    }
+    let earnings = e.earnings(&e.provider).await;
+    e.mint
+        .assert_books(1000, earnings, &refunds, std::slice::from_ref(&token))
+        .await;
+}
+
+/// Nutshell with its restore and state endpoints failing while the answer is lost: the outcome
+/// stays unknown (never a lost payment), and settles when they answer again.
+#[tokio::test]
+async fn against_nutshell_a_cut_answer_with_the_mint_unreachable_settles_later() {
+    let e = env_with(FaultyMint::nutshell().await).await;
+    let token = e.mint.token(1000).await;
+    e.mint.proxy.inject("/v1/swap", Fault::CutAfterForward, 1);
+    e.mint.proxy.always("/v1/restore", Fault::Status(502));
+    e.mint.proxy.always("/v1/checkstate", Fault::Status(502));
+    let r = req(&token, "nutshell-down");
+    let err = spawn(&e.provider, r.clone()).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
+    e.mint.proxy.clear();
+    let pod = settle(&e.provider, &r).await.unwrap();
+    assert_eq!(pod.paid_msats, 1_000_000);
+    let earnings = e.earnings(&e.provider).await;
+    e.mint
+        .assert_books(1000, earnings, &[], std::slice::from_ref(&token))
+        .await;
+}

@@ -304,9 +304,11 @@ async fn forward(
     Ok(Response::from_parts(parts, Full::new(body)))
 }
 
-/// The real test mint behind a fault proxy, and a funding wallet that talks through the proxy.
+/// A real mint (the in-process cdk test mint, or Nutshell) behind a fault proxy, and a funding
+/// wallet that talks through the proxy.
 pub struct FaultyMint {
-    pub mint: TestMint,
+    /// Keeps the mint itself running.
+    _upstream: Box<dyn std::any::Any + Send + Sync>,
     pub proxy: FaultyProxy,
     /// The URL tokens name and providers whitelist: the proxy's.
     pub url: String,
@@ -323,12 +325,27 @@ impl FaultyMint {
         Self::with(TestMint::start_with_fee(ppk).await).await
     }
 
+    /// The independent mint: Nutshell (PyPI `cashu`, fake Lightning) as a child process.
+    pub async fn nutshell() -> FaultyMint {
+        let n = super::nutshell::Nutshell::start().await;
+        let url = n.url.clone();
+        Self::with_upstream(&url, Box::new(n)).await
+    }
+
     async fn with(mint: TestMint) -> FaultyMint {
-        let proxy = FaultyProxy::start(&mint.url).await;
+        let url = mint.url.clone();
+        Self::with_upstream(&url, Box::new(mint)).await
+    }
+
+    async fn with_upstream(
+        upstream: &str,
+        keep: Box<dyn std::any::Any + Send + Sync>,
+    ) -> FaultyMint {
+        let proxy = FaultyProxy::start(upstream).await;
         let url = proxy.url.clone();
         let funding = fresh_wallet(&url).await;
         FaultyMint {
-            mint,
+            _upstream: keep,
             proxy,
             url,
             funding,

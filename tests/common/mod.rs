@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cvm;
 pub mod faulty;
 pub mod mint;
+pub mod nutshell;
 
 use std::collections::BTreeMap;
 use std::path::Path;
