@@ -637,7 +637,7 @@ impl Provider {
             return Err(ProviderError::internal("unknown swap without its token"));
         };
         let pod_id = row.pod_id.clone().unwrap_or_default();
-        let received = match self.settle_unknown(&row.key, &mint, &token).await {
+        let received = match self.settle_bounded(&row.key, &mint, &token).await {
             Ok(m) => m,
             Err(Unpaid::Refused(e)) => return self.swap_failed(&row.key, Some(&pod_id), e),
             Err(Unpaid::Unsettled(e)) => return Err(e),
@@ -1054,7 +1054,7 @@ impl Provider {
         };
         let pod_id = row.pod_id.clone().unwrap_or_default();
         let _pod = self.lock(&format!("pod:{pod_id}")).await;
-        let received = match self.settle_unknown(&row.key, &mint, &token).await {
+        let received = match self.settle_bounded(&row.key, &mint, &token).await {
             Ok(m) => m,
             Err(Unpaid::Refused(e)) => return self.swap_failed(&row.key, None, e),
             Err(Unpaid::Unsettled(e)) => return Err(e),

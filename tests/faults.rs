@@ -474,3 +474,79 @@ async fn against_nutshell_a_cut_answer_with_the_mint_unreachable_settles_later()
         .assert_books(1000, earnings, &[], std::slice::from_ref(&token))
         .await;
 }
+
+/// A mint that hangs: the request answers within a bounded time (the outcome unknown, nothing
+/// lost), and the reaper keeps enforcing paid time while settlement waits on the mint.
+#[tokio::test]
+async fn a_hanging_mint_gets_a_bounded_answer_and_never_delays_expiry() {
+    let mint = FaultyMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], 1000, common::free_port_block(10));
+    cfg.payments.mint_timeout_seconds = 2;
+    cfg.provider.minimum_duration_seconds = 1;
+    let backend = Arc::new(FakeBackend::new());
+    let p = Provider::open(cfg, backend.clone()).await.unwrap();
+    // A pod with 2 s of paid time.
+    let short = mint.token(2).await;
+    let a = spawn(&p, req(&short, "short")).await.unwrap();
+    // Now the mint hangs on everything a settlement needs.
+    let token = mint.token(100).await;
+    mint.proxy.inject("/v1/swap", Fault::CutAfterForward, 1);
+    for path in [
+        "/v1/swap",
+        "/v1/restore",
+        "/v1/checkstate",
+        "/v1/keys",
+        "/v1/keysets",
+        "/v1/info",
+    ] {
+        mint.proxy
+            .always(path, Fault::Delay(Duration::from_secs(120)));
+    }
+    let started = std::time::Instant::now();
+    let err = spawn(&p, req(&token, "hang")).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a bounded answer (mint timeout 2 s): took {:?}",
+        started.elapsed()
+    );
+    // The reaper (and its settling loop, stuck on the mint) run; A is stopped on time anyway.
+    let shutdown = CancellationToken::new();
+    let reaper = p.start_reaper(shutdown.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = p
+            .status(
+                paygress::api::StatusRequest {
+                    pod_npub: a.pod_npub.clone(),
+                },
+                &Caller::Local,
+            )
+            .await
+            .unwrap();
+        if st.state == "expired" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expiry was held up by the mint"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shutdown.cancel();
+    reaper.await.unwrap();
+    // The mint is back: the same request settles.
+    mint.proxy.clear();
+    let pod = settle(&p, &req(&token, "hang")).await.unwrap();
+    assert_eq!(pod.paid_msats, 100_000);
+    let earnings: u64 = p
+        .payments()
+        .balances()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b)
+        .sum();
+    mint.assert_books(102, earnings, &[], &[short, token]).await;
+}

@@ -154,13 +154,29 @@ impl Provider {
         let this = Arc::clone(self);
         let every = Duration::from_secs(this.cfg.provider.reaper_interval_seconds);
         tokio::spawn(async move {
+            // Settling talks to the mint and may wait on it; it gets its own loop so a mint
+            // outage never delays expiry.
+            let settler = {
+                let this = Arc::clone(&this);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tick.tick() => { this.settle_pending().await; }
+                        }
+                    }
+                })
+            };
+            let _stop_settler = AbortOnDrop(settler);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {
-                        this.settle_pending().await;
                         this.reap_at(now_secs()).await;
                         // Replay protection needs event ids only while requests are fresh.
                         let _ = this.store.prune_seen_events(now_secs().saturating_sub(SEEN_EVENTS_KEPT_SECONDS));
@@ -168,5 +184,14 @@ impl Provider {
                 }
             }
         })
+    }
+}
+
+/// Stops the settling loop with the reaper (also when the reaper's task is aborted).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -32,8 +32,35 @@ impl Provider {
                 self.store
                     .mark_unknown(key, &attempts, in_flight_until, now)
                     .map_err(|e| Unpaid::Unsettled(e.into()))?;
-                self.settle_unknown(key, mint, token).await
+                self.settle_bounded(key, mint, token).await
             }
+        }
+    }
+
+    /// [`Provider::settle_unknown`] within one mint timeout, so a request answers in bounded
+    /// time however the mint behaves; what is not settled by then is settled later.
+    pub(super) async fn settle_bounded(
+        &self,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        token: &Secret,
+    ) -> Result<u64, Unpaid> {
+        let budget = self.payments.timeout();
+        match tokio::time::timeout(budget, self.settle_unknown(key, mint, token)).await {
+            Ok(r) => r,
+            Err(_) => Err(Unpaid::Unsettled(
+                ProviderError::new(
+                    ErrorType::PaymentFailed,
+                    format!(
+                        "the mint's answer to the payment was lost and the mint did not answer the settlement within {} s. Nothing is lost: the provider settles it in the background; repeat the same request (same token, same request_id) to get the pod or a full refund",
+                        budget.as_secs()
+                    ),
+                )
+                .with_details(serde_json::json!({
+                    "swap_outcome": "unknown",
+                    "retry_after_seconds": self.cfg.provider.reaper_interval_seconds.max(1),
+                })),
+            )),
         }
     }
 
