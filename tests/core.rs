@@ -1204,3 +1204,57 @@ async fn the_money_path_runs_on_the_multi_threaded_runtime() {
     assert_eq!(e.backend.count(), 8);
     assert_eq!(e.earnings(&e.provider).await, 800);
 }
+
+#[tokio::test]
+async fn with_mint_fees_a_refund_never_exceeds_what_was_received() {
+    let mint = TestMint::start_with_fee(1000).await; // 1 sat per input proof
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(4));
+    let backend = Arc::new(FakeBackend::new());
+    backend.fail(Step::Create);
+    let p = Provider::open(cfg, backend.clone()).await.unwrap();
+    let token = mint.token(100).await; // 100 = 64 + 32 + 4: 3 proofs, 3 sat of fees
+    let err = spawn(&p, req(&token)).await.unwrap_err();
+    let refunded = err.details.clone().unwrap()["refunded_msats"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(refunded, 97_000, "what was received, not the face value");
+    let refund = err.refund_token.unwrap();
+    assert!(p.payments().inspect(refund.expose()).unwrap().face_msats <= 97_000);
+}
+
+#[tokio::test]
+async fn a_top_up_that_buys_no_time_after_fees_is_refunded() {
+    let mint = TestMint::start_with_fee(1000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], 2000, common::free_port_block(4));
+    cfg.provider.minimum_duration_seconds = 1;
+    let p = Provider::open(cfg, Arc::new(FakeBackend::new()))
+        .await
+        .unwrap();
+    let t1 = mint.token(100).await;
+    let pod = spawn(&p, req(&t1)).await.unwrap();
+    // 2 sat buys 1 s at 2000 msat/s at face value; after the 1 sat fee it buys 0 s.
+    let t2 = mint.token(2).await;
+    let err = p
+        .top_up(TopUpRequest {
+            pod_npub: pod.pod_npub.clone(),
+            cashu_token: Secret::new(&t2),
+            request_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.error_type,
+        ErrorType::InsufficientPayment,
+        "{}",
+        err.message
+    );
+    let refund = err.refund_token.expect("refunded");
+    assert_eq!(
+        p.payments().inspect(refund.expose()).unwrap().face_msats,
+        1000
+    );
+    let w = p.store().workload(&pod.pod_npub).unwrap().unwrap();
+    assert_eq!(w.paid_msats, pod.paid_msats, "nothing added");
+}
