@@ -1,4 +1,9 @@
-//! The provider core: the money path, in one file.
+//! The provider core: the money path.
+//!
+//! This file holds the requests (offers, spawn, top-up, status) and their shared validation and
+//! replay logic, which read best side by side (hence a little over the usual file length);
+//! `settle.rs` takes and returns money when the mint's answer is unclear, `expiry.rs` is the
+//! reaper, `recovery.rs` the restart.
 //!
 //! Every door (MCP, ContextVM, Nostr DM, HTTP, CLI) calls these four operations — [`Provider::offers`],
 //! [`Provider::spawn`], [`Provider::top_up`], [`Provider::status`] — and nothing else touches money.
@@ -7,7 +12,9 @@
 //! 1. Validate everything that can be validated while the token is untouched: request shape,
 //!    tier, image, username, password, key, token encoding, mint whitelist, unit, face value
 //!    against the minimum duration, and capacity (a host port is reserved before paying).
-//! 2. Take the payment by swapping the proofs at the mint — the only proof of payment.
+//! 2. Take the payment by swapping the proofs at the mint — the only proof of payment. Only a
+//!    failure cdk calls definitive forgets the journal row; any other outcome is settled from
+//!    what the mint signed for us (`crate::settlement`), then provisioned or refunded.
 //! 3. Price from what was actually received: `floor(received_msats / rate_msats_per_sec)`.
 //! 4. Any failure after the swap (backend error, cancellation) mints a refund token for the
 //!    amount received and returns it in the error.
@@ -38,10 +45,15 @@ use crate::backend::{Backend, BackendError, WorkloadSpec, WorkloadState};
 use crate::config::{Config, Tier};
 use crate::error::{ErrorType, ProviderError};
 use crate::identity;
-use crate::payments::{Payments, TokenInfo};
+use crate::payments::{Payments, RedeemError, TokenInfo};
 use crate::secret::Secret;
+use crate::settlement::Settlement;
 use crate::store::{PaymentKind, PaymentRow, PaymentState, Store, WorkloadRow, WorkloadStatus};
 use crate::validate;
+
+mod expiry;
+mod recovery;
+mod settle;
 
 /// Who is calling: the owner of a workload sees its access details in `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +102,8 @@ pub struct RecoveryReport {
     pub orphans_removed: usize,
     /// Workloads the store thought live but the backend lost.
     pub lost: usize,
+    /// Swaps whose outcome the mint could not tell yet: settled later in the background.
+    pub unsettled: usize,
 }
 
 /// The response stored for replay: the first answer, success or error.
@@ -100,6 +114,22 @@ enum Stored<T> {
     Err(ProviderError),
 }
 
+/// Why a payment was not taken.
+enum Unpaid {
+    /// Settled: no money of the buyer's is with us (refused, never swapped, spent elsewhere).
+    Refused(ProviderError),
+    /// Not settled yet: the journal row stays `unknown` and is settled later.
+    Unsettled(ProviderError),
+}
+
+/// What a replay found in the journal.
+enum Replayed<T> {
+    /// The answer to give.
+    Answer(Result<T, ProviderError>),
+    /// The same request, whose swap outcome is still unknown: settle it now.
+    Unknown(PaymentRow),
+}
+
 pub struct Provider {
     cfg: Config,
     keys: Keys,
@@ -108,7 +138,32 @@ pub struct Provider {
     payments: Payments,
     backend: Arc<dyn Backend>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    _dir_lock: crate::datadir_lock::DataDirLock,
+    /// Spawns in flight per remote caller (bounded work per sender).
+    in_flight: Arc<StdMutex<HashMap<String, u32>>>,
 }
+
+/// One remote caller's spawn in flight; gives its slot back when dropped.
+struct SenderSlot {
+    map: Arc<StdMutex<HashMap<String, u32>>>,
+    who: String,
+}
+
+impl Drop for SenderSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.who);
+            }
+        }
+    }
+}
+
+/// How long Nostr event ids are remembered for replay protection (the doors refuse requests
+/// older than minutes, so a day is ample).
+const SEEN_EVENTS_KEPT_SECONDS: u64 = 24 * 3600;
 
 /// Current Unix time in seconds.
 pub fn now_secs() -> u64 {
@@ -208,15 +263,33 @@ impl Provider {
         cfg: Config,
         backend: Arc<dyn Backend>,
     ) -> Result<Arc<Provider>, ProviderError> {
-        cfg.validate()
-            .map_err(|e| ProviderError::internal(e.to_string()))?;
-        let data_dir = cfg.provider.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| {
+        let dir_lock = Self::lock_data_dir(&cfg)?;
+        Self::open_locked(cfg, backend, dir_lock).await
+    }
+
+    /// Create the data dir and take its lock (one process per data dir): before anything in it
+    /// is read or written, the backend's own state included.
+    pub fn lock_data_dir(cfg: &Config) -> Result<crate::datadir_lock::DataDirLock, ProviderError> {
+        let data_dir = &cfg.provider.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
             ProviderError::internal(format!(
                 "cannot create data dir {}: {e}",
                 data_dir.display()
             ))
         })?;
+        crate::datadir_lock::DataDirLock::acquire(data_dir)
+            .map_err(|e| ProviderError::internal(e.to_string()))
+    }
+
+    /// [`Provider::open`] with the data dir's lock already held.
+    pub async fn open_locked(
+        cfg: Config,
+        backend: Arc<dyn Backend>,
+        dir_lock: crate::datadir_lock::DataDirLock,
+    ) -> Result<Arc<Provider>, ProviderError> {
+        cfg.validate()
+            .map_err(|e| ProviderError::internal(e.to_string()))?;
+        let data_dir = cfg.provider.data_dir.clone();
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
@@ -238,7 +311,12 @@ impl Provider {
             let b: [u8; 6] = rand::random();
             hex::encode(b)
         })?;
-        let payments = Payments::open(&data_dir, &cfg.payments.whitelisted_mints).await?;
+        let payments = Payments::open(
+            &data_dir,
+            &cfg.payments.whitelisted_mints,
+            Duration::from_secs(cfg.payments.mint_timeout_seconds),
+        )
+        .await?;
         let provider = Arc::new(Provider {
             cfg,
             keys,
@@ -247,8 +325,10 @@ impl Provider {
             payments,
             backend,
             locks: StdMutex::new(HashMap::new()),
+            _dir_lock: dir_lock,
+            in_flight: Arc::new(StdMutex::new(HashMap::new())),
         });
-        let report = provider.recover().await;
+        let report = Box::pin(provider.recover()).await;
         tracing::info!(?report, "provider state recovered");
         Ok(provider)
     }
@@ -311,6 +391,12 @@ impl Provider {
                 live_workloads: live,
             },
             expiry_grace_seconds: self.cfg.provider.expiry_grace_seconds,
+            ssh_key_types: self
+                .backend
+                .login_key_types()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 
@@ -324,6 +410,8 @@ impl Provider {
         progress: Option<Progress>,
         cancel: CancellationToken,
     ) -> Result<SpawnResult, ProviderError> {
+        // Bounded work: a remote caller gets a few spawns in flight, not a thousand.
+        let _slot = self.sender_slot(&caller)?;
         // 1. Everything checkable with the token untouched.
         let tier = match req.pod_spec_id.as_deref() {
             None => self
@@ -359,6 +447,17 @@ impl Provider {
         let public_key = match &req.ssh_public_key {
             Some(k) if !k.trim().is_empty() => {
                 validate::check_public_key(k).map_err(ProviderError::invalid_request)?;
+                // Every check before the swap: a key the backend cannot install is refused now.
+                let kind = k.split_whitespace().next().unwrap_or("");
+                let accepted = self.backend.login_key_types();
+                if !accepted.contains(&kind) {
+                    return Err(ProviderError::invalid_request(format!(
+                        "the {} backend cannot install {kind} keys; use one of: {}",
+                        self.backend.kind(),
+                        accepted.join(", ")
+                    ))
+                    .with_details(serde_json::json!({ "ssh_key_types": accepted })));
+                }
                 Some(k.trim().to_string())
             }
             _ => None,
@@ -366,6 +465,7 @@ impl Provider {
         check_request_id(&req.request_id)?;
         let info = self.payments.inspect(req.cashu_token.expose())?;
         self.check_face_value(&info, &tier, self.cfg.provider.minimum_duration_seconds)?;
+        self.check_disk()?;
 
         let fp = fingerprint(&[
             "spawn",
@@ -378,11 +478,35 @@ impl Provider {
         ]);
 
         // Serialise everything that concerns this token.
-        let guard = self.lock(&format!("token:{}", info.key)).await;
-        if let Some(answer) =
-            self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)?
-        {
-            return answer;
+        let mut guard = self.lock(&format!("token:{}", info.key)).await;
+        match self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)? {
+            None => {}
+            Some(Replayed::Answer(answer)) => return answer,
+            Some(Replayed::Unknown(row)) => {
+                // Settle on a task of its own (a provisioning may follow), under the token lock.
+                let this = Arc::clone(self);
+                let (p, c) = (progress.clone(), cancel.clone());
+                let task = tokio::spawn(async move {
+                    let _guard: OwnedMutexGuard<()> = guard;
+                    this.resume_unknown_spawn(row, p, c).await
+                });
+                let r = task.await.unwrap_or_else(|e| {
+                    Err(ProviderError::internal(format!("spawn task failed: {e}")))
+                });
+                // Settled as never taken (the row is gone): the token is still the buyer's,
+                // so this request goes on as a new one.
+                let released = matches!(&r, Err(e) if e.error_type == ErrorType::PaymentFailed)
+                    && self.store.payment(&info.key)?.is_none();
+                if !released {
+                    return r;
+                }
+                guard = self.lock(&format!("token:{}", info.key)).await;
+                if let Some(Replayed::Answer(answer)) =
+                    self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)?
+                {
+                    return answer;
+                }
+            }
         }
 
         // Reserve a host port (capacity) before paying.
@@ -408,10 +532,25 @@ impl Provider {
             paid_msats: 0,
         };
         let p = &self.cfg.provider;
-        let port = self
-            .store
-            .insert_workload_with_port(&row, p.ssh_port_range_start, p.ssh_port_range_end, p.max_workloads, port_is_free)?
-            .ok_or_else(|| {
+        let mut port = self.store.insert_workload_with_port(
+            &row,
+            p.ssh_port_range_start,
+            p.ssh_port_range_end,
+            p.max_workloads,
+            port_is_free,
+        )?;
+        // Grace is a courtesy, not a reservation: when a paying buyer finds no room, the pod
+        // longest in its grace period (paid time over, stopped) is deleted to make it.
+        if port.is_none() && self.evict_one_graced().await {
+            port = self.store.insert_workload_with_port(
+                &row,
+                p.ssh_port_range_start,
+                p.ssh_port_range_end,
+                p.max_workloads,
+                port_is_free,
+            )?;
+        }
+        let port = port.ok_or_else(|| {
                 ProviderError::new(
                     ErrorType::ResourceUnavailable,
                     "no capacity left right now (all SSH ports or workload slots are in use); try later",
@@ -439,6 +578,7 @@ impl Provider {
                 "request_id was already used with a different token",
             ));
         }
+        crate::crashpoint::hit("spawn_journalled");
         report(&progress, SpawnStage::Validated);
 
         // 2-5 on a task of their own, so the money path finishes even if the caller goes away.
@@ -463,18 +603,93 @@ impl Provider {
         cancel: CancellationToken,
     ) -> Result<SpawnResult, ProviderError> {
         // 2. Swap.
-        let received = match self.payments.redeem(&info, &token).await {
+        let received = match self.take_payment(&info.key, &info.mint_url, &token).await {
             Ok(m) => m,
-            Err(e) => return self.swap_failed(&info.key, Some(&row.id), e),
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, Some(&row.id), e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
         };
+        crate::crashpoint::hit("spawn_swapped");
+        self.provision_paid(
+            &info.key,
+            &info.mint_url,
+            received,
+            tier,
+            row,
+            progress,
+            cancel,
+        )
+        .await
+    }
+
+    /// A replay of a spawn whose swap outcome was unknown: settle it with the mint, then finish
+    /// the request as if the swap had answered. `None` from the settlement (the token was never
+    /// taken) releases the reservation and answers so the buyer can send the request again.
+    async fn resume_unknown_spawn(
+        self: &Arc<Self>,
+        row: PaymentRow,
+        progress: Option<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<SpawnResult, ProviderError> {
+        if row.state == PaymentState::RefundPending {
+            return Err(self.retry_refund::<SpawnResult>(&row).await);
+        }
+        let mint = self.payments.mint(&row.mint_url)?;
+        let Some(token) = row.token.clone() else {
+            return Err(ProviderError::internal("unknown swap without its token"));
+        };
+        let pod_id = row.pod_id.clone().unwrap_or_default();
+        let received = match self.settle_bounded(&row.key, &mint, &token).await {
+            Ok(m) => m,
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&row.key, Some(&pod_id), e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
+        };
+        let Some(w) = self.store.workload(&pod_id)? else {
+            return Err(self
+                .refund_and_record::<SpawnResult>(
+                    &row.key,
+                    &mint,
+                    received,
+                    None,
+                    ProviderError::new(
+                        ErrorType::PodCreationFailed,
+                        "the reserved workload is gone; the payment is refunded",
+                    ),
+                )
+                .await);
+        };
+        let tier = w.tier.clone();
+        self.provision_paid(&row.key, &mint, received, tier, w, progress, cancel)
+            .await
+    }
+
+    /// The part of a spawn after the money is in: price, provision, answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn provision_paid(
+        self: &Arc<Self>,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        tier: Tier,
+        row: WorkloadRow,
+        progress: Option<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<SpawnResult, ProviderError> {
         let now = now_secs();
         // 3. Price from what was received.
         let duration =
             (received / tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
         let expires_at = now.saturating_add(duration);
-        self.store
-            .mark_spawn_paid(&info.key, received, &row.id, expires_at, now)?;
+        if let Err(e) = self
+            .write_after_swap(|| {
+                self.store
+                    .mark_spawn_paid(key, received, &row.id, expires_at, now)
+            })
+            .await
+        {
+            return Err(self.refund_unjournalled(mint, received, e).await);
+        }
         tracing::info!(pod = %row.id, received_msats = received, "spawn paid");
+        crate::crashpoint::hit("spawn_paid");
         report(&progress, SpawnStage::Paid);
         if duration < self.cfg.provider.minimum_duration_seconds {
             let e = ProviderError::new(
@@ -484,7 +699,9 @@ impl Provider {
                     self.cfg.provider.minimum_duration_seconds
                 ),
             );
-            return self.fail_spawn_after_swap(&info, received, &row, e).await;
+            return self
+                .fail_spawn_after_swap(key, mint, received, &row, e)
+                .await;
         }
 
         // 4. Provision, honouring cancellation.
@@ -500,6 +717,7 @@ impl Provider {
             host_port: row.host_port,
             expires_at,
         };
+        let spec_expires_at = expires_at;
         let backend = Arc::clone(&self.backend);
         let mut create = tokio::spawn(async move { backend.create(&spec).await });
         let outcome = tokio::select! {
@@ -522,14 +740,25 @@ impl Provider {
                     backend_error_message(&e)
                 },
             );
-            return self.fail_spawn_after_swap(&info, received, &row, err).await;
+            return self
+                .fail_spawn_after_swap(key, mint, received, &row, err)
+                .await;
         }
 
-        // 5. Done.
+        crate::crashpoint::hit("spawn_created");
+        // 5. Done. Paid time starts now that the workload is ready, not at the swap.
+        let ready = now_secs();
+        let expires_at = ready.saturating_add(duration);
+        if expires_at != spec_expires_at {
+            if let Err(e) = self.backend.extend(&row.name, expires_at).await {
+                tracing::warn!(pod = %row.id, "cannot move the backend's deadline mark: {e}");
+            }
+        }
         let result: Result<SpawnResult, ProviderError> =
             Ok(self.spawn_result(&row, &tier, expires_at, duration, received));
         self.store
-            .complete_spawn(&info.key, &row.id, &to_stored(&result), now_secs())?;
+            .complete_spawn(key, &row.id, expires_at, &to_stored(&result), ready)?;
+        crate::crashpoint::hit("spawn_completed");
         report(&progress, SpawnStage::Ready);
         tracing::info!(pod = %row.id, port = row.host_port, duration, "workload running");
         result
@@ -606,77 +835,54 @@ impl Provider {
     /// Undo a paid spawn: remove anything made, refund, record the answer.
     async fn fail_spawn_after_swap(
         &self,
-        info: &TokenInfo,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
         received: u64,
         row: &WorkloadRow,
         err: ProviderError,
     ) -> Result<SpawnResult, ProviderError> {
-        if let Err(e) = self.backend.destroy(&row.name).await {
-            tracing::warn!(pod = %row.id, "cleanup after failed create: {e}");
-        }
-        self.store
-            .set_workload_state(&row.id, WorkloadStatus::Failed, now_secs())?;
+        self.destroy_or_retry(&row.id, &row.name).await;
         Err(self
-            .refund_and_record::<SpawnResult>(
-                &info.key,
-                &info.mint_url,
-                received,
-                Some(&row.id),
-                err,
-            )
+            .refund_and_record::<SpawnResult>(key, mint, received, Some(&row.id), err)
             .await)
     }
 
-    /// Mint the refund and store the final answer; on a mint failure keep it pending (recovery
-    /// and replays retry it).
-    async fn refund_and_record<T: Serialize>(
-        &self,
-        key: &str,
-        mint: &cdk::mint_url::MintUrl,
-        received: u64,
-        pod_id: Option<&str>,
-        err: ProviderError,
-    ) -> ProviderError {
-        let now = now_secs();
-        match self.payments.refund(mint, received).await {
-            Ok(token) => {
-                let err = err.with_refund(token.clone()).with_details(
-                    serde_json::json!({ "refunded_msats": received - received % 1000 }),
-                );
-                let r: Result<T, ProviderError> = Err(err.clone());
-                if let Err(e) = self.store.finish_payment(
-                    key,
-                    PaymentState::Refunded,
-                    pod_id,
-                    Some(&token),
-                    &to_stored(&r),
-                    now,
-                ) {
-                    tracing::error!("refund minted but not journalled: {e}");
-                }
-                tracing::info!(pod = ?pod_id, refunded_msats = received, "payment refunded");
-                err
-            }
+    fn sender_slot(&self, caller: &Caller) -> Result<Option<SenderSlot>, ProviderError> {
+        let Caller::Nostr(pk) = caller else {
+            return Ok(None);
+        };
+        let cap = self.cfg.provider.max_concurrent_per_sender;
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(pk.clone()).or_insert(0);
+        if cap > 0 && *n >= cap {
+            return Err(ProviderError::new(
+                ErrorType::ResourceUnavailable,
+                format!("{cap} of your spawns are still in progress; wait for them to finish (your token is untouched)"),
+            ));
+        }
+        *n += 1;
+        Ok(Some(SenderSlot {
+            map: Arc::clone(&self.in_flight),
+            who: pk.clone(),
+        }))
+    }
+
+    /// Refuse a payment (untouched) when the journal may not be able to record it.
+    fn check_disk(&self) -> Result<(), ProviderError> {
+        let want = self
+            .cfg
+            .provider
+            .min_free_disk_mb
+            .saturating_mul(1024 * 1024);
+        match crate::fsutil::free_bytes(&self.cfg.provider.data_dir) {
+            Ok(free) if free < want => Err(ProviderError::new(
+                ErrorType::ResourceUnavailable,
+                "the provider is low on disk space and takes no payments right now; try later (your token is untouched)",
+            )),
+            Ok(_) => Ok(()),
             Err(e) => {
-                tracing::error!(pod = ?pod_id, "refund could not be minted yet: {e}");
-                let err = ProviderError {
-                    message: format!(
-                        "{} The refund could not be minted yet ({}); repeat the same request with the same token to collect it.",
-                        err.message, e.message
-                    ),
-                    ..err
-                };
-                if let Err(e) = self.store.finish_payment(
-                    key,
-                    PaymentState::RefundPending,
-                    pod_id,
-                    None,
-                    "",
-                    now,
-                ) {
-                    tracing::error!("refund pending not journalled: {e}");
-                }
-                err
+                tracing::warn!("cannot read free disk space: {e}");
+                Ok(())
             }
         }
     }
@@ -688,6 +894,22 @@ impl Provider {
         min_seconds: u64,
     ) -> Result<(), ProviderError> {
         let seconds = info.face_msats / tier.rate_msats_per_sec;
+        // Nothing kept that buys nothing: a payment one purchase cannot use is refused untouched.
+        let max = self.cfg.provider.maximum_duration_seconds;
+        if seconds > max {
+            let most = max.saturating_mul(tier.rate_msats_per_sec);
+            return Err(ProviderError::invalid_request(format!(
+                "the token is worth {} msat, which buys {seconds} s of {}; one payment buys at most {max} s ({} sat): send a smaller token",
+                info.face_msats,
+                tier.id,
+                most / 1000
+            ))
+            .with_details(serde_json::json!({
+                "offered_msats": info.face_msats,
+                "maximum_msats": most,
+                "maximum_duration_seconds": max,
+            })));
+        }
         if seconds < min_seconds {
             let needed = min_seconds.saturating_mul(tier.rate_msats_per_sec);
             return Err(ProviderError::new(
@@ -716,13 +938,14 @@ impl Provider {
         kind: PaymentKind,
         fp: &str,
         request_id: &Option<String>,
-    ) -> Result<Option<Result<T, ProviderError>>, ProviderError> {
+    ) -> Result<Option<Replayed<T>>, ProviderError> {
+        let answer = |r| Ok(Some(Replayed::Answer(r)));
         if let Some(id) = request_id {
             if let Some(row) = self.store.payment_by_request_id(id)? {
                 if row.key != info.key {
-                    return Ok(Some(Err(ProviderError::invalid_request(
+                    return answer(Err(ProviderError::invalid_request(
                         "request_id was already used with a different token",
-                    ))));
+                    )));
                 }
             }
         }
@@ -730,21 +953,20 @@ impl Provider {
             return Ok(None);
         };
         if row.kind != kind || row.fingerprint != fp {
-            return Ok(Some(Err(ProviderError::new(
+            return answer(Err(ProviderError::new(
                 ErrorType::TokenAlreadySpent,
                 "this token was already used for another request",
-            ))));
+            )));
         }
         match (&row.state, &row.response) {
-            (_, Some(resp)) if !resp.is_empty() => Ok(Some(from_stored(resp))),
-            (PaymentState::RefundPending, _) => Ok(Some(Err(ProviderError::new(
-                ErrorType::PodCreationFailed,
-                "this request failed after payment and its refund is still pending; retry shortly",
-            )))),
-            _ => Ok(Some(Err(ProviderError::new(
+            (_, Some(resp)) if !resp.is_empty() => answer(from_stored(resp)),
+            (PaymentState::Unknown | PaymentState::RefundPending, _) => {
+                Ok(Some(Replayed::Unknown(row)))
+            }
+            _ => answer(Err(ProviderError::new(
                 ErrorType::PaymentFailed,
-                "this payment is still being settled after a restart; retry shortly",
-            )))),
+                "this payment is still being settled; repeat the same request shortly",
+            ))),
         }
     }
 
@@ -767,21 +989,32 @@ impl Provider {
     pub async fn top_up(self: &Arc<Self>, req: TopUpRequest) -> Result<TopUpResult, ProviderError> {
         check_pod_id(&req.pod_npub)?;
         check_request_id(&req.request_id)?;
+        let info = self.payments.inspect(req.cashu_token.expose())?;
+        let fp = fingerprint(&["topup", &req.pod_npub]);
+
+        let guard = self.lock(&format!("token:{}", info.key)).await;
+        // A replay first: its answer (a refund, say) stands even if the pod is gone since.
+        match self.replay::<TopUpResult>(&info, PaymentKind::TopUp, &fp, &req.request_id)? {
+            None => {}
+            Some(Replayed::Answer(answer)) => return answer,
+            Some(Replayed::Unknown(row)) => {
+                let this = Arc::clone(self);
+                let task = tokio::spawn(async move {
+                    let _guard = guard;
+                    this.resume_unknown_top_up(row).await
+                });
+                return task.await.unwrap_or_else(|e| {
+                    Err(ProviderError::internal(format!("top-up task failed: {e}")))
+                });
+            }
+        }
         let w = self
             .store
             .workload(&req.pod_npub)?
             .filter(|w| matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired))
             .ok_or_else(|| ProviderError::not_found(&req.pod_npub))?;
-        let info = self.payments.inspect(req.cashu_token.expose())?;
         self.check_face_value(&info, &w.tier, 1)?;
-        let fp = fingerprint(&["topup", &req.pod_npub]);
-
-        let guard = self.lock(&format!("token:{}", info.key)).await;
-        if let Some(answer) =
-            self.replay::<TopUpResult>(&info, PaymentKind::TopUp, &fp, &req.request_id)?
-        {
-            return answer;
-        }
+        self.check_disk()?;
         let now = now_secs();
         let journal = PaymentRow::before_swap(
             &info,
@@ -797,6 +1030,7 @@ impl Provider {
                 "request_id was already used with a different token",
             ));
         }
+        crate::crashpoint::hit("topup_journalled");
         let this = Arc::clone(self);
         let token = req.cashu_token.clone();
         let task = tokio::spawn(async move {
@@ -807,6 +1041,28 @@ impl Provider {
             .unwrap_or_else(|e| Err(ProviderError::internal(format!("top-up task failed: {e}"))))
     }
 
+    /// A replay of a top-up whose swap outcome was unknown (or whose refund is pending).
+    async fn resume_unknown_top_up(
+        self: &Arc<Self>,
+        row: PaymentRow,
+    ) -> Result<TopUpResult, ProviderError> {
+        if row.state == PaymentState::RefundPending {
+            return Err(self.retry_refund::<TopUpResult>(&row).await);
+        }
+        let mint = self.payments.mint(&row.mint_url)?;
+        let Some(token) = row.token.clone() else {
+            return Err(ProviderError::internal("unknown swap without its token"));
+        };
+        let pod_id = row.pod_id.clone().unwrap_or_default();
+        let _pod = self.lock(&format!("pod:{pod_id}")).await;
+        let received = match self.settle_bounded(&row.key, &mint, &token).await {
+            Ok(m) => m,
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&row.key, None, e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
+        };
+        self.extend_paid(&row.key, &mint, received, &pod_id).await
+    }
+
     async fn top_up_paid_part(
         self: &Arc<Self>,
         info: TokenInfo,
@@ -815,12 +1071,46 @@ impl Provider {
     ) -> Result<TopUpResult, ProviderError> {
         // The reaper takes the same lock: a workload is never stopped halfway through a top-up.
         let _pod = self.lock(&format!("pod:{pod_id}")).await;
-        let received = match self.payments.redeem(&info, &token).await {
+        // Re-check under the lock, before the swap: the reaper may have deleted it meanwhile.
+        let alive = matches!(
+            self.store.workload(&pod_id)?,
+            Some(w) if matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired)
+        );
+        if !alive {
+            self.store.forget_payment(&info.key)?;
+            return Err(ProviderError::not_found(&pod_id));
+        }
+        let received = match self.take_payment(&info.key, &info.mint_url, &token).await {
             Ok(m) => m,
-            Err(e) => return self.swap_failed(&info.key, None, e),
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, None, e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
         };
+        crate::crashpoint::hit("topup_swapped");
+        self.extend_paid(&info.key, &info.mint_url, received, &pod_id)
+            .await
+    }
+
+    /// The part of a top-up after the money is in (the caller holds the pod lock).
+    async fn extend_paid(
+        self: &Arc<Self>,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        pod_id: &str,
+    ) -> Result<TopUpResult, ProviderError> {
+        let info = TokenInfo {
+            key: key.to_string(),
+            mint_url: mint.clone(),
+            face_msats: 0,
+        };
+        let pod_id = pod_id.to_string();
         let now = now_secs();
-        self.store.mark_paid(&info.key, received, now)?;
+        if let Err(e) = self
+            .write_after_swap(|| self.store.mark_paid(&info.key, received, now))
+            .await
+        {
+            return Err(self.refund_unjournalled(mint, received, e).await);
+        }
         // Re-read: the reaper may have moved it while we were paying.
         let w = match self.store.workload(&pod_id)? {
             Some(w) if matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired) => w,
@@ -839,10 +1129,32 @@ impl Provider {
         };
         let added =
             (received / w.tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
+        if added == 0 {
+            let e = ProviderError::new(
+                ErrorType::InsufficientPayment,
+                format!(
+                    "after mint fees {received} msat buys no time at {} msat/s; the payment is refunded",
+                    w.tier.rate_msats_per_sec
+                ),
+            );
+            return Err(self
+                .refund_and_record::<TopUpResult>(
+                    &info.key,
+                    &info.mint_url,
+                    received,
+                    Some(&w.id),
+                    e,
+                )
+                .await);
+        }
+        crate::crashpoint::hit("topup_paid");
         let new_expires = w.expires_at.max(now).saturating_add(added);
         let mut result = self.backend.extend(&w.name, new_expires).await;
         if result.is_ok() && w.state == WorkloadStatus::Expired {
             result = self.backend.resume(&w.name).await;
+        }
+        if result.is_ok() {
+            crate::crashpoint::hit("topup_extended");
         }
         if let Err(e) = result {
             tracing::warn!(pod = %w.id, "top-up could not extend the workload: {e}");
@@ -860,7 +1172,6 @@ impl Provider {
                 )
                 .await);
         }
-        self.store.extend_workload(&w.id, new_expires, received)?;
         let result: Result<TopUpResult, ProviderError> = Ok(TopUpResult {
             success: true,
             pod_npub: w.id.clone(),
@@ -876,11 +1187,12 @@ impl Provider {
                 format!("pod extended by {added} s until {}", rfc3339(new_expires))
             },
         });
-        self.store.finish_payment(
+        // The new deadline and the finished payment commit together.
+        self.store.complete_top_up(
             &info.key,
-            PaymentState::Completed,
-            Some(&w.id),
-            None,
+            &w.id,
+            new_expires,
+            received,
             &to_stored(&result),
             now_secs(),
         )?;
@@ -935,291 +1247,6 @@ impl Provider {
                 ssh_password: w.ssh_password.clone(),
             }),
         })
-    }
-
-    // ---- expiry -----------------------------------------------------------------------------
-
-    /// One reaper pass at time `now`: stop workloads whose paid time ran out, delete those whose
-    /// grace period ended. Public so operators and tests can run a pass at a chosen time.
-    pub async fn reap_at(&self, now: u64) -> ReapReport {
-        let mut report = ReapReport::default();
-        let grace = self.cfg.provider.expiry_grace_seconds;
-        let due = match self
-            .store
-            .workloads_in_state(&[WorkloadStatus::Running, WorkloadStatus::Expired])
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!("reaper cannot read the store: {e}");
-                return report;
-            }
-        };
-        for w in due {
-            let stop_due = w.state == WorkloadStatus::Running && w.expires_at <= now;
-            let delete_due = |stopped_at: u64| stopped_at.saturating_add(grace) <= now;
-            let delete_now =
-                w.state == WorkloadStatus::Expired && delete_due(w.stopped_at.unwrap_or(0));
-            if !(stop_due || delete_now) {
-                continue;
-            }
-            let _pod = self.lock(&format!("pod:{}", w.id)).await;
-            // Re-read under the lock: a top-up may have just moved the deadline.
-            let Ok(Some(w)) = self.store.workload(&w.id) else {
-                continue;
-            };
-            let mut state = w.state;
-            let mut stopped_at = w.stopped_at;
-            if state == WorkloadStatus::Running && w.expires_at <= now {
-                match self.backend.stop(&w.name).await {
-                    Ok(()) | Err(BackendError::NotFound(_)) => {
-                        if let Err(e) =
-                            self.store
-                                .set_workload_state(&w.id, WorkloadStatus::Expired, now)
-                        {
-                            tracing::error!(pod = %w.id, "cannot record expiry: {e}");
-                            continue;
-                        }
-                        tracing::info!(pod = %w.id, "paid time ran out: workload stopped");
-                        report.stopped.push(w.id.clone());
-                        state = WorkloadStatus::Expired;
-                        stopped_at = Some(now);
-                    }
-                    Err(e) => {
-                        tracing::warn!(pod = %w.id, "cannot stop expired workload (retrying next pass): {e}");
-                        continue;
-                    }
-                }
-            }
-            if state == WorkloadStatus::Expired && delete_due(stopped_at.unwrap_or(0)) {
-                match self.backend.destroy(&w.name).await {
-                    Ok(()) => {
-                        if let Err(e) =
-                            self.store
-                                .set_workload_state(&w.id, WorkloadStatus::Deleted, now)
-                        {
-                            tracing::error!(pod = %w.id, "cannot record deletion: {e}");
-                            continue;
-                        }
-                        tracing::info!(pod = %w.id, "grace period over: workload deleted");
-                        report.deleted.push(w.id.clone());
-                    }
-                    Err(e) => {
-                        tracing::warn!(pod = %w.id, "cannot delete workload (retrying next pass): {e}")
-                    }
-                }
-            }
-        }
-        report
-    }
-
-    /// Run the reaper every `reaper_interval_seconds` until `shutdown` fires.
-    pub fn start_reaper(
-        self: &Arc<Self>,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let this = Arc::clone(self);
-        let every = Duration::from_secs(this.cfg.provider.reaper_interval_seconds);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => { this.reap_at(now_secs()).await; }
-                }
-            }
-        })
-    }
-
-    // ---- recovery ---------------------------------------------------------------------------
-
-    /// Bring the journal and the backend back in line after a restart (money rule 5).
-    pub async fn recover(&self) -> RecoveryReport {
-        let mut rep = RecoveryReport::default();
-        self.payments.recover().await;
-        let pending = self
-            .store
-            .payments_in_state(&[
-                PaymentState::Swapping,
-                PaymentState::Paid,
-                PaymentState::RefundPending,
-            ])
-            .unwrap_or_else(|e| {
-                tracing::error!("recovery cannot read the journal: {e}");
-                Vec::new()
-            });
-        for p in pending {
-            self.recover_payment(p, &mut rep).await;
-        }
-        self.adopt_workloads(&mut rep).await;
-        rep
-    }
-
-    async fn recover_payment(&self, p: PaymentRow, rep: &mut RecoveryReport) {
-        let now = now_secs();
-        let mint = match self.payments.mint(&p.mint_url) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!("journalled payment at a mint no longer whitelisted: {e}");
-                return;
-            }
-        };
-        let mut received = p.received_msats;
-        if p.state == PaymentState::Swapping {
-            // The swap may or may not have reached the mint. Try it again: if the proofs are
-            // still unspent this takes them now and the request is refunded below; if the mint
-            // says spent, cdk's saga recovery (run just before) has already restored any
-            // outputs that were ours.
-            let Some(token) = p.token.clone() else {
-                let _ = self.store.forget_payment(&p.key);
-                return;
-            };
-            let info = match self.payments.inspect(token.expose()) {
-                Ok(i) => i,
-                Err(_) => {
-                    let _ = self.store.forget_payment(&p.key);
-                    return;
-                }
-            };
-            match self.payments.redeem(&info, &token).await {
-                Ok(m) => received = Some(m),
-                Err(e) if e.error_type == ErrorType::TokenAlreadySpent => {
-                    received = Some(p.face_msats)
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "interrupted swap left to the buyer (mint said: {})",
-                        e.message
-                    );
-                    if let Some(pod) = &p.pod_id {
-                        if p.kind == PaymentKind::Spawn {
-                            let _ = self
-                                .store
-                                .set_workload_state(pod, WorkloadStatus::Failed, now);
-                        }
-                    }
-                    let _ = self.store.forget_payment(&p.key);
-                    rep.released += 1;
-                    return;
-                }
-            }
-            if let Some(m) = received {
-                let _ = self.store.mark_paid(&p.key, m, now);
-            }
-        }
-        let received = received.unwrap_or(p.face_msats);
-        // A paid spawn whose workload is actually up is finished, not refunded.
-        if p.kind == PaymentKind::Spawn && p.state == PaymentState::Paid {
-            if let Some(pod) = &p.pod_id {
-                if let Ok(Some(w)) = self.store.workload(pod) {
-                    let up = matches!(self.backend.inspect(&w.name).await, Ok(Some(ref i)) if i.state == WorkloadState::Running);
-                    if up && w.expires_at > now {
-                        let duration = w.expires_at.saturating_sub(w.created_at);
-                        let r: Result<SpawnResult, ProviderError> =
-                            Ok(self.spawn_result(&w, &w.tier, w.expires_at, duration, received));
-                        let _ = self
-                            .store
-                            .set_workload_state(pod, WorkloadStatus::Running, now);
-                        let _ = self.store.finish_payment(
-                            &p.key,
-                            PaymentState::Completed,
-                            Some(pod),
-                            None,
-                            &to_stored(&r),
-                            now,
-                        );
-                        rep.finished += 1;
-                        return;
-                    }
-                    let _ = self.backend.destroy(&w.name).await;
-                    let _ = self
-                        .store
-                        .set_workload_state(pod, WorkloadStatus::Failed, now);
-                }
-            }
-        }
-        let err = ProviderError::new(
-            if p.kind == PaymentKind::Spawn {
-                ErrorType::PodCreationFailed
-            } else {
-                ErrorType::PaymentFailed
-            },
-            "the provider restarted before this request finished; the payment is refunded",
-        );
-        let e = match p.kind {
-            PaymentKind::Spawn => {
-                self.refund_and_record::<SpawnResult>(
-                    &p.key,
-                    &mint,
-                    received,
-                    p.pod_id.as_deref(),
-                    err,
-                )
-                .await
-            }
-            PaymentKind::TopUp => {
-                self.refund_and_record::<TopUpResult>(
-                    &p.key,
-                    &mint,
-                    received,
-                    p.pod_id.as_deref(),
-                    err,
-                )
-                .await
-            }
-        };
-        if e.refund_token.is_some() {
-            rep.refunded += 1;
-        }
-    }
-
-    async fn adopt_workloads(&self, rep: &mut RecoveryReport) {
-        let on_backend = match self.backend.list(&self.provider_id).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!("cannot list backend workloads; adoption skipped: {e}");
-                return;
-            }
-        };
-        let live = self
-            .store
-            .workloads_in_state(&[
-                WorkloadStatus::Provisioning,
-                WorkloadStatus::Running,
-                WorkloadStatus::Expired,
-            ])
-            .unwrap_or_default();
-        let now = now_secs();
-        for w in &live {
-            if w.state == WorkloadStatus::Provisioning {
-                // No payment is pending for it any more (recovered above): it never completed.
-                let _ = self.backend.destroy(&w.name).await;
-                let _ = self
-                    .store
-                    .set_workload_state(&w.id, WorkloadStatus::Failed, now);
-                continue;
-            }
-            if on_backend.iter().any(|b| b.name == w.name) {
-                rep.adopted += 1;
-            } else {
-                tracing::warn!(pod = %w.id, "workload missing on the backend; marked deleted");
-                let _ = self
-                    .store
-                    .set_workload_state(&w.id, WorkloadStatus::Deleted, now);
-                rep.lost += 1;
-            }
-        }
-        for b in &on_backend {
-            let known = live
-                .iter()
-                .any(|w| w.name == b.name && w.state != WorkloadStatus::Provisioning);
-            if !known {
-                tracing::warn!(name = %b.name, "orphan workload on the backend; removing");
-                if self.backend.destroy(&b.name).await.is_ok() {
-                    rep.orphans_removed += 1;
-                }
-            }
-        }
     }
 }
 

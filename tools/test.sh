@@ -80,6 +80,18 @@ if ! cmp -s tools/e2e/requirements.txt "$venv/installed-requirements.txt"; then
   cp tools/e2e/requirements.txt "$venv/installed-requirements.txt"
 fi
 
+# --- Nutshell, the independent reference mint for the fault tests (tests/faults.rs) -----------
+# Its own venv (cashu 0.17 needs pydantic 1), from Debian's python3; pip reads its index from the
+# system's configuration. A copy of the pins in the venv marks what is installed.
+nut=tools/e2e/.venv-nutshell
+if ! cmp -s tools/e2e/nutshell/requirements.txt "$nut/installed-requirements.txt"; then
+  dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed" \
+    || { sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"; $sudo_ apt-get update -qq; $sudo_ apt-get install -y -qq python3 python3-venv >/dev/null; }
+  [ -x "$nut/bin/python" ] || /usr/bin/python3 -m venv "$nut"
+  "$nut/bin/python" -m pip install --quiet --disable-pip-version-check -r tools/e2e/nutshell/requirements.txt
+  cp tools/e2e/nutshell/requirements.txt "$nut/installed-requirements.txt"
+fi
+
 # --- checks ------------------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -3,8 +3,10 @@
 
 pub mod backend;
 pub mod cvm;
+pub mod faulty;
 pub mod mint;
 pub mod netns;
+pub mod nutshell;
 pub mod sandbox;
 pub mod ssh;
 pub mod ts;
