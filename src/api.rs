@@ -170,6 +170,8 @@ pub struct Offers {
     pub capacity: Capacity,
     /// Seconds an expired pod stays resumable by a top-up before deletion.
     pub expiry_grace_seconds: u64,
+    /// SSH public key types the backend can install for `ssh_public_key`.
+    pub ssh_key_types: Vec<String>,
 }
 
 /// Steps of a spawn, reported to doors that show progress.

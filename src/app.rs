@@ -102,10 +102,12 @@ pub fn load_config(flag: Option<PathBuf>) -> Result<Config, StartError> {
 
 /// Open the provider on the backend its config names, with the reaper running.
 pub async fn open_provider(cfg: Config) -> Result<Arc<Provider>, StartError> {
+    // The lock first: a second process must not touch the backend's state either.
+    let dir_lock = Provider::lock_data_dir(&cfg).map_err(StartError::Provider)?;
     let backend: Arc<dyn Backend> = backend::from_config(&cfg)
         .await
         .map_err(StartError::Backend)?;
-    let provider = Provider::open(cfg, backend)
+    let provider = Provider::open_locked(cfg, backend, dir_lock)
         .await
         .map_err(StartError::Provider)?;
     Ok(provider)

@@ -72,14 +72,47 @@ pub struct ProviderSection {
     /// Most workloads alive at once (0 = only the port range limits it).
     #[serde(default)]
     pub max_workloads: u32,
+    /// Payments are refused (untouched) while the data dir's file system has less free space
+    /// than this: the journal must be able to record what a swap took.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk_mb: u64,
+    /// Spawns one remote caller (a Nostr key, over the marketplace or ContextVM) may have in
+    /// flight at once; more are refused untouched (`resource_unavailable`).
+    #[serde(default = "default_per_sender")]
+    pub max_concurrent_per_sender: u32,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+fn default_per_sender() -> u32 {
+    4
+}
+
+fn default_min_free_disk() -> u64 {
+    64
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentsSection {
     /// Mint URLs whose tokens are accepted. Tokens from any other mint are refused untouched.
     #[serde(default)]
     pub whitelisted_mints: Vec<String>,
+    /// Longest wait for one answer from a mint. A swap whose answer does not come in time has an
+    /// unknown outcome and is settled with the mint afterwards (README, "Money rules").
+    #[serde(default = "default_mint_timeout")]
+    pub mint_timeout_seconds: u64,
+}
+
+impl Default for PaymentsSection {
+    fn default() -> Self {
+        PaymentsSection {
+            whitelisted_mints: Vec::new(),
+            mint_timeout_seconds: default_mint_timeout(),
+        }
+    }
+}
+
+fn default_mint_timeout() -> u64 {
+    20
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,6 +323,8 @@ impl Default for ProviderSection {
             expiry_grace_seconds: default_grace(),
             reaper_interval_seconds: default_reaper_interval(),
             max_workloads: 0,
+            min_free_disk_mb: default_min_free_disk(),
+            max_concurrent_per_sender: default_per_sender(),
         }
     }
 }
@@ -445,6 +480,12 @@ impl Config {
         if p.reaper_interval_seconds == 0 {
             return Err(ConfigError::new(
                 "provider.reaper_interval_seconds",
+                "must be at least 1",
+            ));
+        }
+        if self.payments.mint_timeout_seconds == 0 {
+            return Err(ConfigError::new(
+                "payments.mint_timeout_seconds",
                 "must be at least 1",
             ));
         }

@@ -18,6 +18,8 @@ pub mod api;
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod crashpoint;
+pub mod datadir_lock;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod doors;
@@ -29,6 +31,7 @@ pub mod payments;
 pub mod provider;
 pub mod relay;
 pub mod secret;
+pub mod settlement;
 pub mod store;
 pub mod validate;
 

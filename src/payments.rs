@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cdk::amount::SplitTarget;
 use cdk::mint_url::MintUrl;
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ErrorType, ProviderError};
 use crate::fsutil::write_private;
 use crate::secret::Secret;
+use crate::settlement::{self, Settlement, SwapAttempt};
 
 /// What can be learned from a token without asking the mint.
 #[derive(Debug, Clone)]
@@ -41,6 +43,26 @@ pub struct TokenInfo {
 /// The provider's wallets, one per whitelisted mint.
 pub struct Payments {
     wallets: BTreeMap<MintUrl, Wallet>,
+    /// Receives hold it shared; settling (cdk's saga recovery, which touches every pending
+    /// receive of the wallet) holds it exclusively, so a recovery never replays a swap that is
+    /// still in flight on another task.
+    settling: BTreeMap<MintUrl, tokio::sync::RwLock<()>>,
+    timeout: Duration,
+}
+
+/// Why a swap did not simply succeed.
+#[derive(Debug)]
+pub enum RedeemError {
+    /// The mint refused without acting (cdk's own classification: a definitive failure). No money
+    /// moved; the token is still the buyer's unless the error says it is invalid.
+    Refused(ProviderError),
+    /// The outcome is unknown: the answer was lost, late or odd, or the mint says "spent" (which
+    /// may be our own earlier swap). `attempts` are our swap requests cdk still tracks for these
+    /// proofs; journal them, then [`Payments::settle`].
+    Unknown {
+        error: ProviderError,
+        attempts: Vec<SwapAttempt>,
+    },
 }
 
 /// Largest token we bother decoding; real tokens are a few KB.
@@ -48,13 +70,18 @@ const MAX_TOKEN_LEN: usize = 64 * 1024;
 
 impl Payments {
     /// Open (or create) the earnings wallets under `data_dir/wallets`.
-    pub async fn open(data_dir: &Path, mints: &[String]) -> Result<Payments, ProviderError> {
+    pub async fn open(
+        data_dir: &Path,
+        mints: &[String],
+        timeout: Duration,
+    ) -> Result<Payments, ProviderError> {
         let dir = data_dir.join("wallets");
         std::fs::create_dir_all(&dir).map_err(|e| {
             ProviderError::internal(format!("cannot create {}: {e}", dir.display()))
         })?;
         let seed = load_or_create_seed(&data_dir.join("wallet.seed"))?;
         let mut wallets = BTreeMap::new();
+        let mut settling = BTreeMap::new();
         for m in mints {
             let url = MintUrl::from_str(m)
                 .map_err(|e| ProviderError::internal(format!("bad mint url {m}: {e}")))?;
@@ -73,17 +100,26 @@ impl Payments {
                 .without_rate_limiting()
                 .build()
                 .map_err(|e| ProviderError::internal(format!("cannot build wallet: {e}")))?;
+            settling.insert(url.clone(), tokio::sync::RwLock::new(()));
             wallets.insert(url, wallet);
         }
-        Ok(Payments { wallets })
+        Ok(Payments {
+            wallets,
+            settling,
+            timeout,
+        })
     }
 
     /// Finish or undo any wallet operation a crash interrupted (cdk's own saga recovery).
     pub async fn recover(&self) {
         for (url, w) in &self.wallets {
-            match w.recover_incomplete_sagas().await {
-                Ok(_) => {}
-                Err(e) => tracing::warn!(mint = %url, "wallet recovery could not finish: {e}"),
+            let _exclusive = self.lock(url).write().await;
+            match tokio::time::timeout(self.timeout * 3, Box::pin(w.recover_incomplete_sagas()))
+                .await
+            {
+                Err(_) => tracing::warn!(mint = %url, "wallet recovery timed out"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(mint = %url, "wallet recovery could not finish: {e}"),
             }
         }
     }
@@ -180,25 +216,154 @@ impl Payments {
     }
 
     /// Swap the token's proofs at its mint. Returns the millisatoshis actually received (after
-    /// the mint's input fees).
-    pub async fn redeem(&self, info: &TokenInfo, encoded: &Secret) -> Result<u64, ProviderError> {
-        let wallet = self.wallet(&info.mint_url)?;
-        let received = wallet
-            .receive(encoded.expose().trim(), ReceiveOptions::default())
+    /// the mint's input fees). Waits at most the mint timeout.
+    pub async fn redeem(&self, info: &TokenInfo, encoded: &Secret) -> Result<u64, RedeemError> {
+        let wallet = self.wallet(&info.mint_url).map_err(RedeemError::Refused)?;
+        let outcome = {
+            let _shared = self.lock(&info.mint_url).read().await;
+            tokio::time::timeout(
+                self.timeout,
+                Box::pin(wallet.receive(encoded.expose().trim(), ReceiveOptions::default())),
+            )
             .await
-            .map_err(map_receive_error)?;
-        u64::from(received)
-            .checked_mul(1000)
-            .ok_or_else(|| ProviderError::internal("received amount out of range"))
+        };
+        let error = match outcome {
+            Ok(Ok(received)) => {
+                return u64::from(received).checked_mul(1000).ok_or_else(|| {
+                    RedeemError::Refused(ProviderError::internal("received amount out of range"))
+                })
+            }
+            Ok(Err(e)) if e.is_definitive_failure() => {
+                return Err(RedeemError::Refused(map_receive_error(e)))
+            }
+            Ok(Err(e)) => map_receive_error(e),
+            Err(_) => ProviderError::new(
+                ErrorType::PaymentFailed,
+                format!(
+                    "the mint did not answer the swap within {} s",
+                    self.timeout.as_secs()
+                ),
+            ),
+        };
+        let attempts = match Token::from_str(encoded.expose().trim()) {
+            Ok(t) => settlement::attempts_for(wallet, &t).await,
+            Err(_) => Vec::new(),
+        };
+        Err(RedeemError::Unknown { error, attempts })
+    }
+
+    /// Our swap attempts cdk still tracks for this token's proofs (local, no network).
+    pub async fn attempts_for(&self, mint: &MintUrl, encoded: &Secret) -> Vec<SwapAttempt> {
+        match (self.wallet(mint), Token::from_str(encoded.expose().trim())) {
+            (Ok(w), Ok(t)) => settlement::attempts_for(w, &t).await,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Learn from the mint what became of a swap with an unknown outcome (see
+    /// [`crate::settlement`]). Waits for in-flight receives at this mint to end first.
+    pub async fn settle(
+        &self,
+        mint: &MintUrl,
+        encoded: &Secret,
+        attempts: &[SwapAttempt],
+        may_be_in_flight: bool,
+    ) -> Settlement {
+        let wallet = match self.wallet(mint) {
+            Ok(w) => w,
+            Err(e) => return Settlement::Unknown(e.message),
+        };
+        let Ok(token) = Token::from_str(encoded.expose().trim()) else {
+            // Never a valid token: it was never swapped.
+            return Settlement::NotSwapped;
+        };
+        let _exclusive = self.lock(mint).write().await;
+        Box::pin(settlement::settle(
+            wallet,
+            &token,
+            attempts,
+            may_be_in_flight,
+            self.timeout,
+        ))
+        .await
+    }
+
+    /// The mint timeout: the longest wait for one answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn lock(&self, mint: &MintUrl) -> &tokio::sync::RwLock<()> {
+        // Every wallet has its lock (both maps are filled together in `open`).
+        static FALLBACK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+        self.settling.get(mint).unwrap_or(&FALLBACK)
     }
 
     /// Mint a token worth `msats` (rounded down to whole sats) from the earnings at `mint`.
     pub async fn refund(&self, mint: &MintUrl, msats: u64) -> Result<Secret, ProviderError> {
+        self.refund_journalled(mint, msats, |_| Ok(())).await
+    }
+
+    /// [`Payments::refund`], calling `journal` with the send's operation id after the proofs are
+    /// set aside and before the token is made: a crash after that leaves the token findable by
+    /// [`Payments::refund_token_of`], so it is delivered instead of minting a second refund.
+    pub async fn refund_journalled(
+        &self,
+        mint: &MintUrl,
+        msats: u64,
+        journal: impl FnOnce(&str) -> Result<(), ProviderError>,
+    ) -> Result<Secret, ProviderError> {
         let sats = msats / 1000;
         if sats == 0 {
             return Err(ProviderError::internal("nothing to refund"));
         }
-        self.send(mint, sats, "paygress refund").await
+        let wallet = self.wallet(mint)?;
+        let prepared = wallet
+            .prepare_send(Amount::from(sats), send_options("paygress refund"))
+            .await
+            .map_err(|e| {
+                ProviderError::new(
+                    ErrorType::PaymentFailed,
+                    format!("cannot prepare {sats} sat: {e}"),
+                )
+            })?;
+        if let Err(e) = journal(&prepared.operation_id().to_string()) {
+            let _ = prepared.cancel().await;
+            return Err(e);
+        }
+        let token = prepared.confirm(None).await.map_err(|e| {
+            ProviderError::new(
+                ErrorType::PaymentFailed,
+                format!("cannot create token: {e}"),
+            )
+        })?;
+        Ok(Secret::new(token.to_string()))
+    }
+
+    /// The token a refund send (by operation id) made, if cdk still holds it unclaimed.
+    pub async fn refund_token_of(&self, mint: &MintUrl, op: &str) -> Option<Secret> {
+        use cdk::wallet::types::{OperationData, SendSagaState, WalletSagaState};
+        let wallet = self.wallet(mint).ok()?;
+        let id = op.parse().ok()?;
+        let saga = wallet.localstore.get_saga(&id).await.ok()??;
+        let (WalletSagaState::Send(SendSagaState::TokenCreated), OperationData::Send(d)) =
+            (&saga.state, &saga.data)
+        else {
+            return None;
+        };
+        if let Some(t) = &d.token {
+            return Some(Secret::new(t.clone()));
+        }
+        let proofs = d.proofs.clone()?;
+        Some(Secret::new(
+            Token::new(
+                wallet.mint_url.clone(),
+                proofs,
+                d.memo.clone(),
+                wallet.unit.clone(),
+            )
+            .to_string(),
+        ))
     }
 
     /// Take `sats` out of the earnings at `mint` as a token (operator withdrawal).
@@ -229,14 +394,7 @@ impl Payments {
 
     async fn send(&self, mint: &MintUrl, sats: u64, memo: &str) -> Result<Secret, ProviderError> {
         let wallet = self.wallet(mint)?;
-        let opts = SendOptions {
-            memo: Some(SendMemo {
-                memo: memo.to_string(),
-                include_memo: true,
-            }),
-            amount_split_target: SplitTarget::default(),
-            ..Default::default()
-        };
+        let opts = send_options(memo);
         let prepared = wallet
             .prepare_send(Amount::from(sats), opts)
             .await
@@ -286,6 +444,17 @@ fn map_receive_error(e: cdk::Error) -> ProviderError {
             ErrorType::PaymentFailed,
             format!("could not redeem the token at the mint: {other}"),
         ),
+    }
+}
+
+fn send_options(memo: &str) -> SendOptions {
+    SendOptions {
+        memo: Some(SendMemo {
+            memo: memo.to_string(),
+            include_memo: true,
+        }),
+        amount_split_target: SplitTarget::default(),
+        ..Default::default()
     }
 }
 

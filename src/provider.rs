@@ -38,8 +38,9 @@ use crate::backend::{Backend, BackendError, WorkloadSpec, WorkloadState};
 use crate::config::{Config, Tier};
 use crate::error::{ErrorType, ProviderError};
 use crate::identity;
-use crate::payments::{Payments, TokenInfo};
+use crate::payments::{Payments, RedeemError, TokenInfo};
 use crate::secret::Secret;
+use crate::settlement::Settlement;
 use crate::store::{PaymentKind, PaymentRow, PaymentState, Store, WorkloadRow, WorkloadStatus};
 use crate::validate;
 
@@ -90,6 +91,8 @@ pub struct RecoveryReport {
     pub orphans_removed: usize,
     /// Workloads the store thought live but the backend lost.
     pub lost: usize,
+    /// Swaps whose outcome the mint could not tell yet: settled later in the background.
+    pub unsettled: usize,
 }
 
 /// The response stored for replay: the first answer, success or error.
@@ -100,6 +103,22 @@ enum Stored<T> {
     Err(ProviderError),
 }
 
+/// Why a payment was not taken.
+enum Unpaid {
+    /// Settled: no money of the buyer's is with us (refused, never swapped, spent elsewhere).
+    Refused(ProviderError),
+    /// Not settled yet: the journal row stays `unknown` and is settled later.
+    Unsettled(ProviderError),
+}
+
+/// What a replay found in the journal.
+enum Replayed<T> {
+    /// The answer to give.
+    Answer(Result<T, ProviderError>),
+    /// The same request, whose swap outcome is still unknown: settle it now.
+    Unknown(PaymentRow),
+}
+
 pub struct Provider {
     cfg: Config,
     keys: Keys,
@@ -108,7 +127,32 @@ pub struct Provider {
     payments: Payments,
     backend: Arc<dyn Backend>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    _dir_lock: crate::datadir_lock::DataDirLock,
+    /// Spawns in flight per remote caller (bounded work per sender).
+    in_flight: Arc<StdMutex<HashMap<String, u32>>>,
 }
+
+/// One remote caller's spawn in flight; gives its slot back when dropped.
+struct SenderSlot {
+    map: Arc<StdMutex<HashMap<String, u32>>>,
+    who: String,
+}
+
+impl Drop for SenderSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.who);
+            }
+        }
+    }
+}
+
+/// How long Nostr event ids are remembered for replay protection (the doors refuse requests
+/// older than minutes, so a day is ample).
+const SEEN_EVENTS_KEPT_SECONDS: u64 = 24 * 3600;
 
 /// Current Unix time in seconds.
 pub fn now_secs() -> u64 {
@@ -208,15 +252,33 @@ impl Provider {
         cfg: Config,
         backend: Arc<dyn Backend>,
     ) -> Result<Arc<Provider>, ProviderError> {
-        cfg.validate()
-            .map_err(|e| ProviderError::internal(e.to_string()))?;
-        let data_dir = cfg.provider.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| {
+        let dir_lock = Self::lock_data_dir(&cfg)?;
+        Self::open_locked(cfg, backend, dir_lock).await
+    }
+
+    /// Create the data dir and take its lock (one process per data dir): before anything in it
+    /// is read or written, the backend's own state included.
+    pub fn lock_data_dir(cfg: &Config) -> Result<crate::datadir_lock::DataDirLock, ProviderError> {
+        let data_dir = &cfg.provider.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
             ProviderError::internal(format!(
                 "cannot create data dir {}: {e}",
                 data_dir.display()
             ))
         })?;
+        crate::datadir_lock::DataDirLock::acquire(data_dir)
+            .map_err(|e| ProviderError::internal(e.to_string()))
+    }
+
+    /// [`Provider::open`] with the data dir's lock already held.
+    pub async fn open_locked(
+        cfg: Config,
+        backend: Arc<dyn Backend>,
+        dir_lock: crate::datadir_lock::DataDirLock,
+    ) -> Result<Arc<Provider>, ProviderError> {
+        cfg.validate()
+            .map_err(|e| ProviderError::internal(e.to_string()))?;
+        let data_dir = cfg.provider.data_dir.clone();
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
@@ -238,7 +300,12 @@ impl Provider {
             let b: [u8; 6] = rand::random();
             hex::encode(b)
         })?;
-        let payments = Payments::open(&data_dir, &cfg.payments.whitelisted_mints).await?;
+        let payments = Payments::open(
+            &data_dir,
+            &cfg.payments.whitelisted_mints,
+            Duration::from_secs(cfg.payments.mint_timeout_seconds),
+        )
+        .await?;
         let provider = Arc::new(Provider {
             cfg,
             keys,
@@ -247,8 +314,10 @@ impl Provider {
             payments,
             backend,
             locks: StdMutex::new(HashMap::new()),
+            _dir_lock: dir_lock,
+            in_flight: Arc::new(StdMutex::new(HashMap::new())),
         });
-        let report = provider.recover().await;
+        let report = Box::pin(provider.recover()).await;
         tracing::info!(?report, "provider state recovered");
         Ok(provider)
     }
@@ -310,6 +379,12 @@ impl Provider {
                 live_workloads: live,
             },
             expiry_grace_seconds: self.cfg.provider.expiry_grace_seconds,
+            ssh_key_types: self
+                .backend
+                .login_key_types()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 
@@ -323,6 +398,8 @@ impl Provider {
         progress: Option<Progress>,
         cancel: CancellationToken,
     ) -> Result<SpawnResult, ProviderError> {
+        // Bounded work: a remote caller gets a few spawns in flight, not a thousand.
+        let _slot = self.sender_slot(&caller)?;
         // 1. Everything checkable with the token untouched.
         let tier = match req.pod_spec_id.as_deref() {
             None => self
@@ -358,6 +435,17 @@ impl Provider {
         let public_key = match &req.ssh_public_key {
             Some(k) if !k.trim().is_empty() => {
                 validate::check_public_key(k).map_err(ProviderError::invalid_request)?;
+                // Every check before the swap: a key the backend cannot install is refused now.
+                let kind = k.split_whitespace().next().unwrap_or("");
+                let accepted = self.backend.login_key_types();
+                if !accepted.contains(&kind) {
+                    return Err(ProviderError::invalid_request(format!(
+                        "the {} backend cannot install {kind} keys; use one of: {}",
+                        self.backend.kind(),
+                        accepted.join(", ")
+                    ))
+                    .with_details(serde_json::json!({ "ssh_key_types": accepted })));
+                }
                 Some(k.trim().to_string())
             }
             _ => None,
@@ -365,6 +453,7 @@ impl Provider {
         check_request_id(&req.request_id)?;
         let info = self.payments.inspect(req.cashu_token.expose())?;
         self.check_face_value(&info, &tier, self.cfg.provider.minimum_duration_seconds)?;
+        self.check_disk()?;
 
         let fp = fingerprint(&[
             "spawn",
@@ -377,11 +466,35 @@ impl Provider {
         ]);
 
         // Serialise everything that concerns this token.
-        let guard = self.lock(&format!("token:{}", info.key)).await;
-        if let Some(answer) =
-            self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)?
-        {
-            return answer;
+        let mut guard = self.lock(&format!("token:{}", info.key)).await;
+        match self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)? {
+            None => {}
+            Some(Replayed::Answer(answer)) => return answer,
+            Some(Replayed::Unknown(row)) => {
+                // Settle on a task of its own (a provisioning may follow), under the token lock.
+                let this = Arc::clone(self);
+                let (p, c) = (progress.clone(), cancel.clone());
+                let task = tokio::spawn(async move {
+                    let _guard: OwnedMutexGuard<()> = guard;
+                    this.resume_unknown_spawn(row, p, c).await
+                });
+                let r = task.await.unwrap_or_else(|e| {
+                    Err(ProviderError::internal(format!("spawn task failed: {e}")))
+                });
+                // Settled as never taken (the row is gone): the token is still the buyer's,
+                // so this request goes on as a new one.
+                let released = matches!(&r, Err(e) if e.error_type == ErrorType::PaymentFailed)
+                    && self.store.payment(&info.key)?.is_none();
+                if !released {
+                    return r;
+                }
+                guard = self.lock(&format!("token:{}", info.key)).await;
+                if let Some(Replayed::Answer(answer)) =
+                    self.replay::<SpawnResult>(&info, PaymentKind::Spawn, &fp, &req.request_id)?
+                {
+                    return answer;
+                }
+            }
         }
 
         // Reserve a host port (capacity) before paying.
@@ -407,10 +520,25 @@ impl Provider {
             paid_msats: 0,
         };
         let p = &self.cfg.provider;
-        let port = self
-            .store
-            .insert_workload_with_port(&row, p.ssh_port_range_start, p.ssh_port_range_end, p.max_workloads, port_is_free)?
-            .ok_or_else(|| {
+        let mut port = self.store.insert_workload_with_port(
+            &row,
+            p.ssh_port_range_start,
+            p.ssh_port_range_end,
+            p.max_workloads,
+            port_is_free,
+        )?;
+        // Grace is a courtesy, not a reservation: when a paying buyer finds no room, the pod
+        // longest in its grace period (paid time over, stopped) is deleted to make it.
+        if port.is_none() && self.evict_one_graced().await {
+            port = self.store.insert_workload_with_port(
+                &row,
+                p.ssh_port_range_start,
+                p.ssh_port_range_end,
+                p.max_workloads,
+                port_is_free,
+            )?;
+        }
+        let port = port.ok_or_else(|| {
                 ProviderError::new(
                     ErrorType::ResourceUnavailable,
                     "no capacity left right now (all SSH ports or workload slots are in use); try later",
@@ -438,6 +566,7 @@ impl Provider {
                 "request_id was already used with a different token",
             ));
         }
+        crate::crashpoint::hit("spawn_journalled");
         report(&progress, SpawnStage::Validated);
 
         // 2-5 on a task of their own, so the money path finishes even if the caller goes away.
@@ -462,18 +591,184 @@ impl Provider {
         cancel: CancellationToken,
     ) -> Result<SpawnResult, ProviderError> {
         // 2. Swap.
-        let received = match self.payments.redeem(&info, &token).await {
+        let received = match self.take_payment(&info.key, &info.mint_url, &token).await {
             Ok(m) => m,
-            Err(e) => return self.swap_failed(&info.key, Some(&row.id), e),
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, Some(&row.id), e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
         };
+        crate::crashpoint::hit("spawn_swapped");
+        self.provision_paid(
+            &info.key,
+            &info.mint_url,
+            received,
+            tier,
+            row,
+            progress,
+            cancel,
+        )
+        .await
+    }
+
+    /// A replay of a spawn whose swap outcome was unknown: settle it with the mint, then finish
+    /// the request as if the swap had answered. `None` from the settlement (the token was never
+    /// taken) releases the reservation and answers so the buyer can send the request again.
+    async fn resume_unknown_spawn(
+        self: &Arc<Self>,
+        row: PaymentRow,
+        progress: Option<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<SpawnResult, ProviderError> {
+        if row.state == PaymentState::RefundPending {
+            return Err(self.retry_refund::<SpawnResult>(&row).await);
+        }
+        let mint = self.payments.mint(&row.mint_url)?;
+        let Some(token) = row.token.clone() else {
+            return Err(ProviderError::internal("unknown swap without its token"));
+        };
+        let pod_id = row.pod_id.clone().unwrap_or_default();
+        let received = match self.settle_unknown(&row.key, &mint, &token).await {
+            Ok(m) => m,
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&row.key, Some(&pod_id), e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
+        };
+        let Some(w) = self.store.workload(&pod_id)? else {
+            return Err(self
+                .refund_and_record::<SpawnResult>(
+                    &row.key,
+                    &mint,
+                    received,
+                    None,
+                    ProviderError::new(
+                        ErrorType::PodCreationFailed,
+                        "the reserved workload is gone; the payment is refunded",
+                    ),
+                )
+                .await);
+        };
+        let tier = w.tier.clone();
+        self.provision_paid(&row.key, &mint, received, tier, w, progress, cancel)
+            .await
+    }
+
+    /// Swap, and if the outcome is unknown, settle it with the mint at once (most lost answers
+    /// are settled by this first try).
+    async fn take_payment(
+        &self,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        token: &Secret,
+    ) -> Result<u64, Unpaid> {
+        let info = self
+            .payments
+            .inspect(token.expose())
+            .map_err(Unpaid::Refused)?;
+        match self.payments.redeem(&info, token).await {
+            Ok(m) => Ok(m),
+            Err(RedeemError::Refused(e)) => Err(Unpaid::Refused(e)),
+            Err(RedeemError::Unknown { error, attempts }) => {
+                tracing::warn!(
+                    "swap outcome unknown ({}); settling with the mint",
+                    error.message
+                );
+                let now = now_secs();
+                let in_flight_until =
+                    now.saturating_add(2 * self.cfg.payments.mint_timeout_seconds);
+                self.store
+                    .mark_unknown(key, &attempts, in_flight_until, now)
+                    .map_err(|e| Unpaid::Unsettled(e.into()))?;
+                self.settle_unknown(key, mint, token).await
+            }
+        }
+    }
+
+    /// Ask the mint what became of a swap whose outcome is unknown (see `crate::settlement`).
+    async fn settle_unknown(
+        &self,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        token: &Secret,
+    ) -> Result<u64, Unpaid> {
+        let now = now_secs();
+        // Whatever cdk still tracks goes into the journal first: its recovery deletes it.
+        let more = self.payments.attempts_for(mint, token).await;
+        self.store
+            .mark_unknown(key, &more, 0, now)
+            .map_err(|e| Unpaid::Unsettled(e.into()))?;
+        let row = self
+            .store
+            .payment(key)
+            .map_err(|e| Unpaid::Unsettled(e.into()))?
+            .ok_or_else(|| Unpaid::Unsettled(ProviderError::internal("journal row vanished")))?;
+        let in_flight = row.in_flight_until > now;
+        match self
+            .payments
+            .settle(mint, token, &row.attempts, in_flight)
+            .await
+        {
+            Settlement::Received(m) => {
+                tracing::info!(received_msats = m, "unknown swap settled: received");
+                Ok(m)
+            }
+            Settlement::NotSwapped => {
+                tracing::info!("unknown swap settled: the mint never took the token");
+                Err(Unpaid::Refused(ProviderError::new(
+                    ErrorType::PaymentFailed,
+                    "the mint did not take the token (its answer was lost on the way); nothing was charged and the token is still yours: send the request again",
+                )))
+            }
+            Settlement::SpentElsewhere => {
+                tracing::info!("unknown swap settled: the token was spent elsewhere");
+                Err(Unpaid::Refused(ProviderError::new(
+                    ErrorType::TokenAlreadySpent,
+                    "the mint reports this token as already spent, and not to this provider",
+                )))
+            }
+            Settlement::Unknown(why) => {
+                tracing::warn!("unknown swap not settled yet: {why}");
+                Err(Unpaid::Unsettled(
+                    ProviderError::new(
+                        ErrorType::PaymentFailed,
+                        format!(
+                            "the mint's answer to the payment was lost and the mint cannot be asked yet ({why}). Nothing is lost: the provider settles it in the background; repeat the same request (same token, same request_id) to get the pod or a full refund"
+                        ),
+                    )
+                    .with_details(serde_json::json!({
+                        "swap_outcome": "unknown",
+                        "retry_after_seconds": self.cfg.provider.reaper_interval_seconds.max(1),
+                    })),
+                ))
+            }
+        }
+    }
+
+    /// The part of a spawn after the money is in: price, provision, answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn provision_paid(
+        self: &Arc<Self>,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        tier: Tier,
+        row: WorkloadRow,
+        progress: Option<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<SpawnResult, ProviderError> {
         let now = now_secs();
         // 3. Price from what was received.
         let duration =
             (received / tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
         let expires_at = now.saturating_add(duration);
-        self.store
-            .mark_spawn_paid(&info.key, received, &row.id, expires_at, now)?;
+        if let Err(e) = self
+            .write_after_swap(|| {
+                self.store
+                    .mark_spawn_paid(key, received, &row.id, expires_at, now)
+            })
+            .await
+        {
+            return Err(self.refund_unjournalled(mint, received, e).await);
+        }
         tracing::info!(pod = %row.id, received_msats = received, "spawn paid");
+        crate::crashpoint::hit("spawn_paid");
         report(&progress, SpawnStage::Paid);
         if duration < self.cfg.provider.minimum_duration_seconds {
             let e = ProviderError::new(
@@ -483,7 +778,9 @@ impl Provider {
                     self.cfg.provider.minimum_duration_seconds
                 ),
             );
-            return self.fail_spawn_after_swap(&info, received, &row, e).await;
+            return self
+                .fail_spawn_after_swap(key, mint, received, &row, e)
+                .await;
         }
 
         // 4. Provision, honouring cancellation.
@@ -499,6 +796,7 @@ impl Provider {
             host_port: row.host_port,
             expires_at,
         };
+        let spec_expires_at = expires_at;
         let backend = Arc::clone(&self.backend);
         let mut create = tokio::spawn(async move { backend.create(&spec).await });
         let outcome = tokio::select! {
@@ -521,14 +819,25 @@ impl Provider {
                     backend_error_message(&e)
                 },
             );
-            return self.fail_spawn_after_swap(&info, received, &row, err).await;
+            return self
+                .fail_spawn_after_swap(key, mint, received, &row, err)
+                .await;
         }
 
-        // 5. Done.
+        crate::crashpoint::hit("spawn_created");
+        // 5. Done. Paid time starts now that the workload is ready, not at the swap.
+        let ready = now_secs();
+        let expires_at = ready.saturating_add(duration);
+        if expires_at != spec_expires_at {
+            if let Err(e) = self.backend.extend(&row.name, expires_at).await {
+                tracing::warn!(pod = %row.id, "cannot move the backend's deadline mark: {e}");
+            }
+        }
         let result: Result<SpawnResult, ProviderError> =
             Ok(self.spawn_result(&row, &tier, expires_at, duration, received));
         self.store
-            .complete_spawn(&info.key, &row.id, &to_stored(&result), now_secs())?;
+            .complete_spawn(key, &row.id, expires_at, &to_stored(&result), ready)?;
+        crate::crashpoint::hit("spawn_completed");
         report(&progress, SpawnStage::Ready);
         tracing::info!(pod = %row.id, port = row.host_port, duration, "workload running");
         result
@@ -605,25 +914,125 @@ impl Provider {
     /// Undo a paid spawn: remove anything made, refund, record the answer.
     async fn fail_spawn_after_swap(
         &self,
-        info: &TokenInfo,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
         received: u64,
         row: &WorkloadRow,
         err: ProviderError,
     ) -> Result<SpawnResult, ProviderError> {
-        if let Err(e) = self.backend.destroy(&row.name).await {
-            tracing::warn!(pod = %row.id, "cleanup after failed create: {e}");
-        }
-        self.store
-            .set_workload_state(&row.id, WorkloadStatus::Failed, now_secs())?;
+        self.destroy_or_retry(&row.id, &row.name).await;
         Err(self
-            .refund_and_record::<SpawnResult>(
-                &info.key,
-                &info.mint_url,
-                received,
-                Some(&row.id),
-                err,
-            )
+            .refund_and_record::<SpawnResult>(key, mint, received, Some(&row.id), err)
             .await)
+    }
+
+    /// The first journal write after a swap: the money is in, so a failed write (a full disk,
+    /// say) is retried for a while before giving up.
+    async fn write_after_swap(
+        &self,
+        op: impl Fn() -> Result<(), crate::store::StoreError>,
+    ) -> Result<(), crate::store::StoreError> {
+        let mut wait = Duration::from_millis(100);
+        let mut last = None;
+        for _ in 0..6 {
+            match op() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::error!("journal write after a swap failed (retrying): {e}");
+                    last = Some(e);
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                }
+            }
+        }
+        Err(last.unwrap_or(crate::store::StoreError::Poisoned))
+    }
+
+    /// The swap succeeded but the journal cannot record it: give the money back at once, so
+    /// the buyer is never left without compute or refund. (The row stays `swapping`; a later
+    /// settlement finds the token spent and no swap of ours outstanding, and refunds nothing
+    /// twice.)
+    async fn refund_unjournalled(
+        &self,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        e: crate::store::StoreError,
+    ) -> ProviderError {
+        let err = ProviderError::internal(format!(
+            "the provider cannot write its journal ({e}); the payment is refunded"
+        ));
+        match self.payments.refund(mint, received).await {
+            Ok(token) => err
+                .with_refund(token)
+                .with_details(serde_json::json!({ "refunded_msats": received - received % 1000 })),
+            Err(r) => {
+                tracing::error!("cannot refund an unjournalled payment of {received} msat: {r}");
+                err
+            }
+        }
+    }
+
+    /// Retry a refund that could not be minted before (replays and the background loop).
+    async fn retry_refund<T: Serialize>(&self, row: &PaymentRow) -> ProviderError {
+        let err = ProviderError::new(
+            if row.kind == PaymentKind::Spawn {
+                ErrorType::PodCreationFailed
+            } else {
+                ErrorType::PaymentFailed
+            },
+            "this request failed after payment; the payment is refunded",
+        );
+        let mint = match self.payments.mint(&row.mint_url) {
+            Ok(m) => m,
+            Err(e) => return e,
+        };
+        self.refund_and_record::<T>(
+            &row.key,
+            &mint,
+            row.received_msats.unwrap_or(0),
+            row.pod_id.as_deref(),
+            err,
+        )
+        .await
+    }
+
+    /// Settle, in the background, every swap whose outcome is unknown and retry every pending
+    /// refund (called by the reaper loop each tick). Returns how many rows it looked at.
+    pub async fn settle_pending(self: &Arc<Self>) -> usize {
+        let rows = match self
+            .store
+            .payments_in_state(&[PaymentState::Unknown, PaymentState::RefundPending])
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot read the journal to settle payments: {e}");
+                return 0;
+            }
+        };
+        let n = rows.len();
+        for r in rows {
+            let _guard = self.lock(&format!("token:{}", r.key)).await;
+            let Ok(Some(row)) = self.store.payment(&r.key) else {
+                continue;
+            };
+            if !matches!(
+                row.state,
+                PaymentState::Unknown | PaymentState::RefundPending
+            ) {
+                continue;
+            }
+            let outcome = match row.kind {
+                PaymentKind::Spawn => self
+                    .resume_unknown_spawn(row, None, CancellationToken::new())
+                    .await
+                    .map(|_| ()),
+                PaymentKind::TopUp => self.resume_unknown_top_up(row).await.map(|_| ()),
+            };
+            if let Err(e) = outcome {
+                tracing::debug!("background settlement: {}", e.message);
+            }
+        }
+        n
     }
 
     /// Mint the refund and store the final answer; on a mint failure keep it pending (recovery
@@ -637,11 +1046,67 @@ impl Provider {
         err: ProviderError,
     ) -> ProviderError {
         let now = now_secs();
-        match self.payments.refund(mint, received).await {
+        // Cashu moves whole sats: what is under 1 sat cannot be returned. Say so.
+        let refundable = received - received % 1000;
+        let kept = received % 1000;
+        if refundable == 0 {
+            let err = ProviderError {
+                message: format!(
+                    "{} Nothing can be refunded: the {received} msat received (after the mint's fees) is below the mint's smallest unit of 1 sat.",
+                    err.message
+                ),
+                ..err
+            }
+            .with_details(serde_json::json!({
+                "refunded_msats": 0,
+                "unrefundable_msats": received,
+            }));
+            let r: Result<T, ProviderError> = Err(err.clone());
+            if let Err(e) = self.store.finish_payment(
+                key,
+                PaymentState::Refunded,
+                pod_id,
+                None,
+                &to_stored(&r),
+                now,
+            ) {
+                tracing::error!("refund outcome not journalled: {e}");
+            }
+            return err;
+        }
+        // A refund minted before a crash (its operation journalled) is delivered, not re-minted.
+        let earlier = match self
+            .store
+            .payment(key)
+            .ok()
+            .flatten()
+            .and_then(|r| r.refund_op)
+        {
+            Some(op) => self.payments.refund_token_of(mint, &op).await,
+            None => None,
+        };
+        let minted = match earlier {
+            Some(t) => Ok(t),
+            None => {
+                self.payments
+                    .refund_journalled(mint, received, |op| {
+                        self.store
+                            .set_refund_op(key, op)
+                            .map_err(ProviderError::from)?;
+                        crate::crashpoint::hit("refund_prepared");
+                        Ok(())
+                    })
+                    .await
+            }
+        };
+        match minted {
             Ok(token) => {
-                let err = err.with_refund(token.clone()).with_details(
-                    serde_json::json!({ "refunded_msats": received - received % 1000 }),
-                );
+                crate::crashpoint::hit("refund_minted");
+                let mut details = serde_json::json!({ "refunded_msats": refundable });
+                if kept > 0 {
+                    details["unrefundable_msats"] = kept.into();
+                }
+                let err = err.with_refund(token.clone()).with_details(details);
                 let r: Result<T, ProviderError> = Err(err.clone());
                 if let Err(e) = self.store.finish_payment(
                     key,
@@ -653,18 +1118,24 @@ impl Provider {
                 ) {
                     tracing::error!("refund minted but not journalled: {e}");
                 }
-                tracing::info!(pod = ?pod_id, refunded_msats = received, "payment refunded");
+                tracing::info!(pod = ?pod_id, refunded_msats = refundable, "payment refunded");
                 err
             }
             Err(e) => {
                 tracing::error!(pod = ?pod_id, "refund could not be minted yet: {e}");
+                let every = self.cfg.provider.reaper_interval_seconds;
                 let err = ProviderError {
                     message: format!(
-                        "{} The refund could not be minted yet ({}); repeat the same request with the same token to collect it.",
+                        "{} The refund of {refundable} msat could not be minted yet (the mint said: {}). It is kept for you: the provider retries every {every} s, and repeating the same request (same token, same request_id) returns the refund token as soon as the mint answers.",
                         err.message, e.message
                     ),
                     ..err
-                };
+                }
+                .with_details(serde_json::json!({
+                    "refund_pending": true,
+                    "refund_msats": refundable,
+                    "retry_after_seconds": every,
+                }));
                 if let Err(e) = self.store.finish_payment(
                     key,
                     PaymentState::RefundPending,
@@ -680,6 +1151,46 @@ impl Provider {
         }
     }
 
+    fn sender_slot(&self, caller: &Caller) -> Result<Option<SenderSlot>, ProviderError> {
+        let Caller::Nostr(pk) = caller else {
+            return Ok(None);
+        };
+        let cap = self.cfg.provider.max_concurrent_per_sender;
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(pk.clone()).or_insert(0);
+        if cap > 0 && *n >= cap {
+            return Err(ProviderError::new(
+                ErrorType::ResourceUnavailable,
+                format!("{cap} of your spawns are still in progress; wait for them to finish (your token is untouched)"),
+            ));
+        }
+        *n += 1;
+        Ok(Some(SenderSlot {
+            map: Arc::clone(&self.in_flight),
+            who: pk.clone(),
+        }))
+    }
+
+    /// Refuse a payment (untouched) when the journal may not be able to record it.
+    fn check_disk(&self) -> Result<(), ProviderError> {
+        let want = self
+            .cfg
+            .provider
+            .min_free_disk_mb
+            .saturating_mul(1024 * 1024);
+        match crate::fsutil::free_bytes(&self.cfg.provider.data_dir) {
+            Ok(free) if free < want => Err(ProviderError::new(
+                ErrorType::ResourceUnavailable,
+                "the provider is low on disk space and takes no payments right now; try later (your token is untouched)",
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!("cannot read free disk space: {e}");
+                Ok(())
+            }
+        }
+    }
+
     fn check_face_value(
         &self,
         info: &TokenInfo,
@@ -687,6 +1198,22 @@ impl Provider {
         min_seconds: u64,
     ) -> Result<(), ProviderError> {
         let seconds = info.face_msats / tier.rate_msats_per_sec;
+        // Nothing kept that buys nothing: a payment one purchase cannot use is refused untouched.
+        let max = self.cfg.provider.maximum_duration_seconds;
+        if seconds > max {
+            let most = max.saturating_mul(tier.rate_msats_per_sec);
+            return Err(ProviderError::invalid_request(format!(
+                "the token is worth {} msat, which buys {seconds} s of {}; one payment buys at most {max} s ({} sat): send a smaller token",
+                info.face_msats,
+                tier.id,
+                most / 1000
+            ))
+            .with_details(serde_json::json!({
+                "offered_msats": info.face_msats,
+                "maximum_msats": most,
+                "maximum_duration_seconds": max,
+            })));
+        }
         if seconds < min_seconds {
             let needed = min_seconds.saturating_mul(tier.rate_msats_per_sec);
             return Err(ProviderError::new(
@@ -715,13 +1242,14 @@ impl Provider {
         kind: PaymentKind,
         fp: &str,
         request_id: &Option<String>,
-    ) -> Result<Option<Result<T, ProviderError>>, ProviderError> {
+    ) -> Result<Option<Replayed<T>>, ProviderError> {
+        let answer = |r| Ok(Some(Replayed::Answer(r)));
         if let Some(id) = request_id {
             if let Some(row) = self.store.payment_by_request_id(id)? {
                 if row.key != info.key {
-                    return Ok(Some(Err(ProviderError::invalid_request(
+                    return answer(Err(ProviderError::invalid_request(
                         "request_id was already used with a different token",
-                    ))));
+                    )));
                 }
             }
         }
@@ -729,21 +1257,20 @@ impl Provider {
             return Ok(None);
         };
         if row.kind != kind || row.fingerprint != fp {
-            return Ok(Some(Err(ProviderError::new(
+            return answer(Err(ProviderError::new(
                 ErrorType::TokenAlreadySpent,
                 "this token was already used for another request",
-            ))));
+            )));
         }
         match (&row.state, &row.response) {
-            (_, Some(resp)) if !resp.is_empty() => Ok(Some(from_stored(resp))),
-            (PaymentState::RefundPending, _) => Ok(Some(Err(ProviderError::new(
-                ErrorType::PodCreationFailed,
-                "this request failed after payment and its refund is still pending; retry shortly",
-            )))),
-            _ => Ok(Some(Err(ProviderError::new(
+            (_, Some(resp)) if !resp.is_empty() => answer(from_stored(resp)),
+            (PaymentState::Unknown | PaymentState::RefundPending, _) => {
+                Ok(Some(Replayed::Unknown(row)))
+            }
+            _ => answer(Err(ProviderError::new(
                 ErrorType::PaymentFailed,
-                "this payment is still being settled after a restart; retry shortly",
-            )))),
+                "this payment is still being settled; repeat the same request shortly",
+            ))),
         }
     }
 
@@ -766,21 +1293,32 @@ impl Provider {
     pub async fn top_up(self: &Arc<Self>, req: TopUpRequest) -> Result<TopUpResult, ProviderError> {
         check_pod_id(&req.pod_npub)?;
         check_request_id(&req.request_id)?;
+        let info = self.payments.inspect(req.cashu_token.expose())?;
+        let fp = fingerprint(&["topup", &req.pod_npub]);
+
+        let guard = self.lock(&format!("token:{}", info.key)).await;
+        // A replay first: its answer (a refund, say) stands even if the pod is gone since.
+        match self.replay::<TopUpResult>(&info, PaymentKind::TopUp, &fp, &req.request_id)? {
+            None => {}
+            Some(Replayed::Answer(answer)) => return answer,
+            Some(Replayed::Unknown(row)) => {
+                let this = Arc::clone(self);
+                let task = tokio::spawn(async move {
+                    let _guard = guard;
+                    this.resume_unknown_top_up(row).await
+                });
+                return task.await.unwrap_or_else(|e| {
+                    Err(ProviderError::internal(format!("top-up task failed: {e}")))
+                });
+            }
+        }
         let w = self
             .store
             .workload(&req.pod_npub)?
             .filter(|w| matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired))
             .ok_or_else(|| ProviderError::not_found(&req.pod_npub))?;
-        let info = self.payments.inspect(req.cashu_token.expose())?;
         self.check_face_value(&info, &w.tier, 1)?;
-        let fp = fingerprint(&["topup", &req.pod_npub]);
-
-        let guard = self.lock(&format!("token:{}", info.key)).await;
-        if let Some(answer) =
-            self.replay::<TopUpResult>(&info, PaymentKind::TopUp, &fp, &req.request_id)?
-        {
-            return answer;
-        }
+        self.check_disk()?;
         let now = now_secs();
         let journal = PaymentRow::before_swap(
             &info,
@@ -796,6 +1334,7 @@ impl Provider {
                 "request_id was already used with a different token",
             ));
         }
+        crate::crashpoint::hit("topup_journalled");
         let this = Arc::clone(self);
         let token = req.cashu_token.clone();
         let task = tokio::spawn(async move {
@@ -806,6 +1345,28 @@ impl Provider {
             .unwrap_or_else(|e| Err(ProviderError::internal(format!("top-up task failed: {e}"))))
     }
 
+    /// A replay of a top-up whose swap outcome was unknown (or whose refund is pending).
+    async fn resume_unknown_top_up(
+        self: &Arc<Self>,
+        row: PaymentRow,
+    ) -> Result<TopUpResult, ProviderError> {
+        if row.state == PaymentState::RefundPending {
+            return Err(self.retry_refund::<TopUpResult>(&row).await);
+        }
+        let mint = self.payments.mint(&row.mint_url)?;
+        let Some(token) = row.token.clone() else {
+            return Err(ProviderError::internal("unknown swap without its token"));
+        };
+        let pod_id = row.pod_id.clone().unwrap_or_default();
+        let _pod = self.lock(&format!("pod:{pod_id}")).await;
+        let received = match self.settle_unknown(&row.key, &mint, &token).await {
+            Ok(m) => m,
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&row.key, None, e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
+        };
+        self.extend_paid(&row.key, &mint, received, &pod_id).await
+    }
+
     async fn top_up_paid_part(
         self: &Arc<Self>,
         info: TokenInfo,
@@ -814,12 +1375,46 @@ impl Provider {
     ) -> Result<TopUpResult, ProviderError> {
         // The reaper takes the same lock: a workload is never stopped halfway through a top-up.
         let _pod = self.lock(&format!("pod:{pod_id}")).await;
-        let received = match self.payments.redeem(&info, &token).await {
+        // Re-check under the lock, before the swap: the reaper may have deleted it meanwhile.
+        let alive = matches!(
+            self.store.workload(&pod_id)?,
+            Some(w) if matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired)
+        );
+        if !alive {
+            self.store.forget_payment(&info.key)?;
+            return Err(ProviderError::not_found(&pod_id));
+        }
+        let received = match self.take_payment(&info.key, &info.mint_url, &token).await {
             Ok(m) => m,
-            Err(e) => return self.swap_failed(&info.key, None, e),
+            Err(Unpaid::Refused(e)) => return self.swap_failed(&info.key, None, e),
+            Err(Unpaid::Unsettled(e)) => return Err(e),
         };
+        crate::crashpoint::hit("topup_swapped");
+        self.extend_paid(&info.key, &info.mint_url, received, &pod_id)
+            .await
+    }
+
+    /// The part of a top-up after the money is in (the caller holds the pod lock).
+    async fn extend_paid(
+        self: &Arc<Self>,
+        key: &str,
+        mint: &cdk::mint_url::MintUrl,
+        received: u64,
+        pod_id: &str,
+    ) -> Result<TopUpResult, ProviderError> {
+        let info = TokenInfo {
+            key: key.to_string(),
+            mint_url: mint.clone(),
+            face_msats: 0,
+        };
+        let pod_id = pod_id.to_string();
         let now = now_secs();
-        self.store.mark_paid(&info.key, received, now)?;
+        if let Err(e) = self
+            .write_after_swap(|| self.store.mark_paid(&info.key, received, now))
+            .await
+        {
+            return Err(self.refund_unjournalled(mint, received, e).await);
+        }
         // Re-read: the reaper may have moved it while we were paying.
         let w = match self.store.workload(&pod_id)? {
             Some(w) if matches!(w.state, WorkloadStatus::Running | WorkloadStatus::Expired) => w,
@@ -838,10 +1433,32 @@ impl Provider {
         };
         let added =
             (received / w.tier.rate_msats_per_sec).min(self.cfg.provider.maximum_duration_seconds);
+        if added == 0 {
+            let e = ProviderError::new(
+                ErrorType::InsufficientPayment,
+                format!(
+                    "after mint fees {received} msat buys no time at {} msat/s; the payment is refunded",
+                    w.tier.rate_msats_per_sec
+                ),
+            );
+            return Err(self
+                .refund_and_record::<TopUpResult>(
+                    &info.key,
+                    &info.mint_url,
+                    received,
+                    Some(&w.id),
+                    e,
+                )
+                .await);
+        }
+        crate::crashpoint::hit("topup_paid");
         let new_expires = w.expires_at.max(now).saturating_add(added);
         let mut result = self.backend.extend(&w.name, new_expires).await;
         if result.is_ok() && w.state == WorkloadStatus::Expired {
             result = self.backend.resume(&w.name).await;
+        }
+        if result.is_ok() {
+            crate::crashpoint::hit("topup_extended");
         }
         if let Err(e) = result {
             tracing::warn!(pod = %w.id, "top-up could not extend the workload: {e}");
@@ -859,7 +1476,6 @@ impl Provider {
                 )
                 .await);
         }
-        self.store.extend_workload(&w.id, new_expires, received)?;
         let result: Result<TopUpResult, ProviderError> = Ok(TopUpResult {
             success: true,
             pod_npub: w.id.clone(),
@@ -875,11 +1491,12 @@ impl Provider {
                 format!("pod extended by {added} s until {}", rfc3339(new_expires))
             },
         });
-        self.store.finish_payment(
+        // The new deadline and the finished payment commit together.
+        self.store.complete_top_up(
             &info.key,
-            PaymentState::Completed,
-            Some(&w.id),
-            None,
+            &w.id,
+            new_expires,
+            received,
             &to_stored(&result),
             now_secs(),
         )?;
@@ -943,16 +1560,32 @@ impl Provider {
     pub async fn reap_at(&self, now: u64) -> ReapReport {
         let mut report = ReapReport::default();
         let grace = self.cfg.provider.expiry_grace_seconds;
-        let due = match self
-            .store
-            .workloads_in_state(&[WorkloadStatus::Running, WorkloadStatus::Expired])
-        {
+        let due = match self.store.workloads_due(now, grace) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!("reaper cannot read the store: {e}");
                 return report;
             }
         };
+        let (destroying, due): (Vec<_>, Vec<_>) = due
+            .into_iter()
+            .partition(|w| w.state == WorkloadStatus::Destroying);
+        // Failed spawns whose removal failed: retried every pass until gone.
+        for w in destroying {
+            let _pod = self.lock(&format!("pod:{}", w.id)).await;
+            match self.backend.destroy(&w.name).await {
+                Ok(()) | Err(BackendError::NotFound(_)) => {
+                    if self
+                        .store
+                        .set_workload_state(&w.id, WorkloadStatus::Failed, now)
+                        .is_ok()
+                    {
+                        report.deleted.push(w.id.clone());
+                    }
+                }
+                Err(e) => tracing::warn!(pod = %w.id, "still cannot remove the workload: {e}"),
+            }
+        }
         for w in due {
             let stop_due = w.state == WorkloadStatus::Running && w.expires_at <= now;
             let delete_due = |stopped_at: u64| stopped_at.saturating_add(grace) <= now;
@@ -1011,6 +1644,56 @@ impl Provider {
         report
     }
 
+    /// Delete the expired workload that has been in its grace period longest, to free its slot.
+    /// `true` when one was removed.
+    async fn evict_one_graced(&self) -> bool {
+        let Ok(graced) = self.store.workloads_in_state(&[WorkloadStatus::Expired]) else {
+            return false;
+        };
+        let mut graced = graced;
+        graced.sort_by_key(|w| w.stopped_at.unwrap_or(0));
+        for w in graced {
+            let _pod = self.lock(&format!("pod:{}", w.id)).await;
+            // Re-read under the lock: a top-up may have just resumed it.
+            let Ok(Some(w)) = self.store.workload(&w.id) else {
+                continue;
+            };
+            if w.state != WorkloadStatus::Expired {
+                continue;
+            }
+            match self.backend.destroy(&w.name).await {
+                Ok(()) | Err(BackendError::NotFound(_)) => {
+                    if self
+                        .store
+                        .set_workload_state(&w.id, WorkloadStatus::Deleted, now_secs())
+                        .is_ok()
+                    {
+                        tracing::info!(pod = %w.id, "graced workload deleted early: its slot went to a paying buyer");
+                        return true;
+                    }
+                }
+                Err(e) => tracing::warn!(pod = %w.id, "cannot delete a graced workload: {e}"),
+            }
+        }
+        false
+    }
+
+    /// Remove a workload that will not be used (its spawn failed). If the backend cannot remove
+    /// it now, it is kept as `destroying` (holding its port) and the reaper retries until gone.
+    async fn destroy_or_retry(&self, id: &str, name: &str) {
+        let now = now_secs();
+        let state = match self.backend.destroy(name).await {
+            Ok(()) | Err(BackendError::NotFound(_)) => WorkloadStatus::Failed,
+            Err(e) => {
+                tracing::warn!(pod = %id, "cannot remove the workload yet (the reaper retries): {e}");
+                WorkloadStatus::Destroying
+            }
+        };
+        if let Err(e) = self.store.set_workload_state(id, state, now) {
+            tracing::error!(pod = %id, "cannot record the workload's removal: {e}");
+        }
+    }
+
     /// Run the reaper every `reaper_interval_seconds` until `shutdown` fires.
     pub fn start_reaper(
         self: &Arc<Self>,
@@ -1024,7 +1707,12 @@ impl Provider {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => { this.reap_at(now_secs()).await; }
+                    _ = tick.tick() => {
+                        this.settle_pending().await;
+                        this.reap_at(now_secs()).await;
+                        // Replay protection needs event ids only while requests are fresh.
+                        let _ = this.store.prune_seen_events(now_secs().saturating_sub(SEEN_EVENTS_KEPT_SECONDS));
+                    }
                 }
             }
         })
@@ -1035,11 +1723,28 @@ impl Provider {
     /// Bring the journal and the backend back in line after a restart (money rule 5).
     pub async fn recover(&self) -> RecoveryReport {
         let mut rep = RecoveryReport::default();
+        let now = now_secs();
+        // Journal our swap attempts before cdk's saga recovery resolves (and deletes) them.
+        let unsettled = self
+            .store
+            .payments_in_state(&[PaymentState::Swapping, PaymentState::Unknown])
+            .unwrap_or_default();
+        for p in &unsettled {
+            if let (Some(token), Ok(mint)) = (&p.token, self.payments.mint(&p.mint_url)) {
+                let attempts = self.payments.attempts_for(&mint, token).await;
+                if !attempts.is_empty() {
+                    if let Err(e) = self.store.mark_unknown(&p.key, &attempts, 0, now) {
+                        tracing::error!("cannot journal swap attempts: {e}");
+                    }
+                }
+            }
+        }
         self.payments.recover().await;
         let pending = self
             .store
             .payments_in_state(&[
                 PaymentState::Swapping,
+                PaymentState::Unknown,
                 PaymentState::Paid,
                 PaymentState::RefundPending,
             ])
@@ -1064,49 +1769,35 @@ impl Provider {
             }
         };
         let mut received = p.received_msats;
-        if p.state == PaymentState::Swapping {
-            // The swap may or may not have reached the mint. Try it again: if the proofs are
-            // still unspent this takes them now and the request is refunded below; if the mint
-            // says spent, cdk's saga recovery (run just before) has already restored any
-            // outputs that were ours.
+        if matches!(p.state, PaymentState::Swapping | PaymentState::Unknown) {
+            // Whether the swap happened is learned from what the mint signed for us, never from
+            // "the token is spent" (someone else may have spent it).
             let Some(token) = p.token.clone() else {
                 let _ = self.store.forget_payment(&p.key);
                 return;
             };
-            let info = match self.payments.inspect(token.expose()) {
-                Ok(i) => i,
-                Err(_) => {
-                    let _ = self.store.forget_payment(&p.key);
-                    return;
+            match self.settle_unknown(&p.key, &mint, &token).await {
+                Ok(m) => {
+                    received = Some(m);
+                    let _ = self.store.mark_paid(&p.key, m, now);
                 }
-            };
-            match self.payments.redeem(&info, &token).await {
-                Ok(m) => received = Some(m),
-                Err(e) if e.error_type == ErrorType::TokenAlreadySpent => {
-                    received = Some(p.face_msats)
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "interrupted swap left to the buyer (mint said: {})",
-                        e.message
-                    );
-                    if let Some(pod) = &p.pod_id {
-                        if p.kind == PaymentKind::Spawn {
-                            let _ = self
-                                .store
-                                .set_workload_state(pod, WorkloadStatus::Failed, now);
-                        }
-                    }
-                    let _ = self.store.forget_payment(&p.key);
+                Err(Unpaid::Refused(e)) => {
+                    tracing::info!("interrupted swap settled without payment: {}", e.message);
+                    let reserved = (p.kind == PaymentKind::Spawn)
+                        .then_some(p.pod_id.as_deref())
+                        .flatten();
+                    let _ = self.swap_failed::<serde_json::Value>(&p.key, reserved, e);
                     rep.released += 1;
                     return;
                 }
-            }
-            if let Some(m) = received {
-                let _ = self.store.mark_paid(&p.key, m, now);
+                Err(Unpaid::Unsettled(e)) => {
+                    tracing::warn!("interrupted swap not settled yet: {}", e.message);
+                    rep.unsettled += 1;
+                    return;
+                }
             }
         }
-        let received = received.unwrap_or(p.face_msats);
+        let received = received.unwrap_or(0);
         // A paid spawn whose workload is actually up is finished, not refunded.
         if p.kind == PaymentKind::Spawn && p.state == PaymentState::Paid {
             if let Some(pod) = &p.pod_id {
@@ -1130,10 +1821,7 @@ impl Provider {
                         rep.finished += 1;
                         return;
                     }
-                    let _ = self.backend.destroy(&w.name).await;
-                    let _ = self
-                        .store
-                        .set_workload_state(pod, WorkloadStatus::Failed, now);
+                    self.destroy_or_retry(pod, &w.name).await;
                 }
             }
         }
@@ -1189,13 +1877,21 @@ impl Provider {
             ])
             .unwrap_or_default();
         let now = now_secs();
+        // Reservations whose payment is still being settled stay reserved.
+        let settling: Vec<String> = self
+            .store
+            .payments_in_state(&[PaymentState::Unknown])
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.pod_id)
+            .collect();
         for w in &live {
+            if w.state == WorkloadStatus::Provisioning && settling.contains(&w.id) {
+                continue;
+            }
             if w.state == WorkloadStatus::Provisioning {
                 // No payment is pending for it any more (recovered above): it never completed.
-                let _ = self.backend.destroy(&w.name).await;
-                let _ = self
-                    .store
-                    .set_workload_state(&w.id, WorkloadStatus::Failed, now);
+                self.destroy_or_retry(&w.id, &w.name).await;
                 continue;
             }
             if on_backend.iter().any(|b| b.name == w.name) {

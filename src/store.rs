@@ -8,7 +8,8 @@
 //! survives restarts without a table of its own.
 //!
 //! rusqlite is synchronous; every statement here is short, so the connection sits behind a plain
-//! mutex that is never held across an `.await`.
+//! mutex that is never held across an `.await`, and on a multi-threaded runtime each call runs
+//! under `block_in_place` so a journal fsync never stalls other tasks on that worker.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -33,6 +34,9 @@ pub enum StoreError {
 pub enum PaymentState {
     /// Validated; the swap is about to happen or is under way.
     Swapping,
+    /// The swap may or may not have happened (the mint's answer was lost, late or odd). Kept,
+    /// with our swap outputs, until the mint tells what was received (`crate::settlement`).
+    Unknown,
     /// The mint accepted the swap: the provider holds the money.
     Paid,
     /// Done: compute was delivered (workload created or extended).
@@ -49,6 +53,7 @@ impl PaymentState {
     fn as_str(self) -> &'static str {
         match self {
             PaymentState::Swapping => "swapping",
+            PaymentState::Unknown => "unknown",
             PaymentState::Paid => "paid",
             PaymentState::Completed => "completed",
             PaymentState::Refunded => "refunded",
@@ -59,6 +64,7 @@ impl PaymentState {
     fn parse(s: &str) -> Result<Self, StoreError> {
         Ok(match s {
             "swapping" => PaymentState::Swapping,
+            "unknown" => PaymentState::Unknown,
             "paid" => PaymentState::Paid,
             "completed" => PaymentState::Completed,
             "refunded" => PaymentState::Refunded,
@@ -112,6 +118,13 @@ pub struct PaymentRow {
     /// The first response (JSON of `Result<_, ProviderError>`), replayed verbatim.
     pub response: Option<String>,
     pub created_at: u64,
+    /// Our swap requests for this token (their blinded outputs), journalled when the outcome
+    /// was unknown so the mint can be asked later what it signed.
+    pub attempts: Vec<crate::settlement::SwapAttempt>,
+    /// Until this time a swap request of ours may still be on its way to the mint.
+    pub in_flight_until: u64,
+    /// The wallet operation minting this payment's refund, journalled before the token is made.
+    pub refund_op: Option<String>,
 }
 
 impl PaymentRow {
@@ -141,6 +154,9 @@ impl PaymentRow {
             refund_token: None,
             response: None,
             created_at: now,
+            attempts: Vec::new(),
+            in_flight_until: 0,
+            refund_op: None,
         }
     }
 }
@@ -158,6 +174,9 @@ pub enum WorkloadStatus {
     Deleted,
     /// Creation failed (the payment was refunded).
     Failed,
+    /// Creation failed and the backend could not remove it yet: holds its port; the reaper
+    /// retries the removal until it is gone (then `failed`).
+    Destroying,
 }
 
 impl WorkloadStatus {
@@ -168,6 +187,7 @@ impl WorkloadStatus {
             WorkloadStatus::Expired => "expired",
             WorkloadStatus::Deleted => "deleted",
             WorkloadStatus::Failed => "failed",
+            WorkloadStatus::Destroying => "destroying",
         }
     }
     fn parse(s: &str) -> Result<Self, StoreError> {
@@ -177,6 +197,7 @@ impl WorkloadStatus {
             "expired" => WorkloadStatus::Expired,
             "deleted" => WorkloadStatus::Deleted,
             "failed" => WorkloadStatus::Failed,
+            "destroying" => WorkloadStatus::Destroying,
             other => return Err(StoreError::Corrupt(format!("workload state {other:?}"))),
         })
     }
@@ -184,7 +205,10 @@ impl WorkloadStatus {
     pub fn is_live(self) -> bool {
         matches!(
             self,
-            WorkloadStatus::Provisioning | WorkloadStatus::Running | WorkloadStatus::Expired
+            WorkloadStatus::Provisioning
+                | WorkloadStatus::Running
+                | WorkloadStatus::Expired
+                | WorkloadStatus::Destroying
         )
     }
 }
@@ -234,7 +258,10 @@ CREATE TABLE IF NOT EXISTS payments (
     refund_token TEXT,
     response TEXT,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    attempts TEXT,
+    in_flight_until INTEGER NOT NULL DEFAULT 0,
+    refund_op TEXT
 );
 CREATE INDEX IF NOT EXISTS payments_state ON payments(state);
 CREATE TABLE IF NOT EXISTS workloads (
@@ -253,13 +280,16 @@ CREATE TABLE IF NOT EXISTS workloads (
     stopped_at INTEGER,
     paid_msats INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS workloads_live_port ON workloads(host_port)
-    WHERE state IN ('provisioning', 'running', 'expired');
+CREATE UNIQUE INDEX IF NOT EXISTS workloads_live_port2 ON workloads(host_port)
+    WHERE state IN ('provisioning', 'running', 'expired', 'destroying');
+CREATE INDEX IF NOT EXISTS workloads_state_expires ON workloads(state, expires_at);
+CREATE INDEX IF NOT EXISTS workloads_state_stopped ON workloads(state, stopped_at);
 CREATE TABLE IF NOT EXISTS seen_events (
     id TEXT PRIMARY KEY,
     response TEXT,
     created_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS seen_events_created ON seen_events(created_at);
 "#;
 
 fn to_i64(v: u64) -> i64 {
@@ -280,6 +310,7 @@ impl Store {
         }
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -289,8 +320,20 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        f(&mut guard)
+        let run = || {
+            let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+            f(&mut guard)
+        };
+        // A journal write waits for fsync. On the multi-threaded runtime the binaries use, tell
+        // tokio this thread blocks, so other tasks move to other workers meanwhile; elsewhere
+        // (a current-thread runtime, plain threads) just run it.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        }
     }
 
     /// A value from the meta table, created with `init` on first use.
@@ -395,9 +438,48 @@ impl Store {
     pub fn forget_payment(&self, key: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "DELETE FROM payments WHERE key = ?1 AND state = 'swapping'",
+                "DELETE FROM payments WHERE key = ?1 AND state IN ('swapping', 'unknown')",
                 [key],
             )?;
+            Ok(())
+        })
+    }
+
+    /// The swap's outcome is unknown: keep the row (and the token) with our swap outputs, added
+    /// to any journalled before.
+    pub fn mark_unknown(
+        &self,
+        key: &str,
+        attempts: &[crate::settlement::SwapAttempt],
+        in_flight_until: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let old: Option<String> = tx
+                .query_row("SELECT attempts FROM payments WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .flatten();
+            let mut all: Vec<crate::settlement::SwapAttempt> = old
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default();
+            for a in attempts {
+                if !all.contains(a) {
+                    all.push(a.clone());
+                }
+            }
+            let json =
+                serde_json::to_string(&all).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE payments SET state = 'unknown', attempts = ?2,
+                    in_flight_until = MAX(in_flight_until, ?3), updated_at = ?4
+                 WHERE key = ?1 AND state IN ('swapping', 'unknown')",
+                params![key, json, to_i64(in_flight_until), to_i64(now)],
+            )?;
+            tx.commit()?;
             Ok(())
         })
     }
@@ -409,6 +491,17 @@ impl Store {
                 "UPDATE payments SET state = 'paid', received_msats = ?2, token = NULL, updated_at = ?3
                  WHERE key = ?1",
                 params![key, to_i64(received_msats), to_i64(now)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A refund for this payment is being minted by wallet operation `op`.
+    pub fn set_refund_op(&self, key: &str, op: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE payments SET refund_op = ?2 WHERE key = ?1",
+                params![key, op],
             )?;
             Ok(())
         })
@@ -469,17 +562,52 @@ impl Store {
         })
     }
 
-    /// A spawn is done: the workload runs and the payment is completed with its answer, together.
-    pub fn complete_spawn(
+    /// A top-up is done: the new deadline, the paid total and the completed payment with its
+    /// answer commit together (a crash leaves either all of it or none).
+    pub fn complete_top_up(
         &self,
         key: &str,
         pod_id: &str,
+        expires_at: u64,
+        add_msats: u64,
         response: &str,
         now: u64,
     ) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute("UPDATE workloads SET state = 'running' WHERE id = ?1", params![pod_id])?;
+            tx.execute(
+                "UPDATE workloads SET expires_at = ?2, paid_msats = paid_msats + ?3,
+                    state = CASE WHEN state = 'expired' THEN 'running' ELSE state END,
+                    stopped_at = NULL
+                 WHERE id = ?1",
+                params![pod_id, to_i64(expires_at), to_i64(add_msats)],
+            )?;
+            tx.execute(
+                "UPDATE payments SET state = 'completed', pod_id = ?2, response = ?3, updated_at = ?4
+                 WHERE key = ?1",
+                params![key, pod_id, response, to_i64(now)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// A spawn is done: the workload runs from `expires_at`'s start and the payment is
+    /// completed with its answer, together.
+    pub fn complete_spawn(
+        &self,
+        key: &str,
+        pod_id: &str,
+        expires_at: u64,
+        response: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE workloads SET state = 'running', expires_at = ?2 WHERE id = ?1",
+                params![pod_id, to_i64(expires_at)],
+            )?;
             tx.execute(
                 "UPDATE payments SET state = 'completed', pod_id = ?2, response = ?3, updated_at = ?4
                  WHERE key = ?1",
@@ -507,7 +635,7 @@ impl Store {
             let used: std::collections::HashSet<u16> = {
                 let mut stmt = tx.prepare(
                     "SELECT host_port FROM workloads
-                     WHERE state IN ('provisioning', 'running', 'expired')",
+                     WHERE state IN ('provisioning', 'running', 'expired', 'destroying')",
                 )?;
                 let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
                 let mut set = std::collections::HashSet::new();
@@ -577,6 +705,25 @@ impl Store {
         })
     }
 
+    /// Workloads the reaper has work for at `now`: running past their deadline, expired past
+    /// their grace, or waiting to be destroyed. Index-backed, so a pass costs what is due, not
+    /// what the journal holds.
+    pub fn workloads_due(&self, now: u64, grace: u64) -> Result<Vec<WorkloadRow>, StoreError> {
+        self.with(|c| {
+            let mut out = Vec::new();
+            let mut stmt = c.prepare(&format!(
+                "{WORKLOAD_SELECT} WHERE state = 'running' AND expires_at <= ?1
+                 UNION ALL {WORKLOAD_SELECT} WHERE state = 'expired' AND stopped_at <= ?2
+                 UNION ALL {WORKLOAD_SELECT} WHERE state = 'destroying'"
+            ))?;
+            let cutoff = now.saturating_sub(grace);
+            for row in stmt.query_map(params![to_i64(now), to_i64(cutoff)], workload_from_row)? {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+    }
+
     pub fn set_workload_state(
         &self,
         id: &str,
@@ -617,7 +764,7 @@ impl Store {
     pub fn live_count(&self) -> Result<u32, StoreError> {
         self.with(|c| {
             let n: i64 = c.query_row(
-                "SELECT COUNT(*) FROM workloads WHERE state IN ('provisioning', 'running', 'expired')",
+                "SELECT COUNT(*) FROM workloads WHERE state IN ('provisioning', 'running', 'expired', 'destroying')",
                 [],
                 |r| r.get(0),
             )?;
@@ -649,6 +796,17 @@ impl Store {
         })
     }
 
+    /// Forget event ids seen before `before` (Unix seconds). Requests older than the doors'
+    /// freshness window are refused anyway, so their ids are no longer needed for replays.
+    pub fn prune_seen_events(&self, before: u64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM seen_events WHERE created_at < ?1",
+                params![to_i64(before)],
+            )?)
+        })
+    }
+
     pub fn set_event_response(&self, id: &str, response: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
@@ -662,7 +820,33 @@ impl Store {
 
 const PAYMENT_SELECT: &str =
     "SELECT key, kind, fingerprint, request_id, pod_id, mint_url, face_msats,
-    received_msats, state, token, refund_token, response, created_at FROM payments";
+    received_msats, state, token, refund_token, response, created_at, attempts, in_flight_until,
+    refund_op FROM payments";
+
+/// Bring a journal written by an older version up to the current schema.
+fn migrate(c: &Connection) -> Result<(), StoreError> {
+    let mut cols = Vec::new();
+    {
+        let mut stmt = c.prepare("PRAGMA table_info(payments)")?;
+        for name in stmt.query_map([], |r| r.get::<_, String>(1))? {
+            cols.push(name?);
+        }
+    }
+    // The live-port index before `destroying` existed.
+    c.execute_batch("DROP INDEX IF EXISTS workloads_live_port")?;
+    if !cols.iter().any(|n| n == "attempts") {
+        c.execute_batch("ALTER TABLE payments ADD COLUMN attempts TEXT")?;
+    }
+    if !cols.iter().any(|n| n == "refund_op") {
+        c.execute_batch("ALTER TABLE payments ADD COLUMN refund_op TEXT")?;
+    }
+    if !cols.iter().any(|n| n == "in_flight_until") {
+        c.execute_batch(
+            "ALTER TABLE payments ADD COLUMN in_flight_until INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    Ok(())
+}
 
 fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentRow, StoreError>> {
     let kind: String = r.get(1)?;
@@ -685,6 +869,13 @@ fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentRow
         refund_token: r.get::<_, Option<String>>(10)?.map(Secret::new),
         response: r.get(11)?,
         created_at: to_u64(r.get(12)?),
+        attempts: r
+            .get::<_, Option<String>>(13)?
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default(),
+        in_flight_until: to_u64(r.get(14)?),
+        refund_op: r.get(15)?,
     }))
 }
 

@@ -68,7 +68,8 @@ pub fn check_password(pw: &str) -> Result<(), String> {
     Ok(())
 }
 
-const KEY_TYPES: &[&str] = &[
+/// Every OpenSSH public key type a login may use (backends may accept fewer).
+pub const KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
     "ssh-rsa",
     "ecdsa-sha2-nistp256",

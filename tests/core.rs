@@ -171,7 +171,12 @@ async fn a_token_spent_elsewhere_is_rejected_by_the_mint_and_nothing_is_provisio
     let token = e.mint.token(100).await;
     assert_eq!(e.mint.receive_fresh(&token).await.unwrap(), 100);
     let err = spawn(&e.provider, req(&token)).await.unwrap_err();
-    assert_eq!(err.error_type, ErrorType::TokenAlreadySpent);
+    assert_eq!(
+        err.error_type,
+        ErrorType::TokenAlreadySpent,
+        "{}",
+        err.message
+    );
     assert_eq!(e.backend.count(), 0);
     assert_eq!(*e.backend.creates.lock().unwrap(), 0);
     assert_eq!(e.earnings(&e.provider).await, 0);
@@ -732,44 +737,62 @@ fn a_restart_refunds_a_request_that_was_paid_but_not_provisioned() {
     });
 }
 
+/// A crash between writing the journal row and calling the mint: nothing of ours reached the
+/// mint. Journal such a row by hand (the crash) for `token`.
+fn journal_unsent_swap(p: &Provider, token: &str) -> String {
+    let info = p.payments().inspect(token).unwrap();
+    let mut row = PaymentRow::before_swap(
+        &info,
+        PaymentKind::Spawn,
+        "x".into(),
+        None,
+        "npub1none",
+        &Secret::new(token),
+        now_secs(),
+    );
+    row.pod_id = None;
+    assert!(p.store().insert_payment(&row, now_secs()).unwrap());
+    info.key
+}
+
 #[tokio::test]
 async fn a_restart_settles_a_swap_that_was_journalled_but_never_sent() {
     let e = env().await;
     let token = e.mint.token(100).await;
-    let info = e.provider.payments().inspect(&token).unwrap();
-    // Simulate a crash between writing the journal row and calling the mint.
-    assert!(e
-        .provider
-        .store()
-        .insert_payment(
-            &PaymentRow {
-                key: info.key.clone(),
-                kind: PaymentKind::Spawn,
-                fingerprint: "x".into(),
-                request_id: None,
-                pod_id: None,
-                mint_url: info.mint_url.to_string(),
-                face_msats: info.face_msats,
-                received_msats: None,
-                state: PaymentState::Swapping,
-                token: Some(Secret::new(&token)),
-                refund_token: None,
-                response: None,
-                created_at: now_secs(),
-            },
-            now_secs(),
-        )
-        .unwrap());
+    let key = journal_unsent_swap(&e.provider, &token);
     let p2 = e.reopen().await;
-    let row = p2.store().payment(&info.key).unwrap().unwrap();
-    assert_eq!(row.state, PaymentState::Refunded);
     assert!(
-        row.token.is_none(),
-        "the buyer's token is not kept once settled"
+        p2.store().payment(&key).unwrap().is_none(),
+        "the mint never took the token: the journal forgets it"
     );
-    let refund = row.refund_token.unwrap();
-    assert_eq!(e.mint.receive_fresh(refund.expose()).await.unwrap(), 100);
     assert_eq!(e.earnings(&p2).await, 0);
+    // The token is still the buyer's, whole.
+    assert_eq!(e.mint.receive_fresh(&token).await.unwrap(), 100);
+}
+
+#[tokio::test]
+async fn a_journalled_token_spent_elsewhere_meanwhile_is_not_refunded_from_earnings() {
+    let e = env().await;
+    // The provider holds earnings a wrong refund could come from.
+    let paid = e.mint.token(500).await;
+    spawn(&e.provider, req(&paid)).await.unwrap();
+    assert_eq!(e.earnings(&e.provider).await, 500);
+    let token = e.mint.token(100).await;
+    let key = journal_unsent_swap(&e.provider, &token);
+    // The buyer spends the token somewhere else before the provider restarts.
+    assert_eq!(e.mint.receive_fresh(&token).await.unwrap(), 100);
+    let p2 = e.reopen().await;
+    let row = p2.store().payment(&key).unwrap().unwrap();
+    assert_eq!(
+        row.state,
+        PaymentState::Rejected,
+        "settled: nothing received"
+    );
+    assert!(
+        row.refund_token.is_none(),
+        "no refund for what was never received"
+    );
+    assert_eq!(e.earnings(&p2).await, 500, "earnings untouched");
 }
 
 #[tokio::test]
@@ -814,4 +837,370 @@ async fn an_unreachable_mint_is_payment_failed_and_the_token_can_be_retried() {
         e.provider.store().payment(&key).unwrap().is_none(),
         "the journal forgets it: a retry is possible"
     );
+}
+
+#[tokio::test]
+async fn a_key_the_backend_cannot_install_is_refused_before_payment() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(4));
+    // Like the sandbox: no RSA.
+    let backend = Arc::new(FakeBackend::with_key_types(&["ssh-ed25519"]));
+    let p = Provider::open(cfg, backend.clone()).await.unwrap();
+    assert_eq!(p.offers().ssh_key_types, vec!["ssh-ed25519".to_string()]);
+    let token = mint.token(100).await;
+    let r = SpawnRequest {
+        ssh_public_key: Some("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 alice@laptop".into()),
+        ..req(&token)
+    };
+    let err = spawn(&p, r).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::InvalidRequest, "{}", err.message);
+    assert!(err.message.contains("ssh-ed25519"), "{}", err.message);
+    assert_eq!(*backend.creates.lock().unwrap(), 0);
+    let key = p.payments().inspect(&token).unwrap().key;
+    assert!(
+        p.store().payment(&key).unwrap().is_none(),
+        "nothing journalled"
+    );
+    assert_eq!(
+        mint.receive_fresh(&token).await.unwrap(),
+        100,
+        "the token is untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_payment_above_what_the_maximum_duration_can_use_is_refused_untouched() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(4));
+    cfg.provider.maximum_duration_seconds = 600; // 60 sat at 100 msat/s
+    let backend = Arc::new(FakeBackend::new());
+    let p = Provider::open(cfg, backend.clone()).await.unwrap();
+    let big = mint.token(100).await;
+    let err = spawn(&p, req(&big)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::InvalidRequest, "{}", err.message);
+    assert_eq!(err.details.unwrap()["maximum_msats"], 60_000);
+    assert_eq!(mint.receive_fresh(&big).await.unwrap(), 100, "untouched");
+    // A top-up too.
+    let ok = mint.token(60).await;
+    let pod = spawn(&p, req(&ok)).await.unwrap();
+    let big = mint.token(100).await;
+    let err = p
+        .top_up(TopUpRequest {
+            pod_npub: pod.pod_npub,
+            cashu_token: Secret::new(&big),
+            request_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, ErrorType::InvalidRequest);
+    assert_eq!(mint.receive_fresh(&big).await.unwrap(), 100, "untouched");
+}
+
+#[tokio::test]
+async fn a_top_up_of_a_pod_deleted_meanwhile_takes_nothing() {
+    let e = env().await;
+    let t1 = e.mint.token(100).await;
+    let pod = spawn(&e.provider, req(&t1)).await.unwrap();
+    // The reaper deleted the pod before the top-up arrived.
+    let w = e.provider.store().workload(&pod.pod_npub).unwrap().unwrap();
+    e.provider
+        .store()
+        .set_workload_state(&w.id, paygress::store::WorkloadStatus::Deleted, now_secs())
+        .unwrap();
+    let t2 = e.mint.token(100).await;
+    let err = e
+        .provider
+        .top_up(TopUpRequest {
+            pod_npub: pod.pod_npub,
+            cashu_token: Secret::new(&t2),
+            request_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PodNotFound);
+    assert_eq!(e.mint.receive_fresh(&t2).await.unwrap(), 100, "untouched");
+    assert_eq!(e.earnings(&e.provider).await, 100);
+}
+
+#[tokio::test]
+async fn paid_time_starts_when_the_workload_is_ready() {
+    let e = env().await;
+    e.backend.set_create_delay(Duration::from_secs(3));
+    let token = e.mint.token(100).await; // 1000 s at 100 msat/s
+    let before = now_secs();
+    let pod = spawn(&e.provider, req(&token)).await.unwrap();
+    let w = e.provider.store().workload(&pod.pod_npub).unwrap().unwrap();
+    assert_eq!(pod.duration_seconds, 1000);
+    assert!(
+        w.expires_at >= before + 3 + 1000,
+        "the 3 s of provisioning are not charged: expires {} vs started {before}",
+        w.expires_at
+    );
+    assert_eq!(pod.expires_at, paygress::provider::rfc3339(w.expires_at));
+    // The backend's deadline mark follows.
+    let held = e.backend.get(&w.name).unwrap();
+    assert_eq!(held.expires_at, w.expires_at);
+}
+
+#[tokio::test]
+async fn a_failed_destroy_is_retried_by_the_reaper_until_the_workload_is_gone() {
+    let e = env().await;
+    e.backend.set_create_delay(Duration::from_secs(1));
+    e.backend.fail(Step::Destroy);
+    let token = e.mint.token(100).await;
+    // Cancel mid-create: the workload is made, the spawn is rolled back, but the backend
+    // cannot remove it.
+    let cancel = CancellationToken::new();
+    let p = e.provider.clone();
+    let c = cancel.clone();
+    let call = tokio::spawn(async move { p.spawn(req(&token), Caller::Local, None, c).await });
+    while *e.backend.creates.lock().unwrap() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.refund_token.is_some(), "refunded");
+    assert_eq!(e.backend.count(), 1, "the backend still holds it");
+    assert_eq!(
+        e.provider.offers().capacity.live_workloads,
+        1,
+        "its port stays reserved while it exists"
+    );
+    // The reaper retries: still failing, then healed.
+    e.provider.reap_at(now_secs()).await;
+    assert_eq!(e.backend.count(), 1);
+    e.backend.heal(Step::Destroy);
+    e.provider.reap_at(now_secs()).await;
+    assert_eq!(e.backend.count(), 0, "gone");
+    assert_eq!(e.provider.offers().capacity.live_workloads, 0);
+}
+
+#[tokio::test]
+async fn a_pod_in_its_grace_period_gives_its_slot_to_a_paying_buyer() {
+    let e = env_with(100, 1).await;
+    let t1 = e.mint.token(100).await;
+    let a = spawn(&e.provider, req(&t1)).await.unwrap();
+    // A's paid time runs out: stopped, in its grace period, holding the only port.
+    let report = e.provider.reap_at(now_secs() + 2000).await;
+    assert_eq!(report.stopped, vec![a.pod_npub.clone()]);
+    let t2 = e.mint.token(100).await;
+    let b = spawn(&e.provider, req(&t2)).await.unwrap();
+    assert_eq!(b.node_port, a.node_port, "B got A's slot");
+    let sa = e
+        .provider
+        .status(
+            StatusRequest {
+                pod_npub: a.pod_npub.clone(),
+            },
+            &Caller::Local,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sa.state, "deleted");
+    // A running pod is never evicted: a third buyer finds no room.
+    let t3 = e.mint.token(100).await;
+    let err = spawn(&e.provider, req(&t3)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::ResourceUnavailable);
+    assert_eq!(e.mint.receive_fresh(&t3).await.unwrap(), 100);
+}
+
+#[tokio::test]
+async fn seen_event_ids_are_pruned_and_the_reaper_scans_only_what_is_due() {
+    let e = env().await;
+    let s = e.provider.store();
+    let now = now_secs();
+    assert!(s.see_event("old", now - 100_000).unwrap().is_none());
+    assert!(s.see_event("new", now).unwrap().is_none());
+    assert_eq!(s.prune_seen_events(now - 3600).unwrap(), 1);
+    assert!(s.see_event("old", now).unwrap().is_none(), "forgotten");
+    assert!(s.see_event("new", now).unwrap().is_some(), "kept");
+    // The due scan: a fresh pod is not due; past its deadline it is; past its grace too.
+    let t = e.mint.token(100).await;
+    let pod = spawn(&e.provider, req(&t)).await.unwrap();
+    let grace = e.cfg.provider.expiry_grace_seconds;
+    assert!(s.workloads_due(now_secs(), grace).unwrap().is_empty());
+    let due = s.workloads_due(now_secs() + 2000, grace).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, pod.pod_npub);
+}
+
+#[tokio::test]
+async fn a_provider_low_on_disk_takes_no_payment() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(4));
+    // More free space than any test machine has: the real statvfs of the data dir says no.
+    cfg.provider.min_free_disk_mb = u64::MAX / (1024 * 1024 * 2);
+    let backend = Arc::new(FakeBackend::new());
+    let p = Provider::open(cfg, backend.clone()).await.unwrap();
+    let token = mint.token(100).await;
+    let err = spawn(&p, req(&token)).await.unwrap_err();
+    assert_eq!(
+        err.error_type,
+        ErrorType::ResourceUnavailable,
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("disk"), "{}", err.message);
+    assert_eq!(*backend.creates.lock().unwrap(), 0);
+    assert_eq!(p.offers().capacity.live_workloads, 0);
+    assert_eq!(mint.receive_fresh(&token).await.unwrap(), 100, "untouched");
+}
+
+#[tokio::test]
+async fn a_crash_between_minting_a_refund_and_journalling_it_delivers_the_same_refund() {
+    let e = env().await;
+    e.backend.fail(Step::Create);
+    let paid = e.mint.token(500).await;
+    spawn(&e.provider, {
+        let mut r = req(&paid);
+        r.ssh_username = "bob".into();
+        r
+    })
+    .await
+    .unwrap_err();
+    // Earnings that a second refund could come from.
+    e.backend.heal(Step::Create);
+    let other = e.mint.token(500).await;
+    spawn(&e.provider, req(&other)).await.unwrap();
+    e.backend.fail(Step::Create);
+    let token = e.mint.token(100).await;
+    let first = spawn(&e.provider, req(&token)).await.unwrap_err();
+    let refund = first.refund_token.clone().unwrap();
+    let before = e.earnings(&e.provider).await;
+    // The crash: the refund was minted, its final journal write never happened.
+    let key = e.provider.payments().inspect(&token).unwrap().key;
+    let db = rusqlite::Connection::open(e.dir.path().join("paygress.sqlite3")).unwrap();
+    db.execute(
+        "UPDATE payments SET state = 'paid', refund_token = NULL, response = NULL WHERE key = ?1",
+        [&key],
+    )
+    .unwrap();
+    drop(db);
+    let p2 = e.reopen().await;
+    let again = spawn(&p2, req(&token)).await.unwrap_err();
+    let again = again.refund_token.expect("a refund");
+    assert_eq!(
+        e.earnings(&p2).await,
+        before,
+        "no second refund was minted from the earnings"
+    );
+    let a = p2.payments().inspect(refund.expose()).unwrap().key;
+    let b = p2.payments().inspect(again.expose()).unwrap().key;
+    assert_eq!(a, b, "the same proofs are delivered");
+    assert_eq!(e.mint.receive_fresh(again.expose()).await.unwrap(), 100);
+    assert!(
+        e.mint.receive_fresh(refund.expose()).await.is_err(),
+        "only once"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_sender_gets_a_bounded_number_of_spawns_in_flight() {
+    let e = env().await;
+    e.backend.set_create_delay(Duration::from_millis(1500));
+    let cap = e.cfg.provider.max_concurrent_per_sender as usize;
+    let alice = Caller::Nostr("a".repeat(64));
+    let mut calls = Vec::new();
+    for _ in 0..cap {
+        let t = e.mint.token(100).await;
+        let (p, c) = (e.provider.clone(), alice.clone());
+        calls.push(tokio::spawn(async move {
+            p.spawn(req(&t), c, None, CancellationToken::new()).await
+        }));
+    }
+    while *e.backend.creates.lock().unwrap() < cap as u32 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let extra = e.mint.token(100).await;
+    let err = e
+        .provider
+        .spawn(req(&extra), alice.clone(), None, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.error_type,
+        ErrorType::ResourceUnavailable,
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        e.mint.receive_fresh(&extra).await.unwrap(),
+        100,
+        "untouched"
+    );
+    // Another sender is not held up.
+    let bob_token = e.mint.token(100).await;
+    let bob = e
+        .provider
+        .spawn(
+            req(&bob_token),
+            Caller::Nostr("b".repeat(64)),
+            None,
+            CancellationToken::new(),
+        )
+        .await;
+    assert!(bob.is_ok());
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    // Done: the slots are back.
+    let again = e.mint.token(100).await;
+    assert!(e
+        .provider
+        .spawn(req(&again), alice, None, CancellationToken::new())
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn a_token_the_fees_eat_whole_is_refused_and_nothing_is_kept() {
+    // 1 sat buys 100 s at face value; the mint's 1 sat input fee leaves nothing, and cdk
+    // refuses a swap with nothing out (a definitive failure): nothing moves.
+    let mint = TestMint::start_with_fee(1000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], 10, common::free_port_block(4));
+    let p = Provider::open(cfg, Arc::new(FakeBackend::new()))
+        .await
+        .unwrap();
+    let token = mint.token(1).await;
+    let err = spawn(&p, req(&token)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PaymentFailed, "{}", err.message);
+    assert!(err.refund_token.is_none());
+    assert_eq!(p.offers().capacity.live_workloads, 0);
+    let key = p.payments().inspect(&token).unwrap().key;
+    assert!(
+        p.store().payment(&key).unwrap().is_none(),
+        "nothing journalled"
+    );
+    assert_eq!(
+        p.payments().balances().await.unwrap()[0].1,
+        0,
+        "nothing kept"
+    );
+}
+
+/// The binaries run on tokio's multi-threaded runtime, where journal calls run under
+/// `block_in_place`: the whole money path works there too, concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_money_path_runs_on_the_multi_threaded_runtime() {
+    let e = env().await;
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let t = e.mint.token(100).await;
+        let p = e.provider.clone();
+        calls.push(tokio::spawn(async move {
+            let mut r = req(&t);
+            r.request_id = Some(format!("mt-{i}"));
+            p.spawn(r, Caller::Local, None, CancellationToken::new())
+                .await
+        }));
+    }
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(e.backend.count(), 8);
+    assert_eq!(e.earnings(&e.provider).await, 800);
 }

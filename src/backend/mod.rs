@@ -117,6 +117,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Which kind this is, for offers.
     fn kind(&self) -> BackendKind;
 
+    /// The SSH public key types (`ssh-ed25519`, …) this backend can install for a login.
+    /// Published in offers and checked before payment, so a key the backend would refuse
+    /// never costs the buyer anything. The default is every type OpenSSH accepts.
+    fn login_key_types(&self) -> &'static [&'static str] {
+        crate::validate::KEY_TYPES
+    }
+
     /// Create and start the workload; return once SSH accepts connections on the host port.
     /// On failure, remove anything made and return the error.
     async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError>;

@@ -758,6 +758,16 @@ impl Drop for Inner {
 
 #[async_trait]
 impl Backend for SandboxBackend {
+    fn login_key_types(&self) -> &'static [&'static str] {
+        // The embedded SSH server is built without RSA (see `auth::parse_public_key`).
+        &[
+            "ssh-ed25519",
+            "ecdsa-sha2-nistp256",
+            "ecdsa-sha2-nistp384",
+            "ecdsa-sha2-nistp521",
+        ]
+    }
+
     fn kind(&self) -> BackendKind {
         BackendKind::Sandbox
     }

@@ -33,11 +33,20 @@ pub struct FakeBackend {
     failing: Mutex<HashSet<Step>>,
     create_delay: Mutex<Duration>,
     pub creates: Mutex<u32>,
+    key_types: Option<&'static [&'static str]>,
 }
 
 impl FakeBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A backend that can install only these SSH key types (like the sandbox: no RSA).
+    pub fn with_key_types(types: &'static [&'static str]) -> Self {
+        FakeBackend {
+            key_types: Some(types),
+            ..Self::default()
+        }
     }
 
     pub fn fail(&self, step: Step) {
@@ -87,6 +96,10 @@ impl FakeBackend {
 impl Backend for FakeBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Custom
+    }
+
+    fn login_key_types(&self) -> &'static [&'static str] {
+        self.key_types.unwrap_or(paygress::validate::KEY_TYPES)
     }
 
     async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod cvm;
+pub mod faulty;
 pub mod mint;
 pub mod ts;
 

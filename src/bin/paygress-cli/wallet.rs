@@ -37,12 +37,16 @@ async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
         eprintln!("paygress-cli: {e}");
         exit::USAGE
     })?;
-    Payments::open(&cfg.provider.data_dir, &cfg.payments.whitelisted_mints)
-        .await
-        .map_err(|e| {
-            eprintln!("paygress-cli: {e}");
-            exit::PROVIDER
-        })
+    Payments::open(
+        &cfg.provider.data_dir,
+        &cfg.payments.whitelisted_mints,
+        std::time::Duration::from_secs(cfg.payments.mint_timeout_seconds),
+    )
+    .await
+    .map_err(|e| {
+        eprintln!("paygress-cli: {e}");
+        exit::PROVIDER
+    })
 }
 
 pub async fn run(cmd: WalletCommand) -> i32 {
