@@ -256,6 +256,55 @@ pub struct Config {
     pub nostr: NostrSection,
     #[serde(default)]
     pub backend: BackendSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// The HTTP door (`[http]`): off unless `listen` is set (or `PAYGRESS_HTTP`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address to serve on, e.g. `127.0.0.1:8080`. Env `PAYGRESS_HTTP`.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed; from anyone else it is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Origins browsers may call from (CORS). Empty: no CORS headers at all.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_http_body")]
+    pub max_body_bytes: usize,
+    /// Requests per minute one client address may make (0: unlimited).
+    #[serde(default = "default_http_rate")]
+    pub rate_limit_per_minute: u32,
+    /// Longest a request may take, in seconds; a spawn cut short is rolled back and refunded.
+    #[serde(default = "default_http_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+fn default_http_body() -> usize {
+    64 * 1024
+}
+fn default_http_rate() -> u32 {
+    120
+}
+fn default_http_timeout() -> u64 {
+    300
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: None,
+            trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
+            max_body_bytes: default_http_body(),
+            rate_limit_per_minute: default_http_rate(),
+            request_timeout_seconds: default_http_timeout(),
+        }
+    }
 }
 
 /// A configuration problem: which key, and what is wrong with it.
@@ -342,6 +391,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "BASE_IMAGE",
     "POD_NAMESPACE",
     "CONTEXTVM_ENCRYPTION",
+    "PAYGRESS_HTTP",
 ];
 
 impl Config {
@@ -437,6 +487,16 @@ impl Config {
                 self.images.allowed.push(image.clone());
             }
             self.images.default = image;
+        }
+        if let Some(v) = env.get("PAYGRESS_HTTP") {
+            if !v.trim().is_empty() {
+                self.http.listen = Some(v.trim().parse().map_err(|_| {
+                    ConfigError::new(
+                        "PAYGRESS_HTTP",
+                        format!("not an address like 127.0.0.1:8080: {v:?}"),
+                    )
+                })?);
+            }
         }
         if let Some(v) = env.get("POD_NAMESPACE") {
             self.backend.namespace = v.trim().to_string();

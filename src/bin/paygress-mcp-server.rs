@@ -23,6 +23,8 @@ enum Transport {
     Contextvm,
     /// Both at once; the server keeps serving ContextVM after stdin closes.
     Both,
+    /// No MCP transport: only the HTTP door (`--http` or `http.listen`).
+    None,
 }
 
 /// Sell SSH-ready compute for Cashu ecash, as MCP tools: get_offers, spawn_pod, topup_pod,
@@ -53,6 +55,10 @@ struct Args {
     /// sandbox.
     #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
     demo_backend: DemoChoice,
+    /// Serve the HTTP door (NUT-24 402 payments) on ADDR, e.g. 127.0.0.1:8080 (port 0 picks
+    /// one). Overrides http.listen (env PAYGRESS_HTTP). The server then runs until interrupted.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
     /// Who stdio callers are. `anonymous` or `gateway-meta` when a ContextVM gateway runs this
     /// server (start-paygress-context-vm.sh picks `anonymous`, or PAYGRESS_STDIO_CALLER).
     #[arg(long, value_enum, default_value = "local", value_name = "WHO")]
@@ -93,7 +99,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
-    let nostr = args.transport != Transport::Stdio;
+    let nostr = matches!(args.transport, Transport::Contextvm | Transport::Both);
     let demo_mode = args.demo || app::config_path(args.config.clone()).is_none();
     let mut extra_tools: Vec<Arc<dyn ExtraTool>> = Vec::new();
     let (mut cfg, backend, demo) = if demo_mode {
@@ -169,8 +175,41 @@ async fn run(args: Args) -> ExitCode {
         }
     }
 
+    let mut http_task = None;
+    if let Some(addr) = args.http.or(provider.config().http.listen) {
+        let mut doors = Vec::new();
+        if matches!(args.transport, Transport::Stdio | Transport::Both) {
+            doors.push("stdio".to_string());
+        }
+        if nostr {
+            doors.push("contextvm".to_string());
+        }
+        let opts = paygress::doors::http::HttpOptions {
+            section: provider.config().http.clone(),
+            other_doors: doors,
+            extra_tools: extra_tools.clone(),
+        };
+        match paygress::doors::http::start(provider.clone(), addr, opts, shutdown.clone()).await {
+            Ok((bound, task)) => {
+                eprintln!("paygress: HTTP door at http://{bound}");
+                http_task = Some(task);
+            }
+            Err(e) => {
+                eprintln!("paygress-mcp-server: {e}");
+                shutdown.cancel();
+                let _ = reaper.await;
+                return ExitCode::from(exit::USAGE as u8);
+            }
+        }
+    } else if args.transport == Transport::None {
+        eprintln!("paygress-mcp-server: --transport none needs --http ADDR (or http.listen)");
+        shutdown.cancel();
+        let _ = reaper.await;
+        return ExitCode::from(exit::USAGE as u8);
+    }
+
     let mut code = ExitCode::SUCCESS;
-    if args.transport != Transport::Contextvm {
+    if matches!(args.transport, Transport::Stdio | Transport::Both) {
         let mut door = McpDoor::local(provider.clone());
         match args.stdio_caller {
             StdioCaller::Local => {}
@@ -197,6 +236,9 @@ async fn run(args: Args) -> ExitCode {
             },
         )
         .await;
+    }
+    if contextvm_task.is_none() && http_task.is_some() {
+        app::interrupted().await;
     }
     if let Some(task) = contextvm_task {
         tokio::select! {

@@ -1,0 +1,1 @@
+//! The HTTP door against the real test mint.
