@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cvm;
 pub mod faulty;
 pub mod mint;
+pub mod ssh;
 pub mod ts;
 
 use std::collections::BTreeMap;
