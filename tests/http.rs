@@ -607,3 +607,97 @@ async fn cors_only_for_configured_origins() {
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
+
+/// A client over TLS to nginx, from the local address `from`.
+fn tls_client(cert_pem: &[u8], from: [u8; 4]) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert_pem).unwrap()])
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_a_real_nginx_terminating_tls_the_paid_flow_works_and_clients_are_told_apart() {
+    let e = env_with(HttpSection {
+        rate_limit_per_minute: 8,
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..HttpSection::default()
+    })
+    .await;
+    let upstream = e.base.trim_start_matches("http://").to_string();
+    let nginx = common::nginx::Nginx::start(&upstream, None);
+    let base = format!("https://127.0.0.1:{}", nginx.port);
+
+    // The paid flow through the proxy, from 127.0.0.4.
+    let c = tls_client(&nginx.cert_pem, [127, 0, 0, 4]);
+    let body = json!({"ssh_username": "carol", "ssh_password": "through-nginx-1"});
+    let (st, h, _) = json_of(
+        c.post(format!("{base}/pods"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::PAYMENT_REQUIRED);
+    let pr = payment_request(&h);
+    let token = e.mint.token(pr.amount.map(u64::from).unwrap()).await;
+    let (st, _, spawned) = json_of(
+        c.post(format!("{base}/pods"))
+            .header("X-Cashu", &token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{spawned}");
+    let port = spawned["node_port"].as_u64().unwrap() as u16;
+    let out = common::ssh::ssh_password(port, "carol", "through-nginx-1", "echo ok")
+        .await
+        .expect("ssh login");
+    assert_eq!(out.trim(), "ok");
+    let (st, _, status) = json_of(
+        c.get(format!(
+            "{base}/pods/{}",
+            spawned["pod_npub"].as_str().unwrap()
+        ))
+        .bearer_auth(spawned["owner_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(status["access"]["ssh_username"], "carol");
+    assert!(
+        nginx.access_log().contains("127.0.0.4"),
+        "{}",
+        nginx.access_log()
+    );
+
+    // The door sees each client's own address (nginx appends it to X-Forwarded-For): 127.0.0.2
+    // uses up its requests, whatever X-Forwarded-For it forges, while 127.0.0.3 still has its.
+    let a = tls_client(&nginx.cert_pem, [127, 0, 0, 2]);
+    let b = tls_client(&nginx.cert_pem, [127, 0, 0, 3]);
+    for i in 0..8 {
+        let r = a
+            .get(format!("{base}/offers"))
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "request {i}");
+    }
+    let r = a
+        .get(format!("{base}/offers"))
+        .header("x-forwarded-for", "203.0.113.200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = b.get(format!("{base}/offers")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cvm;
 pub mod faulty;
 pub mod mint;
+pub mod nginx;
 pub mod ssh;
 pub mod ts;
 
