@@ -59,6 +59,10 @@ struct Args {
     /// one). Overrides http.listen (env PAYGRESS_HTTP). The server then runs until interrupted.
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// Requests per minute one client address may make to the HTTP door (0: unlimited).
+    /// Overrides http.rate_limit_per_minute.
+    #[arg(long, value_name = "N")]
+    http_rate_limit: Option<u32>,
     /// Who stdio callers are. `anonymous` or `gateway-meta` when a ContextVM gateway runs this
     /// server (start-paygress-context-vm.sh picks `anonymous`, or PAYGRESS_STDIO_CALLER).
     #[arg(long, value_enum, default_value = "local", value_name = "WHO")]
@@ -184,8 +188,12 @@ async fn run(args: Args) -> ExitCode {
         if nostr {
             doors.push("contextvm".to_string());
         }
+        let mut section = provider.config().http.clone();
+        if let Some(n) = args.http_rate_limit {
+            section.rate_limit_per_minute = n;
+        }
         let opts = paygress::doors::http::HttpOptions {
-            section: provider.config().http.clone(),
+            section,
             other_doors: doors,
             extra_tools: extra_tools.clone(),
         };

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cvm;
 pub mod faulty;
+pub mod http_demo;
 pub mod mint;
 pub mod nginx;
 pub mod ssh;
