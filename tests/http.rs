@@ -627,7 +627,7 @@ async fn behind_a_real_nginx_terminating_tls_the_paid_flow_works_and_clients_are
     })
     .await;
     let upstream = e.base.trim_start_matches("http://").to_string();
-    let nginx = common::nginx::Nginx::start(&upstream, None);
+    let nginx = common::nginx::Nginx::start(&upstream);
     let base = format!("https://127.0.0.1:{}", nginx.port);
 
     // The paid flow through the proxy, from 127.0.0.4.

@@ -16,10 +16,11 @@ export DEBIAN_FRONTEND=noninteractive
 # MCP Python SDK in a venv.
 want=(protobuf-compiler sshpass openssh-client openssl ca-certificates nodejs python3 python3-venv)
 commands=(protoc sshpass ssh ssh-keygen openssl node npm /usr/bin/python3)
-# nginx: the TLS-terminating reverse proxy the HTTP door's test starts in front of it
-# (tests/http.rs), run by the test with its own config, prefix and port on 127.0.0.1.
-want+=(nginx)
-commands+=(/usr/sbin/nginx)
+# nginx: the TLS-terminating reverse proxy the HTTP door's tests start in front of it
+# (tests/http.rs, tests/examples.rs), each with its own config, prefix and port on 127.0.0.1;
+# curl and jq: the examples' 402 walk-through (examples/curl_402.sh).
+want+=(nginx curl jq)
+commands+=(/usr/sbin/nginx curl jq)
 if [ "${1:-}" = --print-deps ]; then
   printf 'package %s\n' "${want[@]}"
   # npm ships inside some nodejs builds and as its own package in Debian's.

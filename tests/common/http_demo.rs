@@ -13,13 +13,32 @@ pub struct HttpDemo {
     pub base: String,
     /// The demo mint's URL.
     pub mint: String,
+    /// The server's npub.
+    pub npub: String,
+    /// The embedded relay's URL, when it serves ContextVM too.
+    pub relay: Option<String>,
     log: Arc<Mutex<String>>,
 }
 
 impl HttpDemo {
     pub fn start() -> HttpDemo {
+        HttpDemo::start_with("none")
+    }
+
+    /// The demo serving ContextVM on its embedded relay besides HTTP.
+    pub fn start_contextvm() -> HttpDemo {
+        HttpDemo::start_with("contextvm")
+    }
+
+    fn start_with(transport: &str) -> HttpDemo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_paygress-mcp-server"))
-            .args(["--demo", "--demo-backend", "sandbox", "--transport", "none"])
+            .args([
+                "--demo",
+                "--demo-backend",
+                "sandbox",
+                "--transport",
+                transport,
+            ])
             .args(["--http", "127.0.0.1:0", "--http-rate-limit", "0"])
             .env_remove("PAYGRESS_CONFIG")
             .stdin(Stdio::null())
@@ -48,12 +67,20 @@ impl HttpDemo {
                     .find_map(|l| l.strip_prefix(prefix))
                     .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
             };
-            if let (Some(base), Some(mint)) = (find("paygress: HTTP door at "), find("demo: mint "))
-            {
+            let relay = find("paygress: embedded relay at ");
+            let cvm_ready = transport != "contextvm" || text.contains("paygress: ContextVM server");
+            if let (Some(base), Some(mint), Some(npub), true) = (
+                find("paygress: HTTP door at "),
+                find("demo: mint "),
+                find("demo: server "),
+                cvm_ready,
+            ) {
                 return HttpDemo {
                     child,
                     base,
                     mint,
+                    npub,
+                    relay,
                     log,
                 };
             }

@@ -106,25 +106,36 @@ fn free_port() -> u16 {
 
 impl Nginx {
     /// nginx terminating TLS on a free port and proxying everything to `upstream`
-    /// (`127.0.0.1:PORT`), with `locations` (nginx `location` blocks) if given instead of the
-    /// default one.
-    pub fn start(upstream: &str, locations: Option<&str>) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let (ca, cert, key) = certificates(dir.path());
-        let port = free_port();
-        let default_location = format!(
-            r#"
+    /// (`127.0.0.1:PORT`), passing the client's address in X-Forwarded-For.
+    pub fn start(upstream: &str) -> Nginx {
+        Nginx::start_with(|port, cert, key| {
+            format!(
+                r#"
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         location / {{
             proxy_pass http://{upstream};
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_read_timeout 300s;
-        }}"#
-        );
-        let locations = locations
-            .map(|l| l.replace("UPSTREAM", upstream))
-            .unwrap_or(default_location);
+        }}
+    }}"#,
+                cert = cert.display(),
+                key = key.display()
+            )
+        })
+    }
+
+    /// nginx with the `server` blocks `server(port, cert, key)` returns, for a free port on
+    /// 127.0.0.1 and the test's certificate and key.
+    pub fn start_with(server: impl FnOnce(u16, &Path, &Path) -> String) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = certificates(dir.path());
+        let port = free_port();
+        let servers = server(port, &cert, &key);
         let d = dir.path().display();
         let conf = format!(
             r#"
@@ -141,16 +152,9 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        {locations}
-    }}
+{servers}
 }}
-"#,
-            cert = cert.display(),
-            key = key.display(),
+"#
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
