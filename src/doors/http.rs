@@ -328,6 +328,7 @@ pub fn status_for(t: ErrorType) -> StatusCode {
     }
 }
 
+#[derive(Debug)]
 struct HttpError {
     status: StatusCode,
     body: ProviderError,
