@@ -537,6 +537,19 @@ impl Config {
                 ),
             ));
         }
+        let h = &self.http;
+        if h.max_body_bytes < 1024 || h.max_body_bytes > 16 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "http.max_body_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if h.request_timeout_seconds == 0 || h.request_timeout_seconds > 3600 {
+            return Err(ConfigError::new(
+                "http.request_timeout_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
         if p.reaper_interval_seconds == 0 {
             return Err(ConfigError::new(
                 "provider.reaper_interval_seconds",
@@ -769,5 +782,33 @@ kind = "sandbox"
         env.insert("CONTEXTVM_ENCRYPTION".to_string(), "maybe".to_string());
         let e = Config::from_toml_with_env(&text, &env).unwrap_err();
         assert_eq!(e.key, "CONTEXTVM_ENCRYPTION");
+    }
+
+    #[test]
+    fn http_settings_parse_env_overrides_listen_and_bad_ones_name_the_key() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.http.listen, None);
+        assert_eq!(c.http.max_body_bytes, 64 * 1024);
+        let text = format!(
+            "{BASE}\n[http]\nlisten = \"127.0.0.1:8080\"\ntrusted_proxies = [\"127.0.0.1\"]\nrate_limit_per_minute = 0\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.http.trusted_proxies.len(), 1);
+        let mut env = BTreeMap::new();
+        env.insert("PAYGRESS_HTTP".to_string(), "127.0.0.1:9090".to_string());
+        let c = Config::from_toml_with_env(&text, &env).unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        env.insert("PAYGRESS_HTTP".to_string(), "port 80 please".to_string());
+        assert_eq!(
+            Config::from_toml_with_env(&text, &env).unwrap_err().key,
+            "PAYGRESS_HTTP"
+        );
+        let e = parse(&format!("{text}max_body_bytes = 10\n")).unwrap_err();
+        assert_eq!(e.key, "http.max_body_bytes");
+        let e = parse(&format!("{text}request_timeout_seconds = 0\n")).unwrap_err();
+        assert_eq!(e.key, "http.request_timeout_seconds");
+        let e = parse(&format!("{text}lisen = \"x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
     }
 }

@@ -161,6 +161,9 @@ async fn run(args: Args) -> ExitCode {
             "Ctrl-C"
         };
         eprintln!("demo: call get_demo_token, then get_offers and spawn_pod; {end} ends the demo and removes its pods");
+        if args.http.is_some() {
+            eprintln!("demo: over HTTP, POST /tools/get_demo_token {{\"amount_sats\": 10}} gives a token (examples/curl_402.sh walks through it)");
+        }
     }
     let shutdown = CancellationToken::new();
     let reaper = provider.start_reaper(shutdown.clone());
