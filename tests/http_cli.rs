@@ -159,3 +159,60 @@ async fn spawn_topup_and_status_over_http_with_the_cli() {
     let (code, _, err) = cli(&["status", "-s", &demo.base, "--pod", "npub1nothere"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// `paygress-cli provider start` with only `http.listen` set (by PAYGRESS_HTTP) serves the door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_start_serves_the_http_door_from_the_config() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(2));
+    cfg.nostr.marketplace = false;
+    cfg.nostr.contextvm = false;
+    let path = dir.path().join("paygress.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_paygress-cli"))
+        .args(["provider", "start", "--config"])
+        .arg(&path)
+        .env("PAYGRESS_HTTP", format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let c = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = std::time::Instant::now();
+    let health: Value = loop {
+        if let Ok(r) = c.get(format!("{base}/healthz")).send().await {
+            break r.json().await.unwrap();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no HTTP door"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["doors"], json!(["http"]), "{health}");
+    assert_eq!(health["backend_up"], true);
+    let r = c
+        .post(format!("{base}/pods"))
+        .json(&json!({"ssh_username": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let st = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(st.success(), "{st}");
+}
