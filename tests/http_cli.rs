@@ -216,3 +216,35 @@ async fn provider_start_serves_the_http_door_from_the_config() {
         .unwrap();
     assert!(st.success(), "{st}");
 }
+
+#[test]
+fn the_server_commands_have_help_and_usage_errors_exit_2() {
+    for (cmd, words) in [
+        (
+            "spawn",
+            &[
+                "--server",
+                "--tier",
+                "--token",
+                "--owner-token",
+                "--request-id",
+            ][..],
+        ),
+        ("topup", &["--server", "--pod", "--token"][..]),
+        ("status", &["--server", "--pod", "--owner-token"][..]),
+    ] {
+        let (code, out, _) = cli(&[cmd, "--help"]);
+        assert_eq!(code, 0);
+        for w in words {
+            assert!(out.contains(w), "{cmd} --help lacks {w}: {out}");
+        }
+        let (code, _, err) = cli(&[cmd]);
+        assert_eq!(code, 2, "{err}");
+    }
+    // A pod id that is not one is refused before any request.
+    let (code, _, err) = cli(&["status", "-s", "http://127.0.0.1:1", "--pod", "../../x"]);
+    assert_eq!(code, 2, "{err}");
+    // A server that does not answer: exit 4.
+    let (code, _, err) = cli(&["status", "-s", "http://127.0.0.1:1", "--pod", "npub1x"]);
+    assert_eq!(code, 4, "{err}");
+}

@@ -26,7 +26,7 @@ use paygress::app;
 /// do the same with one provider's HTTP door. Requests are NIP-17 private messages;
 /// your Nostr identity is created once in ~/.paygress/identity (see `identity`).
 ///
-/// Providers: `provider start` runs the Nostr doors the config enables; `wallet` takes the
+/// Providers: `provider start` runs the doors the config enables (Nostr, HTTP); `wallet` takes the
 /// earnings out.
 #[derive(Debug, Parser)]
 #[command(name = "paygress-cli", version, about, long_about)]

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Subcommand)]
 pub enum ProviderCommand {
-    /// Open every door the config enables (nostr.marketplace, nostr.contextvm) on nostr.relays
-    /// and serve until Ctrl-C or SIGTERM.
+    /// Open every door the config enables (nostr.marketplace, nostr.contextvm on nostr.relays;
+    /// the HTTP door on http.listen or PAYGRESS_HTTP) and serve until Ctrl-C or SIGTERM.
     Start {
         /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
         #[arg(long, short = 'c', value_name = "FILE")]
