@@ -197,6 +197,19 @@ async fn the_402_flow_pays_spawns_logs_in_and_replays_the_first_answer() {
     .await;
     assert_eq!(st, StatusCode::CREATED);
     assert_eq!(again, first);
+    // The same token for a different request is a replay conflict: 409, nothing new.
+    let (st, _, conflict) = json_of(
+        c.post(format!("{}/pods", e.base))
+            .header("X-Cashu", &token)
+            .json(&json!({"ssh_username": "mallory", "pod_spec_id": "basic"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["error_type"], "token_already_spent");
+    assert!(conflict.get("refund_token").is_none());
 
     // Status: login details only with the owner token.
     let pod = first["pod_npub"].as_str().unwrap();
@@ -700,4 +713,136 @@ async fn behind_a_real_nginx_terminating_tls_the_paid_flow_works_and_clients_are
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     let r = b.get(format!("{base}/offers")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn money_taken_then_a_failed_provisioning_answers_500_with_a_refund_token() {
+    use common::backend::{FakeBackend, Step};
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
+    let backend = Arc::new(FakeBackend::new());
+    backend.fail(Step::Create);
+    let provider = Provider::open(cfg, backend.clone())
+        .await
+        .expect("provider");
+    let shutdown = CancellationToken::new();
+    let (addr, _task) = http::start(
+        provider.clone(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        HttpOptions {
+            section: HttpSection::default(),
+            other_doors: vec![],
+            extra_tools: vec![],
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let (st, _, err) = json_of(
+        client()
+            .post(format!("http://{addr}/pods"))
+            .header("X-Cashu", mint.token(10).await)
+            .json(&json!({"ssh_username": "alice"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{err}");
+    assert_eq!(err["error_type"], "pod_creation_failed");
+    let refund = err["refund_token"].as_str().expect("a refund token");
+    still_spendable(&mint.url, refund, 10).await;
+    assert_eq!(backend.count(), 0);
+    shutdown.cancel();
+}
+
+/// A provider on the backend double (whose create takes `delay`) behind the door.
+async fn slow_door(
+    delay: std::time::Duration,
+    section: HttpSection,
+) -> (TestMint, String, CancellationToken, tempfile::TempDir) {
+    use common::backend::FakeBackend;
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
+    let backend = Arc::new(FakeBackend::new());
+    backend.set_create_delay(delay);
+    let provider = Provider::open(cfg, backend).await.expect("provider");
+    let shutdown = CancellationToken::new();
+    let (addr, _task) = http::start(
+        provider,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        HttpOptions {
+            section,
+            other_doors: vec![],
+            extra_tools: vec![],
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    (mint, format!("http://{addr}"), shutdown, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_hangs_up_does_not_cut_the_spawn_short_and_its_replay_gets_the_pod() {
+    let (mint, base, shutdown, _dir) =
+        slow_door(std::time::Duration::from_secs(2), HttpSection::default()).await;
+    let token = mint.token(10).await;
+    let body = json!({"ssh_username": "alice", "ssh_password": "hang-up-pass-1"});
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{base}/pods"))
+        .header("X-Cashu", &token)
+        .json(&body)
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up first");
+    // The replay waits for the same spawn (under its token lock) and gets its answer.
+    let (st, _, pod) = json_of(
+        client()
+            .post(format!("{base}/pods"))
+            .header("X-Cashu", &token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{pod}");
+    assert_eq!(pod["ssh_password"], "hang-up-pass-1");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spawn_past_the_time_limit_is_rolled_back_and_refunded() {
+    // The core cancels between steps: a create of 3 s runs out, then is rolled back.
+    let (mint, base, shutdown, _dir) = slow_door(
+        std::time::Duration::from_secs(3),
+        HttpSection {
+            request_timeout_seconds: 1,
+            ..HttpSection::default()
+        },
+    )
+    .await;
+    let (st, _, err) = json_of(
+        client()
+            .post(format!("{base}/pods"))
+            .header("X-Cashu", mint.token(10).await)
+            .json(&json!({"ssh_username": "alice"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(st.is_server_error() || st.is_client_error(), "{st} {err}");
+    let refund = err["refund_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{err}"));
+    still_spendable(&mint.url, refund, 10).await;
+    shutdown.cancel();
 }
