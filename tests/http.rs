@@ -846,3 +846,22 @@ async fn a_spawn_past_the_time_limit_is_rolled_back_and_refunded() {
     still_spendable(&mint.url, refund, 10).await;
     shutdown.cancel();
 }
+
+/// A client that never finishes its headers is cut off (hyper's header read timeout, 10 s),
+/// instead of holding a connection for ever. The 30 s bound is for liveness only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env().await;
+    let addr = e.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /offers HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection is still open after 30 s");
+    // Closed, with at most an error answer; never the offers.
+    assert!(!String::from_utf8_lossy(&buf).contains("pod_specs"));
+}

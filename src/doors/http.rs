@@ -239,8 +239,8 @@ pub fn router(provider: Arc<Provider>, opts: HttpOptions) -> Result<Router, Http
     Ok(r)
 }
 
-/// Bind `opts.section.listen` (or `addr`) and serve until `shutdown`. Returns the bound address
-/// and the serving task.
+/// Bind `addr` and serve until `shutdown`. Returns the bound address (port 0 picks one) and the
+/// serving task.
 pub async fn start(
     provider: Arc<Provider>,
     addr: SocketAddr,
