@@ -544,6 +544,18 @@ impl Config {
                 "must be between 1024 and 16777216",
             ));
         }
+        for (i, o) in h.cors_origins.iter().enumerate() {
+            let scheme_ok = o.starts_with("https://") || o.starts_with("http://");
+            if !scheme_ok
+                || o.ends_with('/')
+                || o.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    format!("http.cors_origins[{i}]"),
+                    "must be an origin like https://app.example.com (scheme and host, no path)",
+                ));
+            }
+        }
         if h.request_timeout_seconds == 0 || h.request_timeout_seconds > 3600 {
             return Err(ConfigError::new(
                 "http.request_timeout_seconds",
@@ -808,6 +820,8 @@ kind = "sandbox"
         assert_eq!(e.key, "http.max_body_bytes");
         let e = parse(&format!("{text}request_timeout_seconds = 0\n")).unwrap_err();
         assert_eq!(e.key, "http.request_timeout_seconds");
+        let e = parse(&format!("{text}cors_origins = [\"app.example\"]\n")).unwrap_err();
+        assert_eq!(e.key, "http.cors_origins[0]");
         let e = parse(&format!("{text}lisen = \"x\"\n")).unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");
     }
