@@ -459,6 +459,16 @@ async fn every_route_answers_and_every_error_has_its_code() {
             "invalid_request",
         ),
         (
+            get("/pods/%FF%FE"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post("/pods/%FF/topup"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
             get(&format!("/pods/npub1{}", "q".repeat(58))),
             StatusCode::NOT_FOUND,
             "pod_not_found",

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::middleware::{self, Next};
@@ -621,6 +622,12 @@ fn derived_owner_token(key: &[u8; 32], token: &Secret) -> String {
 
 // ---- handlers ------------------------------------------------------------------------------
 
+/// A path segment, or the typed `400` (a segment that is not UTF-8 once decoded).
+fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    p.map(|Path(v)| v)
+        .map_err(|_| HttpError::invalid("the path is not a valid pod id or name"))
+}
+
 async fn healthz(State(door): State<Arc<Door>>) -> Json<Health> {
     let b = door.provider.backend();
     let up = matches!(
@@ -764,10 +771,11 @@ async fn do_top_up(
 
 async fn top_up(
     State(door): State<Arc<Door>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<TopUpResult>, HttpError> {
+    let id = path_param(id)?;
     let req: HttpTopUpRequest = read_json(body, &headers, door.section.max_body_bytes).await?;
     do_top_up(&door, &headers, id, req.cashu_token, req.request_id).await
 }
@@ -790,9 +798,10 @@ async fn seed_top_up(
 
 async fn status(
     State(door): State<Arc<Door>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<PodStatus>, HttpError> {
+    let id = path_param(id)?;
     let caller = match bearer(&headers)? {
         Some(t) => owner_caller(&t),
         None => Caller::Anonymous,
@@ -853,10 +862,11 @@ async fn openapi_json(State(door): State<Arc<Door>>) -> Response {
 
 async fn extra_tool(
     State(door): State<Arc<Door>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, HttpError> {
+    let name = path_param(name)?;
     let Some(t) = door.extra_tools.iter().find(|t| t.tool().name == name) else {
         return Err(not_found().await);
     };
