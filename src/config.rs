@@ -256,6 +256,55 @@ pub struct Config {
     pub nostr: NostrSection,
     #[serde(default)]
     pub backend: BackendSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// The HTTP door (`[http]`): off unless `listen` is set (or `PAYGRESS_HTTP`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address to serve on, e.g. `127.0.0.1:8080`. Env `PAYGRESS_HTTP`.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed; from anyone else it is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Origins browsers may call from (CORS). Empty: no CORS headers at all.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_http_body")]
+    pub max_body_bytes: usize,
+    /// Requests per minute one client address may make (0: unlimited).
+    #[serde(default = "default_http_rate")]
+    pub rate_limit_per_minute: u32,
+    /// Longest a request may take, in seconds; a spawn cut short is rolled back and refunded.
+    #[serde(default = "default_http_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+fn default_http_body() -> usize {
+    64 * 1024
+}
+fn default_http_rate() -> u32 {
+    120
+}
+fn default_http_timeout() -> u64 {
+    300
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: None,
+            trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
+            max_body_bytes: default_http_body(),
+            rate_limit_per_minute: default_http_rate(),
+            request_timeout_seconds: default_http_timeout(),
+        }
+    }
 }
 
 /// A configuration problem: which key, and what is wrong with it.
@@ -342,6 +391,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "BASE_IMAGE",
     "POD_NAMESPACE",
     "CONTEXTVM_ENCRYPTION",
+    "PAYGRESS_HTTP",
 ];
 
 impl Config {
@@ -451,6 +501,16 @@ impl Config {
             }
             self.images.default = image;
         }
+        if let Some(v) = env.get("PAYGRESS_HTTP") {
+            if !v.trim().is_empty() {
+                self.http.listen = Some(v.trim().parse().map_err(|_| {
+                    ConfigError::new(
+                        "PAYGRESS_HTTP",
+                        format!("not an address like 127.0.0.1:8080: {v:?}"),
+                    )
+                })?);
+            }
+        }
         if let Some(v) = env.get("POD_NAMESPACE") {
             self.backend.namespace = v.trim().to_string();
         }
@@ -488,6 +548,31 @@ impl Config {
                     "range {}..={} is empty or starts at 0",
                     p.ssh_port_range_start, p.ssh_port_range_end
                 ),
+            ));
+        }
+        let h = &self.http;
+        if h.max_body_bytes < 1024 || h.max_body_bytes > 16 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "http.max_body_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        for (i, o) in h.cors_origins.iter().enumerate() {
+            let scheme_ok = o.starts_with("https://") || o.starts_with("http://");
+            if !scheme_ok
+                || o.ends_with('/')
+                || o.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    format!("http.cors_origins[{i}]"),
+                    "must be an origin like https://app.example.com (scheme and host, no path)",
+                ));
+            }
+        }
+        if h.request_timeout_seconds == 0 || h.request_timeout_seconds > 3600 {
+            return Err(ConfigError::new(
+                "http.request_timeout_seconds",
+                "must be between 1 and 3600",
             ));
         }
         if p.reaper_interval_seconds == 0 {
@@ -729,5 +814,35 @@ kind = "sandbox"
         env.insert("CONTEXTVM_ENCRYPTION".to_string(), "maybe".to_string());
         let e = Config::from_toml_with_env(&text, &env).unwrap_err();
         assert_eq!(e.key, "CONTEXTVM_ENCRYPTION");
+    }
+
+    #[test]
+    fn http_settings_parse_env_overrides_listen_and_bad_ones_name_the_key() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.http.listen, None);
+        assert_eq!(c.http.max_body_bytes, 64 * 1024);
+        let text = format!(
+            "{BASE}\n[http]\nlisten = \"127.0.0.1:8080\"\ntrusted_proxies = [\"127.0.0.1\"]\nrate_limit_per_minute = 0\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.http.trusted_proxies.len(), 1);
+        let mut env = BTreeMap::new();
+        env.insert("PAYGRESS_HTTP".to_string(), "127.0.0.1:9090".to_string());
+        let c = Config::from_toml_with_env(&text, &env).unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        env.insert("PAYGRESS_HTTP".to_string(), "port 80 please".to_string());
+        assert_eq!(
+            Config::from_toml_with_env(&text, &env).unwrap_err().key,
+            "PAYGRESS_HTTP"
+        );
+        let e = parse(&format!("{text}max_body_bytes = 10\n")).unwrap_err();
+        assert_eq!(e.key, "http.max_body_bytes");
+        let e = parse(&format!("{text}request_timeout_seconds = 0\n")).unwrap_err();
+        assert_eq!(e.key, "http.request_timeout_seconds");
+        let e = parse(&format!("{text}cors_origins = [\"app.example\"]\n")).unwrap_err();
+        assert_eq!(e.key, "http.cors_origins[0]");
+        let e = parse(&format!("{text}lisen = \"x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
     }
 }

@@ -20,6 +20,11 @@ commands=(protoc sshpass ssh ssh-keygen openssl node npm /usr/bin/python3)
 # filter); bubblewrap is the sandbox_spawn benchmark's baseline.
 want+=(slirp4netns nftables bubblewrap)
 commands+=(slirp4netns nft bwrap)
+# nginx: the TLS-terminating reverse proxy the HTTP door's tests start in front of it
+# (tests/http.rs, tests/examples.rs), each with its own config, prefix and port on 127.0.0.1;
+# curl and jq: the examples' 402 walk-through (examples/curl_402.sh).
+want+=(nginx curl jq)
+commands+=(/usr/sbin/nginx curl jq)
 if [ "${1:-}" = --print-deps ]; then
   printf 'package %s\n' "${want[@]}"
   # npm ships inside some nodejs builds and as its own package in Debian's.

@@ -23,6 +23,8 @@ enum Transport {
     Contextvm,
     /// Both at once; the server keeps serving ContextVM after stdin closes.
     Both,
+    /// No MCP transport: only the HTTP door (`--http` or `http.listen`).
+    None,
 }
 
 /// Sell SSH-ready compute for Cashu ecash, as MCP tools: get_offers, spawn_pod, topup_pod,
@@ -53,6 +55,14 @@ struct Args {
     /// sandbox.
     #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
     demo_backend: DemoChoice,
+    /// Serve the HTTP door (NUT-24 402 payments) on ADDR, e.g. 127.0.0.1:8080 (port 0 picks
+    /// one). Overrides http.listen (env PAYGRESS_HTTP). The server then runs until interrupted.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Requests per minute one client address may make to the HTTP door (0: unlimited).
+    /// Overrides http.rate_limit_per_minute.
+    #[arg(long, value_name = "N")]
+    http_rate_limit: Option<u32>,
     /// Who stdio callers are. `anonymous` or `gateway-meta` when a ContextVM gateway runs this
     /// server (start-paygress-context-vm.sh picks `anonymous`, or PAYGRESS_STDIO_CALLER).
     #[arg(long, value_enum, default_value = "local", value_name = "WHO")]
@@ -93,7 +103,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
-    let nostr = args.transport != Transport::Stdio;
+    let nostr = matches!(args.transport, Transport::Contextvm | Transport::Both);
     let demo_mode = args.demo || app::config_path(args.config.clone()).is_none();
     let mut extra_tools: Vec<Arc<dyn ExtraTool>> = Vec::new();
     let (mut cfg, backend, demo) = if demo_mode {
@@ -151,6 +161,9 @@ async fn run(args: Args) -> ExitCode {
             "Ctrl-C"
         };
         eprintln!("demo: call get_demo_token, then get_offers and spawn_pod; {end} ends the demo and removes its pods");
+        if args.http.is_some() {
+            eprintln!("demo: over HTTP, POST /tools/get_demo_token {{\"amount_sats\": 10}} gives a token (examples/curl_402.sh walks through it)");
+        }
     }
     let shutdown = CancellationToken::new();
     let reaper = provider.start_reaper(shutdown.clone());
@@ -169,8 +182,45 @@ async fn run(args: Args) -> ExitCode {
         }
     }
 
+    let mut http_task = None;
+    if let Some(addr) = args.http.or(provider.config().http.listen) {
+        let mut doors = Vec::new();
+        if matches!(args.transport, Transport::Stdio | Transport::Both) {
+            doors.push("stdio".to_string());
+        }
+        if nostr {
+            doors.push("contextvm".to_string());
+        }
+        let mut section = provider.config().http.clone();
+        if let Some(n) = args.http_rate_limit {
+            section.rate_limit_per_minute = n;
+        }
+        let opts = paygress::doors::http::HttpOptions {
+            section,
+            other_doors: doors,
+            extra_tools: extra_tools.clone(),
+        };
+        match paygress::doors::http::start(provider.clone(), addr, opts, shutdown.clone()).await {
+            Ok((bound, task)) => {
+                eprintln!("paygress: HTTP door at http://{bound}");
+                http_task = Some(task);
+            }
+            Err(e) => {
+                eprintln!("paygress-mcp-server: {e}");
+                shutdown.cancel();
+                let _ = reaper.await;
+                return ExitCode::from(exit::USAGE as u8);
+            }
+        }
+    } else if args.transport == Transport::None {
+        eprintln!("paygress-mcp-server: --transport none needs --http ADDR (or http.listen)");
+        shutdown.cancel();
+        let _ = reaper.await;
+        return ExitCode::from(exit::USAGE as u8);
+    }
+
     let mut code = ExitCode::SUCCESS;
-    if args.transport != Transport::Contextvm {
+    if matches!(args.transport, Transport::Stdio | Transport::Both) {
         let mut door = McpDoor::local(provider.clone());
         match args.stdio_caller {
             StdioCaller::Local => {}
@@ -197,6 +247,9 @@ async fn run(args: Args) -> ExitCode {
             },
         )
         .await;
+    }
+    if contextvm_task.is_none() && http_task.is_some() {
+        app::interrupted().await;
     }
     if let Some(task) = contextvm_task {
         tokio::select! {

@@ -4,8 +4,10 @@
 pub mod backend;
 pub mod cvm;
 pub mod faulty;
+pub mod http_demo;
 pub mod mint;
 pub mod netns;
+pub mod nginx;
 pub mod nutshell;
 pub mod sandbox;
 pub mod ssh;

@@ -1,6 +1,7 @@
 //! `paygress-cli`: the buyer's and the operator's command line.
 //!
-//! One file per command group: `market` (buy over Nostr), `identity` (the buyer's Nostr key),
+//! One file per command group: `market` (buy over Nostr), `server` (`spawn|topup|status
+//! --server URL`: buy over one provider's HTTP door), `identity` (the buyer's Nostr key),
 //! `provider` (run a provider's Nostr doors), `wallet` (take earnings out), `demo` (the whole
 //! flow against the demo server). Exit codes are shared
 //! with the server: 0 success, 2 usage (including a request the provider found malformed), 3
@@ -10,6 +11,7 @@ mod demo;
 mod identity;
 mod market;
 mod provider;
+mod server;
 mod wallet;
 
 use std::process::ExitCode;
@@ -20,10 +22,11 @@ use paygress::app;
 /// Buy SSH-ready compute for Cashu ecash over Nostr, or run and manage a Paygress provider.
 ///
 /// Buyers: `market list` finds live providers, `market spawn` pays and returns an ssh command,
-/// `market topup` adds time, `market status` shows a pod. Requests are NIP-17 private messages;
+/// `market topup` adds time, `market status` shows a pod. `spawn|topup|status --server URL`
+/// do the same with one provider's HTTP door. Requests are NIP-17 private messages;
 /// your Nostr identity is created once in ~/.paygress/identity (see `identity`).
 ///
-/// Providers: `provider start` runs the Nostr doors the config enables; `wallet` takes the
+/// Providers: `provider start` runs the doors the config enables (Nostr, HTTP); `wallet` takes the
 /// earnings out.
 #[derive(Debug, Parser)]
 #[command(name = "paygress-cli", version, about, long_about)]
@@ -49,6 +52,14 @@ enum Command {
         #[command(subcommand)]
         command: provider::ProviderCommand,
     },
+    /// Pay with a Cashu token and get an SSH-ready pod from one provider's HTTP door
+    /// (`--server URL`), following its 402 payment request.
+    Spawn(server::SpawnArgs),
+    /// Add paid time to a pod over a provider's HTTP door (`--server URL`).
+    Topup(server::TopupArgs),
+    /// Show a pod's state over a provider's HTTP door (`--server URL`); login details with
+    /// the owner token the spawn printed.
+    Status(server::StatusArgs),
     /// Walk through buying a pod in demo mode (test tokens), printed or run (--run).
     Demo(demo::DemoArgs),
     /// The provider's earnings wallets (one per whitelisted mint).
@@ -73,6 +84,9 @@ fn main() -> ExitCode {
             Command::Market { command } => market::run(command).await,
             Command::Identity { command } => identity::run(command),
             Command::Provider { command } => provider::run(command).await,
+            Command::Spawn(a) => server::spawn(a).await,
+            Command::Topup(a) => server::topup(a).await,
+            Command::Status(a) => server::status(a).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Wallet { command } => wallet::run(command).await,
         }

@@ -230,7 +230,7 @@ pub async fn run(cmd: MarketCommand) -> i32 {
     }
 }
 
-fn read_token(arg: &str) -> Result<Secret, i32> {
+pub(crate) fn read_token(arg: &str) -> Result<Secret, i32> {
     if arg != "-" {
         return Ok(Secret::new(arg.trim()));
     }
@@ -310,7 +310,7 @@ async fn request(
     report(kind, &resp, common.json)
 }
 
-fn report(kind: RequestKind, resp: &ResponseEnvelope, json_out: bool) -> i32 {
+pub(crate) fn report(kind: RequestKind, resp: &ResponseEnvelope, json_out: bool) -> i32 {
     if let Some(err) = &resp.error {
         if json_out {
             println!("{}", serde_json::to_string(err).unwrap_or_default());

@@ -1,7 +1,7 @@
-//! `paygress-cli provider start`: run a provider's Nostr doors until interrupted.
+//! `paygress-cli provider start`: run a provider's doors until interrupted.
 //!
-//! The doors are the ones the config enables on its relays: the marketplace (offer, heartbeat,
-//! private requests) and ContextVM. stdio MCP is `paygress-mcp-server`'s job, since it owns
+//! The doors are the ones the config enables: on its relays the marketplace (offer, heartbeat,
+//! private requests) and ContextVM; the HTTP door when `http.listen` is set. stdio MCP is `paygress-mcp-server`'s job, since it owns
 //! standard input.
 
 use std::net::SocketAddr;
@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Subcommand)]
 pub enum ProviderCommand {
-    /// Open every door the config enables (nostr.marketplace, nostr.contextvm) on nostr.relays
-    /// and serve until Ctrl-C or SIGTERM.
+    /// Open every door the config enables (nostr.marketplace, nostr.contextvm on nostr.relays;
+    /// the HTTP door on http.listen or PAYGRESS_HTTP) and serve until Ctrl-C or SIGTERM.
     Start {
         /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -45,13 +45,14 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
             return exit::USAGE;
         }
     };
-    if cfg.nostr.relays.is_empty() {
+    let nostr_doors = cfg.nostr.marketplace || cfg.nostr.contextvm;
+    if nostr_doors && cfg.nostr.relays.is_empty() {
         eprintln!("paygress-cli: provider start needs relays: set nostr.relays (or NOSTR_RELAYS), or pass --embedded-relay");
         return exit::USAGE;
     }
-    if !cfg.nostr.marketplace && !cfg.nostr.contextvm {
+    if !nostr_doors && cfg.http.listen.is_none() {
         eprintln!(
-            "paygress-cli: no door enabled: set nostr.marketplace or nostr.contextvm to true"
+            "paygress-cli: no door enabled: set nostr.marketplace, nostr.contextvm or http.listen"
         );
         return exit::USAGE;
     }
@@ -95,6 +96,33 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
                 eprintln!("paygress-cli: {e}");
                 shutdown.cancel();
                 return exit::PROVIDER;
+            }
+        }
+    }
+    if let Some(addr) = cfg.http.listen {
+        let mut doors = Vec::new();
+        if cfg.nostr.marketplace {
+            doors.push("marketplace".to_string());
+        }
+        if cfg.nostr.contextvm {
+            doors.push("contextvm".to_string());
+        }
+        let opts = paygress::doors::http::HttpOptions {
+            section: cfg.http.clone(),
+            other_doors: doors,
+            extra_tools: Vec::new(),
+        };
+        match paygress::doors::http::start(provider.clone(), addr, opts, shutdown.clone()).await {
+            Ok((bound, task)) => {
+                eprintln!("paygress: HTTP door at http://{bound}");
+                tasks.push(tokio::spawn(async move {
+                    task.await.map_err(|e| e.to_string())
+                }));
+            }
+            Err(e) => {
+                eprintln!("paygress-cli: {e}");
+                shutdown.cancel();
+                return exit::USAGE;
             }
         }
     }
