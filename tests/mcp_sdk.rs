@@ -95,11 +95,13 @@ fn assert_bought_and_validated(s: &Value) {
             .map(|p| p.as_f64().unwrap())
             .collect()
     };
-    assert_eq!(
-        numbers(&s["progress"]),
-        [1.0, 2.0, 3.0, 4.0],
-        "progress in order: {s}"
-    );
+    // Every step arrives, in order. The server writes the last one (ready) before the result,
+    // but the TypeScript SDK 1.x runs notification handlers a microtask later than response
+    // handlers: when both arrive in one read it drops the last step as "unknown token" itself.
+    let progress = numbers(&s["progress"]);
+    let all = [1.0, 2.0, 3.0, 4.0];
+    let ts_v1_race = s["sdk"] == "v1" && progress == all[..3];
+    assert!(progress == all || ts_v1_race, "progress in order: {s}");
     assert_eq!(numbers(&s["progress_total"]), [4.0], "{s}");
     assert_eq!(
         s["validated"],

@@ -162,10 +162,17 @@ impl McpDoor {
                     Ok(r) => r,
                     Err(e) => return Ok(err_result(&e)),
                 };
-                let progress = progress_reporter(&ctx);
-                Ok(to_result(
-                    p.spawn(req, caller, progress, ctx.ct.clone()).await,
-                ))
+                let (progress, flush) = match progress_reporter(&ctx) {
+                    Some((progress, flush)) => (Some(progress), Some(flush)),
+                    None => (None, None),
+                };
+                let result = p.spawn(req, caller, progress, ctx.ct.clone()).await;
+                // Clients stop listening for a request's progress once its result arrives, so
+                // every notification is written before the result.
+                if let Some(flush) = flush {
+                    flush.wait().await;
+                }
+                Ok(to_result(result))
             }
             "topup_pod" => match parse_args::<TopUpRequest>(name, args) {
                 Ok(r) => Ok(to_result(p.top_up(r).await)),
@@ -225,23 +232,52 @@ impl ServerHandler for McpDoor {
 }
 
 /// Forward core progress to the client, in order, when it sent a progress token.
-fn progress_reporter(ctx: &RequestContext<RoleServer>) -> Option<Progress> {
+fn progress_reporter(ctx: &RequestContext<RoleServer>) -> Option<(Progress, ProgressFlush)> {
     let token = ctx.meta.get_progress_token()?;
     let peer = ctx.peer.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<SpawnStage>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Forward>();
     tokio::spawn(async move {
-        while let Some(stage) = rx.recv().await {
-            let p = ProgressNotificationParam::new(token.clone(), f64::from(stage.step()))
-                .with_total(f64::from(SpawnStage::TOTAL))
-                .with_message(stage.message());
-            if peer.notify_progress(p).await.is_err() {
-                break;
+        let mut open = true;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Forward::Stage(stage) if open => {
+                    let p = ProgressNotificationParam::new(token.clone(), f64::from(stage.step()))
+                        .with_total(f64::from(SpawnStage::TOTAL))
+                        .with_message(stage.message());
+                    open = peer.notify_progress(p).await.is_ok();
+                }
+                Forward::Stage(_) => {}
+                Forward::Flush(done) => {
+                    let _ = done.send(());
+                }
             }
         }
     });
-    Some(Arc::new(move |stage| {
-        let _ = tx.send(stage);
-    }))
+    let flush = ProgressFlush(tx.clone());
+    Some((
+        Arc::new(move |stage| {
+            let _ = tx.send(Forward::Stage(stage));
+        }),
+        flush,
+    ))
+}
+
+enum Forward {
+    Stage(SpawnStage),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Waits until every progress notification reported so far has been handed to the transport.
+struct ProgressFlush(tokio::sync::mpsc::UnboundedSender<Forward>);
+
+impl ProgressFlush {
+    async fn wait(self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.0.send(Forward::Flush(done)).is_ok() {
+            // Bounded: a stuck transport must not hold the result back for long.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), wait).await;
+        }
+    }
 }
 
 fn parse_args<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T, ProviderError> {
