@@ -36,6 +36,8 @@ apt_install() {
 }
 apt_install "${want[@]}"
 command -v npm >/dev/null || apt_install npm
+# tmux: tests/buyer_wallet.rs runs `wallet fund` on a real terminal and reads the QR code back.
+apt_install tmux
 
 # --- LXD: the real daemon and a locally built base image (both scripts are idempotent) --------
 bash provider/lxd-setup.sh

@@ -1,11 +1,13 @@
 //! `paygress-cli`: the buyer's and the operator's command line.
 //!
 //! One file per command group: `market` (buy over Nostr), `identity` (the buyer's Nostr key),
-//! `provider` (run a provider's Nostr doors), `wallet` (take earnings out), `demo` (the whole
+//! `provider` (run a provider's Nostr doors), `wallet` (the buyer wallet, and the provider's
+//! earnings with `--config`), `mcp` (the buyer's MCP server), `demo` (the whole
 //! flow against the demo server). Exit codes are shared
 //! with the server: 0 success, 2 usage (including a request the provider found malformed), 3
 //! payment, 4 provider (including no answer).
 
+mod buyer_wallet;
 mod demo;
 mod identity;
 mod market;
@@ -23,8 +25,11 @@ use paygress::app;
 /// `market topup` adds time, `market status` shows a pod. Requests are NIP-17 private messages;
 /// your Nostr identity is created once in ~/.paygress/identity (see `identity`).
 ///
-/// Providers: `provider start` runs the Nostr doors the config enables; `wallet` takes the
-/// earnings out.
+/// Buyer wallet: `wallet fund` (Lightning), `wallet receive`, `wallet send`, `wallet balance`,
+/// `wallet history`, in ~/.paygress/wallet; `market spawn|topup --amount|--duration` pay from it.
+///
+/// Providers: `provider start` runs the Nostr doors the config enables; `wallet balance
+/// --config FILE` and `wallet withdraw --config FILE` are the provider's earnings.
 #[derive(Debug, Parser)]
 #[command(name = "paygress-cli", version, about, long_about)]
 struct Cli {
@@ -51,7 +56,8 @@ enum Command {
     },
     /// Walk through buying a pod in demo mode (test tokens), printed or run (--run).
     Demo(demo::DemoArgs),
-    /// The provider's earnings wallets (one per whitelisted mint).
+    /// The buyer wallet (~/.paygress/wallet: fund, receive, send, balance, history), or with
+    /// --config the provider's earnings (balance, withdraw).
     Wallet {
         #[command(subcommand)]
         command: wallet::WalletCommand,
@@ -60,6 +66,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+
     app::init_logging();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
