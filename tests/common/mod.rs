@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cvm;
 pub mod faulty;
 pub mod mint;
+pub mod seller;
 pub mod ts;
 
 use std::collections::BTreeMap;
