@@ -18,13 +18,17 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, JournalError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The owner's spending caps, in sats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Caps {
+    /// Most one spawn or top-up may cost.
     #[serde(default = "default_per_call")]
     pub per_call_sats: u64,
+    /// Most paid to all providers in 24 hours, net of refunds.
     #[serde(default = "default_per_day")]
     pub per_day_sats: u64,
+    /// Most paid to one provider in 24 hours, net of refunds.
     #[serde(default = "default_per_day")]
     pub per_provider_sats: u64,
 }

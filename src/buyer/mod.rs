@@ -12,9 +12,12 @@
 //!   prompt can never raise a cap.
 //! - [`purchase`]: pay a provider from the wallet and take any refund straight back.
 
+pub mod agent;
 pub mod caps;
 pub mod journal;
+pub mod mcp;
 pub mod purchase;
+pub mod ssh;
 pub mod wallet;
 
 use std::path::PathBuf;

@@ -10,13 +10,17 @@ use paygress::app::exit;
 use paygress::buyer::wallet::{BuyerWallet, WalletError};
 use paygress::secret::Secret;
 
-pub async fn open() -> Result<BuyerWallet, i32> {
-    // Whatever the buyer's side creates (the wallet store and its -wal/-shm files, keys, the
-    // journal) is the owner's alone.
+/// Whatever the buyer's side creates (the wallet store and its -wal/-shm files, keys, the
+/// journal) is the owner's alone.
+pub fn umask_private() {
     // SAFETY: umask only changes this process's file creation mask.
     unsafe {
         libc::umask(0o077);
     }
+}
+
+pub async fn open() -> Result<BuyerWallet, i32> {
+    umask_private();
     let dir = BuyerWallet::default_dir().map_err(|e| {
         eprintln!("paygress-cli: {e}");
         exit::USAGE

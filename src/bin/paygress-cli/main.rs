@@ -11,6 +11,7 @@ mod buyer_wallet;
 mod demo;
 mod identity;
 mod market;
+mod mcp;
 mod provider;
 mod wallet;
 
@@ -54,6 +55,9 @@ enum Command {
         #[command(subcommand)]
         command: provider::ProviderCommand,
     },
+    /// The buyer's MCP server on stdio for your AI assistant: finds providers, buys, runs
+    /// commands, pays from the buyer wallet within the caps of the buyer config.
+    Mcp(mcp::McpArgs),
     /// Walk through buying a pod in demo mode (test tokens), printed or run (--run).
     Demo(demo::DemoArgs),
     /// The buyer wallet (~/.paygress/wallet: fund, receive, send, balance, history), or with
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
             Command::Identity { command } => identity::run(command),
             Command::Provider { command } => provider::run(command).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Mcp(args) => mcp::run(args).await,
             Command::Wallet { command } => wallet::run(command).await,
         }
     });
