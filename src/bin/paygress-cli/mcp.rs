@@ -66,13 +66,23 @@ pub async fn run(a: McpArgs) -> i32 {
             return exit::PROVIDER;
         }
     };
-    let service = match BuyerDoor::new(agent).serve(rmcp::transport::stdio()).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("paygress-cli: MCP session did not start: {e}");
-            return exit::PROVIDER;
-        }
-    };
-    let _ = service.waiting().await;
+    // The same stdio framing as the provider's server: bad lines do not end the session, and
+    // every MCP revision (the `initialize` handshake and 2026-07-28 `server/discover`) works.
+    let door = BuyerDoor::new(agent);
+    let info = rmcp::ServerHandler::get_info(&door);
+    paygress::doors::stdio::serve_filtered(
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        &info,
+        |r, w| async move {
+            match door.serve((r, w)).await {
+                Ok(service) => {
+                    let _ = service.waiting().await;
+                }
+                Err(e) => tracing::error!("MCP session ended during initialisation: {e}"),
+            }
+        },
+    )
+    .await;
     0
 }
