@@ -172,8 +172,8 @@ pub async fn history(json: bool) -> i32 {
         return 0;
     }
     println!(
-        "{:<20} {:<8} {:>8}  {:<30} {}",
-        "WHEN (UTC)", "KIND", "SATS", "MINT", "PROVIDER / NOTE"
+        "{:<20} {:<8} {:>8}  {:<30} PROVIDER / NOTE",
+        "WHEN (UTC)", "KIND", "SATS", "MINT"
     );
     for e in &entries {
         let when = paygress::provider::rfc3339(e.at);

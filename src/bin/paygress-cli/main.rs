@@ -43,7 +43,7 @@ enum Command {
     /// Find providers and buy, top up or check pods over Nostr.
     Market {
         #[command(subcommand)]
-        command: market::MarketCommand,
+        command: Box<market::MarketCommand>,
     },
     /// Your buyer identity (a Nostr key in ~/.paygress/identity).
     Identity {
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async {
         match cli.command {
-            Command::Market { command } => market::run(command).await,
+            Command::Market { command } => market::run(*command).await,
             Command::Identity { command } => identity::run(command),
             Command::Provider { command } => provider::run(command).await,
             Command::Demo(args) => demo::run(args).await,

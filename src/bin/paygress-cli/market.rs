@@ -72,7 +72,7 @@ pub struct Payment {
 }
 
 impl Payment {
-    fn from_wallet(&self) -> Option<Pay> {
+    fn wallet_pay(&self) -> Option<Pay> {
         self.amount
             .map(Pay::Sats)
             .or(self.duration.map(Pay::Seconds))
@@ -220,7 +220,7 @@ pub async fn run(cmd: MarketCommand) -> i32 {
                     }
                 }
             }
-            if let Some(pay) = payment.from_wallet() {
+            if let Some(pay) = payment.wallet_pay() {
                 return paid(
                     common,
                     &provider,
@@ -248,7 +248,7 @@ pub async fn run(cmd: MarketCommand) -> i32 {
         } => {
             let mut f = Map::new();
             f.insert("pod_npub".into(), json!(pod));
-            if let Some(pay) = payment.from_wallet() {
+            if let Some(pay) = payment.wallet_pay() {
                 return paid_topup(common, &provider, &pod, pay, request_id, f).await;
             }
             let token = match read_token(payment.token.as_deref().unwrap_or("-")) {
@@ -467,7 +467,7 @@ fn purchase_error(e: &PurchaseError) -> i32 {
             eprintln!("paygress-cli: {other}");
             match other {
                 PurchaseError::NoTier(_) | PurchaseError::Price(_) => exit::USAGE,
-                PurchaseError::Wallet(w) if matches!(w, WalletError::Io { .. }) => exit::PROVIDER,
+                PurchaseError::Wallet(WalletError::Io { .. }) => exit::PROVIDER,
                 PurchaseError::NoOffer(_) | PurchaseError::TakenNoAnswer { .. } => exit::PROVIDER,
                 _ => exit::PAYMENT,
             }
