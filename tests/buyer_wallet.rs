@@ -201,3 +201,60 @@ async fn fund_draws_a_qr_code_on_a_terminal() {
     assert!(qr_rows > 10, "a QR code of block characters:\n{screen}");
     assert!(screen.contains("lnbc"), "{screen}");
 }
+
+/// `--help` tells the two wallets apart and shows the buyer's options.
+#[tokio::test]
+async fn help_tells_the_buyer_wallet_from_the_providers_earnings() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    for (args, words) in [
+        (
+            vec!["wallet", "--help"],
+            vec![
+                "fund",
+                "receive",
+                "send",
+                "history",
+                "Buyer wallet",
+                "Provider",
+                "earnings",
+            ],
+        ),
+        (
+            vec!["wallet", "balance", "--help"],
+            vec!["--config", "provider's earnings"],
+        ),
+        (
+            vec!["wallet", "fund", "--help"],
+            vec!["--mint", "--amount", "Lightning"],
+        ),
+        (
+            vec!["mcp", "--help"],
+            vec!["--relay", "--config", "not a provider config"],
+        ),
+        (
+            vec!["market", "spawn", "--help"],
+            vec!["--token", "--amount", "--duration"],
+        ),
+        (
+            vec!["market", "topup", "--help"],
+            vec!["--token", "--amount", "--duration"],
+        ),
+        (vec!["--help"], vec!["mcp", "wallet"]),
+    ] {
+        let out = cli(h, &args, None).await;
+        assert!(out.status.success(), "{args:?}");
+        let t = text(&out.stdout);
+        for w in words {
+            assert!(t.contains(w), "{args:?} help lacks {w}: {t}");
+        }
+    }
+    // A wallet command never touches the provider's wallet unless told to.
+    let out = cli(
+        h,
+        &["wallet", "fund", "--mint", "not a url", "--amount", "1"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
