@@ -108,6 +108,12 @@ async fn spawn_and_topup_paid_from_the_wallet() {
     s.bought(&pod);
     assert_eq!(r["duration_seconds"], 120);
     assert_eq!(r["paid_msats"], 12_000);
+    // The provider names the pod's SSH host key for the buyer to pin.
+    let fps = r["ssh_host_key_fingerprints"].as_array().unwrap();
+    assert!(
+        fps.len() == 1 && fps[0].as_str().unwrap().starts_with("SHA256:"),
+        "{r}"
+    );
     assert_eq!(balance(h).await, 988);
 
     // A top-up of 5 sat: 50 s more.

@@ -155,6 +155,21 @@ async fn call(
     (r.is_error.unwrap_or(false), r.structured_content.unwrap())
 }
 
+/// Wait until the restarted provider serves the pod's SSH port again (it re-adopts its
+/// workloads after it starts; a generous bound for liveness only).
+async fn wait_for_port(port: u16) {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("port {port} never came back");
+}
+
 /// A pod whose SSH host key changes (the provider restarts with a new host key) is refused by
 /// run_command, before any login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,6 +196,18 @@ async fn a_pod_whose_host_key_changes_is_refused() {
     assert!(!err, "{pod}");
     let id = pod["pod_npub"].as_str().unwrap().to_string();
     s.bought(&id);
+    // The provider's spawn answer named the sandbox's host key, and that is what is pinned.
+    let key = s
+        .config
+        .parent()
+        .unwrap()
+        .join("sandbox/ssh_host_ed25519_key");
+    let on_disk = russh::keys::PrivateKey::from_openssh(std::fs::read(&key).unwrap())
+        .unwrap()
+        .public_key()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
+    assert_eq!(pod["ssh_host_key_fingerprints"], json!([on_disk]), "{pod}");
     let (err, r) = call(
         &c,
         "run_command",
@@ -189,8 +216,10 @@ async fn a_pod_whose_host_key_changes_is_refused() {
     .await;
     assert!(!err && r["stdout"] == "agent\n", "{r}");
 
+    let port = pod["node_port"].as_u64().unwrap() as u16;
     // A restart that keeps the host key: the pin still holds (the control for what follows).
     s.restart().await;
+    wait_for_port(port).await;
     let (err, r) = call(
         &c,
         "run_command",
@@ -208,6 +237,7 @@ async fn a_pod_whose_host_key_changes_is_refused() {
     assert!(key.exists(), "{}", key.display());
     std::fs::remove_file(&key).unwrap();
     s.restart().await;
+    wait_for_port(port).await;
     let (err, r) = call(
         &c,
         "run_command",
