@@ -48,7 +48,12 @@ fn buyer_config(dir: &Path, s: &Seller) -> PathBuf {
     f
 }
 
-async fn agent(scenario: &str, s: &Seller, extra_env: &[(&str, String)]) -> Value {
+/// The agent's summary, and the spends its journal recorded (sats, provider).
+async fn agent(
+    scenario: &str,
+    s: &Seller,
+    extra_env: &[(&str, String)],
+) -> (Value, Vec<(String, u64, String)>) {
     let home = tempfile::tempdir().unwrap();
     let cfg = buyer_config(home.path(), s);
     let mut cmd = tokio::process::Command::new(python());
@@ -86,14 +91,39 @@ async fn agent(scenario: &str, s: &Seller, extra_env: &[(&str, String)]) -> Valu
     let journal = std::fs::read_to_string(home.path().join(".paygress/wallet/journal.jsonl"))
         .unwrap_or_default();
     assert!(!journal.contains("cashu"), "no token in the journal");
-    v
+    if let Some(pod) = v["pod_npub"].as_str() {
+        s.bought(pod);
+    }
+    let entries = journal
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["sats"].as_u64().unwrap(),
+                e["provider"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    (v, entries)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_agent_funds_buys_runs_tops_up_and_stays_within_the_cap() {
     let s = Seller::start("127.0.0.1", common::free_port_block(3)).await;
     let token = s.mint.token(33).await;
-    let v = agent("main", &s, &[("RECEIVE_TOKEN", token)]).await;
+    let (v, journal) = agent("main", &s, &[("RECEIVE_TOKEN", token)]).await;
+    let n = s.npub();
+    assert_eq!(
+        journal,
+        [
+            ("fund".to_string(), 400, String::new()),
+            ("spend".to_string(), 30, n.clone()),
+            ("spend".to_string(), 10, n.clone()),
+            ("receive".to_string(), 33, String::new()),
+        ],
+        "every spend in the owner's journal, nothing for the refused one"
+    );
     assert_eq!(v["balance_before"], 0, "{v}");
     assert_eq!(v["balance_funded"], 400, "{v}");
     // 300 s of basic at 100 msat/s: 30 sat.
@@ -134,7 +164,16 @@ async fn a_provider_failure_after_payment_puts_the_refund_back_in_the_wallet() {
     let port = common::free_port_block(1);
     let s = Seller::start("::1", port).await;
     let _held = std::net::TcpListener::bind(("::1", port.0)).unwrap();
-    let v = agent("refund", &s, &[]).await;
+    let (v, journal) = agent("refund", &s, &[]).await;
+    let n = s.npub();
+    assert_eq!(
+        journal,
+        [
+            ("fund".to_string(), 300, String::new()),
+            ("spend".to_string(), 30, n.clone()),
+            ("refund".to_string(), 30, n),
+        ]
+    );
     assert_eq!(v["error_type"], "pod_creation_failed", "{v}");
     assert_eq!(v["refunded_sats"], 30, "{v}");
     assert_eq!(v["balance_funded"], 300, "{v}");

@@ -345,6 +345,9 @@ pub struct Agent {
     ssh_key: russh::keys::PrivateKey,
     pods_file: PathBuf,
     pods: tokio::sync::Mutex<BTreeMap<String, PodRecord>>,
+    /// One payment at a time: the caps are checked against the journal, so two concurrent
+    /// calls must not both pass the check before either spend is written.
+    spend_lock: tokio::sync::Mutex<()>,
     timeout: Duration,
 }
 
@@ -374,6 +377,7 @@ impl Agent {
             ssh_key,
             pods_file,
             pods: tokio::sync::Mutex::new(pods),
+            spend_lock: tokio::sync::Mutex::new(()),
             timeout,
         })
     }
@@ -453,6 +457,7 @@ impl Agent {
         }
         step(1, "paying from the wallet");
         let buyer = self.connect().await?;
+        let spending = self.spend_lock.lock().await;
         let r = purchase::pay_and_request(
             &buyer,
             &self.wallet,
@@ -469,6 +474,7 @@ impl Agent {
             self.timeout,
         )
         .await;
+        drop(spending);
         buyer.close().await;
         let o = r?;
         let result = answer(&o.response, o.refunded_sats)?;
@@ -583,6 +589,7 @@ impl Agent {
         let mut f = Map::new();
         f.insert("pod_npub".into(), json!(a.pod_npub));
         let buyer = self.connect().await?;
+        let spending = self.spend_lock.lock().await;
         let r = purchase::pay_and_request(
             &buyer,
             &self.wallet,
@@ -599,6 +606,7 @@ impl Agent {
             self.timeout,
         )
         .await;
+        drop(spending);
         buyer.close().await;
         let o = r?;
         let v = answer(&o.response, o.refunded_sats)?;

@@ -148,7 +148,16 @@ impl BuyerDoor {
                 Err(e) => err_result(&e),
             },
             "spawn_pod" => match parse::<SpawnArgs>(name, args) {
-                Ok(x) => to_result(a.spawn(x, progress(&ctx)).await),
+                Ok(x) => {
+                    let (step, forwarded) = progress(&ctx);
+                    let r = a.spawn(x, step).await;
+                    // Every progress notification goes out before the result: a client stops
+                    // listening for a request's progress once it has its answer.
+                    if let Some(f) = forwarded {
+                        let _ = f.await;
+                    }
+                    to_result(r)
+                }
                 Err(e) => err_result(&e),
             },
             "topup_pod" => match parse::<TopUpArgs>(name, args) {
@@ -218,14 +227,15 @@ impl ServerHandler for BuyerDoor {
     }
 }
 
-/// Progress notifications, in order, when the client sent a progress token.
-fn progress(ctx: &RequestContext<RoleServer>) -> StepFn {
+/// Progress notifications, in order, when the client sent a progress token; the task that
+/// forwards them ends once the step function is dropped and all are sent.
+fn progress(ctx: &RequestContext<RoleServer>) -> (StepFn, Option<tokio::task::JoinHandle<()>>) {
     let Some(token) = ctx.meta.get_progress_token() else {
-        return Arc::new(|_, _| {});
+        return (Arc::new(|_, _| {}), None);
     };
     let peer = ctx.peer.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, String)>();
-    tokio::spawn(async move {
+    let forwarder = tokio::spawn(async move {
         while let Some((step, message)) = rx.recv().await {
             let p = ProgressNotificationParam::new(token.clone(), f64::from(step))
                 .with_total(f64::from(SPAWN_STEPS))
@@ -235,9 +245,10 @@ fn progress(ctx: &RequestContext<RoleServer>) -> StepFn {
             }
         }
     });
-    Arc::new(move |step, message| {
+    let step: StepFn = Arc::new(move |step, message| {
         let _ = tx.send((step, message.to_string()));
-    })
+    });
+    (step, Some(forwarder))
 }
 
 fn parse<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T, AgentError> {

@@ -153,7 +153,7 @@ async def run(scenario: str, command: str, args: list[str]) -> dict[str, Any]:
 
         pod = await ok("spawn_pod", {"provider": provider, "pod_spec_id": "basic",
                                      "duration_seconds": 300}, progress_callback=on_progress)
-        summary.update(paid_sats=pod["paid_sats"], duration_seconds=pod["duration_seconds"],
+        summary.update(pod_npub=pod["pod_npub"], paid_sats=pod["paid_sats"], duration_seconds=pod["duration_seconds"],
                        pinned=len(pod["ssh_host_key_fingerprints"]),
                        balance_after_spawn=await balance())
         pod_id = pod["pod_npub"]
