@@ -272,3 +272,44 @@ async fn a_failure_after_payment_refunds_into_the_wallet() {
         ]
     );
 }
+
+/// The provider is gone after its last heartbeat (its offer is still live on the relay) and
+/// never answers: the wallet swaps its own unredeemed token back, to the sat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_takes_the_unredeemed_payment_back() {
+    let mut s = Seller::start("127.0.0.1", common::free_port_block(2)).await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    fund(h, &s.mint.url, 100).await;
+    let _ = s.process.kill().await;
+    let _ = s.process.wait().await;
+    let o = cli(
+        h,
+        &[
+            "market",
+            "spawn",
+            "--relay",
+            &s.relay.url(),
+            "--provider",
+            &s.npub(),
+            "--tier",
+            "basic",
+            "--amount",
+            "15",
+            "--timeout",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(4), "{}{}", out(&o), err(&o));
+    assert!(err(&o).contains("no answer"), "{}", err(&o));
+    assert_eq!(balance(h).await, 100);
+    assert_eq!(
+        history(h).await,
+        [
+            ("fund".to_string(), 100),
+            ("spend".to_string(), 15),
+            ("refund".to_string(), 15)
+        ]
+    );
+}
