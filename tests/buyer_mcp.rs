@@ -226,10 +226,28 @@ async fn a_pod_whose_host_key_changes_is_refused() {
     let c = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
     let (err, got) = call(&c, "wallet_receive", json!({"token": t})).await;
     assert!(!err, "{got}");
+    // A malformed extra key is refused before anything is paid.
+    let (err, bad) = call(
+        &c,
+        "spawn_pod",
+        json!({"provider": s.npub(), "pod_spec_id": "basic", "duration_seconds": 120,
+               "ssh_public_key": "ssh-ed25519 AAAA; rm -rf /"}),
+    )
+    .await;
+    assert!(err && bad["error_type"] == "invalid_request", "{bad}");
+    let (_, b) = call(&c, "wallet_balance", json!({})).await;
+    assert_eq!(b["total_sats"], 200, "{b}");
+    let extra =
+        russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
+            .unwrap()
+            .public_key()
+            .to_openssh()
+            .unwrap();
     let (err, pod) = call(
         &c,
         "spawn_pod",
-        json!({"provider": s.npub(), "pod_spec_id": "basic", "duration_seconds": 120}),
+        json!({"provider": s.npub(), "pod_spec_id": "basic", "duration_seconds": 120,
+               "ssh_public_key": extra}),
     )
     .await;
     assert!(!err, "{pod}");
@@ -254,6 +272,14 @@ async fn a_pod_whose_host_key_changes_is_refused() {
     )
     .await;
     assert!(!err && r["stdout"] == "agent\n", "{r}");
+    // The extra key reached authorized_keys through stdin, byte for byte.
+    let (err, r) = call(
+        &c,
+        "run_command",
+        json!({"pod_npub": id, "command": "cat ~/.ssh/authorized_keys"}),
+    )
+    .await;
+    assert!(!err && r["stdout"] == format!("{extra}\n"), "{r}");
 
     let port = pod["node_port"].as_u64().unwrap() as u16;
     // A restart that keeps the host key: the pin still holds (the control for what follows).

@@ -207,7 +207,8 @@ pub struct SpawnArgs {
     /// Image (default: the provider's default image).
     #[serde(default)]
     pub image: Option<String>,
-    /// An OpenSSH public key to authorise besides the agent's own kept key (optional).
+    /// An OpenSSH public key line to add to the pod's ~/.ssh/authorized_keys besides the agent's
+    /// own kept key (for a person to log in too; honoured where the pod runs OpenSSH, e.g. LXD).
     #[serde(default)]
     pub ssh_public_key: Option<String>,
 }
@@ -439,19 +440,22 @@ impl Agent {
         if a.duration_seconds == 0 {
             return Err(AgentError::invalid("duration_seconds must be at least 1"));
         }
-        let mut keys = vec![ssh::public_line(&self.ssh_key)];
-        if let Some(k) = a
+        // An extra key is checked here, before paying, and installed once the pod is up.
+        let extra_key = a
             .ssh_public_key
             .as_deref()
             .map(str::trim)
             .filter(|k| !k.is_empty())
-        {
-            keys.push(k.to_string());
-        }
+            .map(|k| crate::validate::check_public_key(k).map(|_| k.to_string()))
+            .transpose()
+            .map_err(AgentError::invalid)?;
         let mut f = Map::new();
         f.insert("pod_spec_id".into(), json!(a.pod_spec_id));
         f.insert("ssh_username".into(), json!(AGENT_USER));
-        f.insert("ssh_public_key".into(), json!(keys.join("\n")));
+        f.insert(
+            "ssh_public_key".into(),
+            json!(ssh::public_line(&self.ssh_key)),
+        );
         if let Some(i) = &a.image {
             f.insert("pod_image".into(), json!(i));
         }
@@ -496,20 +500,36 @@ impl Agent {
             .unwrap_or_default();
         // No fingerprints from the provider: learn the key the pod presents now, right after
         // the purchase, and hold every later connection to it.
+        // The same connection installs an extra key the caller gave, fed on stdin to a constant
+        // command (the key never becomes part of a command line).
+        let (command, input) = match &extra_key {
+            Some(k) => (
+                "umask 077 && mkdir -p ~/.ssh && cat >> ~/.ssh/authorized_keys",
+                Some(format!("{k}\n")),
+            ),
+            None => ("true", None),
+        };
         let mut last = None;
         for _ in 0..10 {
-            match ssh::run(
+            match ssh::run_with_input(
                 &host,
                 port,
                 AGENT_USER,
                 &self.ssh_key,
                 &pinned,
-                "true",
+                command,
+                input.as_deref().map(str::as_bytes),
                 Duration::from_secs(20),
             )
             .await
             {
                 Ok(out) => {
+                    if out.exit_code != Some(0) {
+                        tracing::warn!(
+                            "installing the extra ssh_public_key exited with {:?}",
+                            out.exit_code
+                        );
+                    }
                     if pinned.is_empty() {
                         pinned.push(out.host_key);
                     }

@@ -118,6 +118,22 @@ pub async fn run(
     command: &str,
     timeout: Duration,
 ) -> Result<CommandOutput, SshError> {
+    run_with_input(host, port, user, key, pinned, command, None, timeout).await
+}
+
+/// [`run`], with `input` on the command's standard input (data reaches a command this way,
+/// never inside its command line).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_input(
+    host: &str,
+    port: u16,
+    user: &str,
+    key: &PrivateKey,
+    pinned: &[String],
+    command: &str,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<CommandOutput, SshError> {
     let seen = Arc::new(Mutex::new(None));
     let verifier = Verifier {
         pinned: pinned.to_vec(),
@@ -166,6 +182,16 @@ pub async fn run(
         .map_err(|e| SshError::Protocol(e.to_string()))?;
     channel
         .exec(true, command.as_bytes())
+        .await
+        .map_err(|e| SshError::Protocol(e.to_string()))?;
+    if let Some(data) = input {
+        channel
+            .data(data)
+            .await
+            .map_err(|e| SshError::Protocol(e.to_string()))?;
+    }
+    channel
+        .eof()
         .await
         .map_err(|e| SshError::Protocol(e.to_string()))?;
     let mut out = CommandOutput {
