@@ -11,6 +11,9 @@
 //! - [`caps`]: the buyer config (relays, spending caps), read from a file only, so an agent's
 //!   prompt can never raise a cap.
 //! - [`purchase`]: pay a provider from the wallet and take any refund straight back.
+//! - [`ssh`]: the agent's kept SSH key, pinned host keys, commands over russh's client.
+//! - [`agent`]: what the buyer's MCP tools do, [`tools`]: their arguments, results and errors;
+//!   [`mcp`]: the thin MCP door over them (`paygress-cli mcp`).
 
 pub mod agent;
 pub mod caps;
@@ -18,6 +21,7 @@ pub mod journal;
 pub mod mcp;
 pub mod purchase;
 pub mod ssh;
+pub mod tools;
 pub mod wallet;
 
 use std::path::PathBuf;
