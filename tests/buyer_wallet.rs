@@ -150,7 +150,7 @@ async fn fund_draws_a_qr_code_on_a_terminal() {
                 .args(&args)
                 .output()
                 .await
-                .unwrap()
+                .expect("tmux is not installed: run tools/test.sh (it installs tmux)")
         }
     };
     // The program and its arguments reach tmux as one argv each: no shell command is built
