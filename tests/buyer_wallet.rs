@@ -258,3 +258,35 @@ async fn help_tells_the_buyer_wallet_from_the_providers_earnings() {
     .await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+/// An invoice paid after `wallet fund` stopped waiting is minted by the next `wallet balance`,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_paid_later_is_minted_by_the_next_balance() {
+    let mint = TestMint::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    {
+        // What `wallet fund` does up to the wait: the quote is in the wallet, nothing minted.
+        let w = paygress::buyer::wallet::BuyerWallet::open(&h.join(".paygress/wallet"))
+            .await
+            .unwrap();
+        let m = paygress::buyer::wallet::BuyerWallet::parse_mint(&mint.url).unwrap();
+        let inv = w.fund_quote(&m, 77).await.unwrap();
+        assert!(inv.bolt11().starts_with("lnbc"));
+    }
+    let out = cli(h, &["wallet", "balance", "--json"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("minted 77 sat"),
+        "{}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total_sats"], 77);
+    assert_eq!(balance(h).await, 77, "minted once");
+    let out = cli(h, &["wallet", "history", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["kind"], "fund");
+}

@@ -382,6 +382,10 @@ impl Agent {
     }
 
     pub async fn balance(&self) -> Result<BalanceOutcome, AgentError> {
+        // An invoice paid after its wallet_fund task ended (e.g. the server restarted).
+        if let Err(e) = self.wallet.collect_paid_invoices().await {
+            tracing::warn!("could not check earlier invoices: {e}");
+        }
         let b = self.wallet.balances().await?;
         let spent = self
             .wallet

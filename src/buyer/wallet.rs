@@ -15,7 +15,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdk::amount::SplitTarget;
 use cdk::cdk_database::WalletDatabase;
 use cdk::mint_url::MintUrl;
 use cdk::nuts::{CurrencyUnit, PaymentMethod, Token};
@@ -45,7 +44,9 @@ pub enum WalletError {
     Insufficient { mint: String, have: u64, need: u64 },
     #[error("no funds at any of these mints: {0}")]
     NoUsableMint(String),
-    #[error("the invoice was not paid within {0} s (the quote stays in the wallet; `wallet fund` again mints nothing twice)")]
+    #[error(
+        "the invoice was not paid within {0} s; if it is paid later, `wallet balance` mints it"
+    )]
     NotPaid(u64),
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -65,6 +66,8 @@ pub struct BuyerWallet {
     db: Arc<cdk_sqlite::WalletSqliteDatabase>,
     seed: [u8; 64],
     journal: Journal,
+    /// Held while minting paid invoices (see [`BuyerWallet::collect_paid_invoices`]).
+    minting: tokio::sync::Mutex<()>,
 }
 
 /// A mint quote the owner is to pay.
@@ -115,6 +118,7 @@ impl BuyerWallet {
             db: Arc::new(db),
             seed,
             journal: Journal::at(&dir.join("journal.jsonl")),
+            minting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -203,21 +207,62 @@ impl BuyerWallet {
         timeout: Duration,
     ) -> Result<u64, WalletError> {
         let w = self.wallet(&invoice.mint)?;
-        let proofs = w
-            .wait_and_mint_quote(invoice.quote.clone(), SplitTarget::default(), None, timeout)
+        w.wait_for_payment(&invoice.quote, timeout)
             .await
             .map_err(|e| match e {
                 cdk::Error::Timeout => WalletError::NotPaid(timeout.as_secs()),
                 other => WalletError::mint(other),
             })?;
-        let sats: u64 = proofs.iter().map(|p| u64::from(p.amount)).sum();
-        self.journal.append(&entry(
-            EntryKind::Fund,
-            sats,
-            &invoice.mint,
-            Some(format!("lightning quote {}", invoice.quote.id)),
-        ))?;
-        Ok(sats)
+        // Minting goes through the one path that journals it, under the lock, so a balance
+        // check minting the same paid invoice at the same moment cannot count it twice or not
+        // at all.
+        self.collect_paid_invoices().await
+    }
+
+    /// Mint every paid invoice not minted yet — the one just paid, or one paid after its
+    /// `wallet fund` stopped waiting (timed out, interrupted, or the MCP server ended first):
+    /// the sats minted.
+    pub async fn collect_paid_invoices(&self) -> Result<u64, WalletError> {
+        let _minting = self.minting.lock().await;
+        let mut first_error = None;
+        for m in self.mints().await? {
+            if let Err(e) = self.wallet(&m)?.mint_unissued_quotes().await {
+                first_error.get_or_insert(WalletError::mint(e));
+            }
+        }
+        // Journal by what each quote says it issued, not by what this call minted: cdk may
+        // finish a mint that was interrupted or raced (its saga recovery) outside this call,
+        // and every issued quote is journalled exactly once, by its id.
+        let journalled: std::collections::HashSet<String> = self
+            .journal
+            .entries()?
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::Fund)
+            .filter_map(|e| e.note?.strip_prefix(QUOTE_NOTE).map(str::to_string))
+            .collect();
+        let quotes = self
+            .db
+            .get_mint_quotes()
+            .await
+            .map_err(|e| WalletError::Mint(e.to_string()))?;
+        let mut total = 0;
+        for q in quotes {
+            let issued = u64::from(q.amount_issued);
+            if issued == 0 || journalled.contains(&q.id) {
+                continue;
+            }
+            self.journal.append(&entry(
+                EntryKind::Fund,
+                issued,
+                &q.mint_url,
+                Some(format!("{QUOTE_NOTE}{}", q.id)),
+            ))?;
+            total += issued;
+        }
+        match first_error {
+            Some(e) if total == 0 => Err(e),
+            _ => Ok(total),
+        }
     }
 
     /// Swap `token` into the wallet: its mint and the sats received (after the mint's fees).
@@ -323,6 +368,9 @@ impl BuyerWallet {
         self.send_journalled(&mint, sats, e).await
     }
 }
+
+/// How a Lightning funding names its quote in the journal.
+const QUOTE_NOTE: &str = "lightning quote ";
 
 /// A journal entry of now.
 pub fn entry(kind: EntryKind, sats: u64, mint: &MintUrl, note: Option<String>) -> Entry {

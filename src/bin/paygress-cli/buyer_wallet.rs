@@ -131,6 +131,12 @@ pub async fn balance(json: bool) -> i32 {
         Ok(w) => w,
         Err(c) => return c,
     };
+    match w.collect_paid_invoices().await {
+        Ok(0) => {}
+        Ok(n) => eprintln!("paygress-cli: minted {n} sat from invoices paid earlier"),
+        // The mint may be down; the balance at hand is still worth showing.
+        Err(e) => eprintln!("paygress-cli: could not check earlier invoices: {e}"),
+    }
     let b = match w.balances().await {
         Ok(b) => b,
         Err(e) => return fail(&e),
