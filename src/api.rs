@@ -67,6 +67,10 @@ pub struct SpawnResult {
     pub image: String,
     /// Ready-to-use next steps, including the ssh command.
     pub instructions: Vec<String>,
+    /// SHA-256 fingerprints (`SHA256:…`, as OpenSSH prints them) of the SSH host keys the pod
+    /// presents, for the buyer to pin; empty where the backend cannot tell them yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_key_fingerprints: Vec<String>,
 }
 
 /// Extend a workload's paid time.

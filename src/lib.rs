@@ -17,6 +17,7 @@
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod buyer;
 pub mod config;
 pub mod crashpoint;
 pub mod datadir_lock;

@@ -799,6 +799,7 @@ impl Provider {
                 ),
                 format!("Check it with get_pod_status {{pod_npub: \"{}\"}}.", row.id),
             ],
+            ssh_host_key_fingerprints: self.backend.host_key_fingerprints(&row.name),
         }
     }
 

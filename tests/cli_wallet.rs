@@ -105,7 +105,9 @@ fn a_bad_config_names_the_key_and_exits_with_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tiers[0].cpu_millicores"), "{err}");
-    let out = cli(&["wallet", "balance"]);
+    // Without a config, `withdraw` has no earnings to take from (`balance` shows the buyer
+    // wallet instead: tests/buyer_wallet.rs).
+    let out = cli(&["wallet", "withdraw", "--amount", "1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
     let out = Command::new(env!("CARGO_BIN_EXE_paygress-mcp-server"))

@@ -335,6 +335,23 @@ async fn spawn_topup_status_over_private_messages() {
         .await
         .unwrap();
     assert_eq!(&banner, b"SSH-2.0", "working SSH access");
+    // The answer names the container's own host keys: what OpenSSH's ssh-keyscan sees on the
+    // port is among them.
+    let scan = std::process::Command::new("ssh-keyscan")
+        .args(["-p", &port.to_string(), "-t", "ed25519", "127.0.0.1"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&scan.stdout).to_string();
+    let key = line
+        .lines()
+        .find_map(|l| l.split_once(' ').map(|(_, k)| k.to_string()))
+        .unwrap_or_else(|| panic!("ssh-keyscan saw no key: {line}"));
+    let seen = russh::keys::PublicKey::from_openssh(&key)
+        .unwrap()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
+    let pinned = r["ssh_host_key_fingerprints"].as_array().unwrap();
+    assert!(pinned.iter().any(|f| f == &json!(seen)), "{seen} in {r}");
 
     let id_file = m.home.path().join(".paygress/identity");
     use std::os::unix::fs::PermissionsExt;

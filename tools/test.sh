@@ -25,6 +25,9 @@ commands+=(slirp4netns nft bwrap)
 # curl and jq: the examples' 402 walk-through (examples/curl_402.sh).
 want+=(nginx curl jq)
 commands+=(/usr/sbin/nginx curl jq)
+# tmux: tests/buyer_wallet.rs runs `wallet fund` on a real terminal and reads the QR code back.
+want+=(tmux)
+commands+=(tmux)
 if [ "${1:-}" = --print-deps ]; then
   printf 'package %s\n' "${want[@]}"
   # npm ships inside some nodejs builds and as its own package in Debian's.

@@ -1081,6 +1081,9 @@ pub struct LxdBackend {
     /// id range when it creates the instance, and two creates at once can pick the same one (the
     /// second then fails to start).
     idmap_lock: tokio::sync::Mutex<()>,
+    /// SSH host key fingerprints read from each new container, until the spawn answer takes
+    /// them ([`Backend::host_key_fingerprints`]).
+    host_keys: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl std::fmt::Debug for LxdBackend {
@@ -1133,6 +1136,7 @@ impl LxdBackend {
             cfg,
             root_pool: OnceCell::new(),
             idmap_lock: tokio::sync::Mutex::new(()),
+            host_keys: Default::default(),
         })
     }
 
@@ -1474,6 +1478,33 @@ impl LxdBackend {
         }
     }
 
+    /// The fingerprints of the container's SSH host keys, read through the file API (the base
+    /// image makes them on first boot; create returns after sshd answers, so they exist).
+    async fn read_host_keys(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in ["ed25519", "ecdsa", "rsa"] {
+            let full = self.path(&format!(
+                "/1.0/instances/{name}/files?path=/etc/ssh/ssh_host_{t}_key.pub"
+            ));
+            let r = self
+                .transport
+                .send(Request {
+                    method: hyper::Method::GET,
+                    path: &full,
+                    headers: Vec::new(),
+                    body: None,
+                    timeout: self.timeout(),
+                })
+                .await;
+            let Ok((200, bytes)) = r else { continue };
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(k) = russh::keys::PublicKey::from_openssh(text.trim()) {
+                out.push(k.fingerprint(russh::keys::HashAlg::Sha256).to_string());
+            }
+        }
+        out
+    }
+
     /// Write a file into the instance through the file API (no shell involved).
     async fn push_file(
         &self,
@@ -1624,6 +1655,15 @@ impl Backend for LxdBackend {
         BackendKind::Lxd
     }
 
+    fn host_key_fingerprints(&self, name: &str) -> Vec<String> {
+        // Taken once, by the spawn answer (which is stored for replays), so the map stays small.
+        self.host_keys
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(name))
+            .unwrap_or_default()
+    }
+
     async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
         let t0 = Instant::now();
         if !is_valid_instance_name(&spec.name) {
@@ -1706,6 +1746,10 @@ impl Backend for LxdBackend {
                     total_ms = t0.elapsed().as_millis() as u64,
                     "LXD instance ready for SSH"
                 );
+                let keys = self.read_host_keys(&spec.name).await;
+                if let Ok(mut m) = self.host_keys.lock() {
+                    m.insert(spec.name.clone(), keys);
+                }
                 Ok(())
             }
             Err(e) => {

@@ -165,6 +165,13 @@ pub trait Backend: Send + Sync + 'static {
         crate::validate::KEY_TYPES
     }
 
+    /// SHA-256 fingerprints (`SHA256:…`) of the SSH host keys workload `name` presents, put in
+    /// the spawn answer so buyers can pin them. The default, none, leaves buyers to pin the key
+    /// they see right after the purchase.
+    fn host_key_fingerprints(&self, _name: &str) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Create and start the workload; return once SSH accepts connections on the host port.
     /// On failure, remove anything made and return the error.
     async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError>;

@@ -889,6 +889,20 @@ impl Drop for Inner {
 
 #[async_trait]
 impl Backend for SandboxBackend {
+    fn host_key_fingerprints(&self, _name: &str) -> Vec<String> {
+        // One host key serves every workload of this backend (see `HOST_KEY_FILE`).
+        self.inner
+            .ssh_config
+            .keys
+            .iter()
+            .map(|k| {
+                k.public_key()
+                    .fingerprint(russh::keys::HashAlg::Sha256)
+                    .to_string()
+            })
+            .collect()
+    }
+
     fn login_key_types(&self) -> &'static [&'static str] {
         // The embedded SSH server is built without RSA (see `auth::parse_public_key`).
         &[

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod nginx;
 pub mod nutshell;
 pub mod sandbox;
+pub mod seller;
 pub mod ssh;
 pub mod ts;
 

@@ -2,14 +2,17 @@
 //!
 //! One file per command group: `market` (buy over Nostr), `server` (`spawn|topup|status
 //! --server URL`: buy over one provider's HTTP door), `identity` (the buyer's Nostr key),
-//! `provider` (run a provider's Nostr doors), `wallet` (take earnings out), `demo` (the whole
+//! `provider` (run a provider's doors), `wallet` (the buyer wallet, and the provider's
+//! earnings with `--config`), `mcp` (the buyer's MCP server), `demo` (the whole
 //! flow against the demo server). Exit codes are shared
 //! with the server: 0 success, 2 usage (including a request the provider found malformed), 3
 //! payment, 4 provider (including no answer).
 
+mod buyer_wallet;
 mod demo;
 mod identity;
 mod market;
+mod mcp;
 mod provider;
 mod server;
 mod wallet;
@@ -26,8 +29,11 @@ use paygress::app;
 /// do the same with one provider's HTTP door. Requests are NIP-17 private messages;
 /// your Nostr identity is created once in ~/.paygress/identity (see `identity`).
 ///
-/// Providers: `provider start` runs the doors the config enables (Nostr, HTTP); `wallet` takes the
-/// earnings out.
+/// Buyer wallet: `wallet fund` (Lightning), `wallet receive`, `wallet send`, `wallet balance`,
+/// `wallet history`, in ~/.paygress/wallet; `market spawn|topup --amount|--duration` pay from it.
+///
+/// Providers: `provider start` runs the doors the config enables (Nostr, HTTP); `wallet balance
+/// --config FILE` and `wallet withdraw --config FILE` are the provider's earnings.
 #[derive(Debug, Parser)]
 #[command(name = "paygress-cli", version, about, long_about)]
 struct Cli {
@@ -40,7 +46,7 @@ enum Command {
     /// Find providers and buy, top up or check pods over Nostr.
     Market {
         #[command(subcommand)]
-        command: market::MarketCommand,
+        command: Box<market::MarketCommand>,
     },
     /// Your buyer identity (a Nostr key in ~/.paygress/identity).
     Identity {
@@ -60,9 +66,13 @@ enum Command {
     /// Show a pod's state over a provider's HTTP door (`--server URL`); login details with
     /// the owner token the spawn printed.
     Status(server::StatusArgs),
+    /// The buyer's MCP server on stdio for your AI assistant: finds providers, buys, runs
+    /// commands, pays from the buyer wallet within the caps of the buyer config.
+    Mcp(mcp::McpArgs),
     /// Walk through buying a pod in demo mode (test tokens), printed or run (--run).
     Demo(demo::DemoArgs),
-    /// The provider's earnings wallets (one per whitelisted mint).
+    /// The buyer wallet (~/.paygress/wallet: fund, receive, send, balance, history), or with
+    /// --config the provider's earnings (balance, withdraw).
     Wallet {
         #[command(subcommand)]
         command: wallet::WalletCommand,
@@ -71,6 +81,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+
     app::init_logging();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -81,13 +92,14 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async {
         match cli.command {
-            Command::Market { command } => market::run(command).await,
+            Command::Market { command } => market::run(*command).await,
             Command::Identity { command } => identity::run(command),
             Command::Provider { command } => provider::run(command).await,
             Command::Spawn(a) => server::spawn(a).await,
             Command::Topup(a) => server::topup(a).await,
             Command::Status(a) => server::status(a).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Mcp(args) => mcp::run(args).await,
             Command::Wallet { command } => wallet::run(command).await,
         }
     });

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand, ValueEnum};
 use nostr_sdk::prelude::Keys;
 use paygress::app::exit;
+use paygress::buyer::purchase::{self, Pay, PurchaseError};
+use paygress::buyer::wallet::WalletError;
 use paygress::error::ProviderError;
 use paygress::identity::{self, buyer_identity_path};
 use paygress::market::buyer::{Buyer, BuyerError};
@@ -54,6 +56,29 @@ pub struct Common {
     json: bool,
 }
 
+/// How to pay: a token you hold, or from the buyer wallet (`paygress-cli wallet fund`).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Payment {
+    /// Cashu token from one of the provider's mints; `-` reads it from standard input.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Pay this many sats from the buyer wallet (~/.paygress/wallet).
+    #[arg(long, value_name = "SATS", value_parser = clap::value_parser!(u64).range(1..))]
+    amount: Option<u64>,
+    /// Pay from the buyer wallet exactly what this many seconds cost at the tier's rate.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    duration: Option<u64>,
+}
+
+impl Payment {
+    fn wallet_pay(&self) -> Option<Pay> {
+        self.amount
+            .map(Pay::Sats)
+            .or(self.duration.map(Pay::Seconds))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Sort {
     /// Cheapest tier first.
@@ -93,7 +118,8 @@ pub enum MarketCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Pay with a Cashu token and get an SSH-ready pod.
+    /// Pay with a Cashu token, or from the buyer wallet (--amount/--duration), and get an
+    /// SSH-ready pod. A refund in the answer goes straight back into the wallet.
     Spawn {
         /// The provider's npub (from `market list`).
         #[arg(long, value_name = "NPUB")]
@@ -101,9 +127,8 @@ pub enum MarketCommand {
         /// Tier id (from `market list`).
         #[arg(long, value_name = "ID")]
         tier: String,
-        /// Cashu token from one of the provider's mints; `-` reads it from standard input.
-        #[arg(long, value_name = "TOKEN")]
-        token: String,
+        #[command(flatten)]
+        payment: Payment,
         /// Image (default: the provider's default image).
         #[arg(long, value_name = "IMAGE")]
         image: Option<String>,
@@ -128,16 +153,16 @@ pub enum MarketCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Add paid time to a pod (anyone may top up any pod).
+    /// Add paid time to a pod (anyone may top up any pod), with a token or from the buyer
+    /// wallet (--amount/--duration).
     Topup {
         #[arg(long, value_name = "NPUB")]
         provider: String,
         /// The pod's id (pod_npub from spawn).
         #[arg(long, value_name = "POD_NPUB")]
         pod: String,
-        /// Cashu token; `-` reads it from standard input.
-        #[arg(long, value_name = "TOKEN")]
-        token: String,
+        #[command(flatten)]
+        payment: Payment,
         #[arg(long, value_name = "ID")]
         request_id: Option<String>,
         #[command(flatten)]
@@ -167,7 +192,7 @@ pub async fn run(cmd: MarketCommand) -> i32 {
         MarketCommand::Spawn {
             provider,
             tier,
-            token,
+            payment,
             image,
             user,
             password,
@@ -175,12 +200,7 @@ pub async fn run(cmd: MarketCommand) -> i32 {
             request_id,
             common,
         } => {
-            let token = match read_token(&token) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
             let mut f = Map::new();
-            f.insert("cashu_token".into(), json!(token.expose()));
             f.insert("pod_spec_id".into(), json!(tier));
             f.insert("ssh_username".into(), json!(user));
             if let Some(i) = image {
@@ -200,21 +220,41 @@ pub async fn run(cmd: MarketCommand) -> i32 {
                     }
                 }
             }
+            if let Some(pay) = payment.wallet_pay() {
+                return paid(
+                    common,
+                    &provider,
+                    RequestKind::Spawn,
+                    &tier,
+                    pay,
+                    request_id,
+                    f,
+                )
+                .await;
+            }
+            let token = match read_token(payment.token.as_deref().unwrap_or("-")) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            f.insert("cashu_token".into(), json!(token.expose()));
             request(common, &provider, RequestKind::Spawn, request_id, f).await
         }
         MarketCommand::Topup {
             provider,
             pod,
-            token,
+            payment,
             request_id,
             common,
         } => {
-            let token = match read_token(&token) {
+            let mut f = Map::new();
+            f.insert("pod_npub".into(), json!(pod));
+            if let Some(pay) = payment.wallet_pay() {
+                return paid_topup(common, &provider, &pod, pay, request_id, f).await;
+            }
+            let token = match read_token(payment.token.as_deref().unwrap_or("-")) {
                 Ok(t) => t,
                 Err(code) => return code,
             };
-            let mut f = Map::new();
-            f.insert("pod_npub".into(), json!(pod));
             f.insert("cashu_token".into(), json!(token.expose()));
             request(common, &provider, RequestKind::Topup, request_id, f).await
         }
@@ -308,6 +348,131 @@ async fn request(
         Err(e) => return buyer_error(&e),
     };
     report(kind, &resp, common.json)
+}
+
+/// Pay from the buyer wallet and send the request; a refund goes back into the wallet.
+async fn paid(
+    common: Common,
+    provider: &str,
+    kind: RequestKind,
+    tier: &str,
+    pay: Pay,
+    request_id: Option<String>,
+    fields: Map<String, Value>,
+) -> i32 {
+    if let Err(e) = paygress::market::buyer::parse_pubkey(provider) {
+        return buyer_error(&e);
+    }
+    let keys = match buyer_keys(common.nostr_key) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let wallet = match crate::buyer_wallet::open().await {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let buyer = match Buyer::connect(keys, &common.relays.relays).await {
+        Ok(b) => b,
+        Err(e) => return buyer_error(&e),
+    };
+    let spinner = Spinner::start(format!("waiting for {}", short(provider)));
+    let pod = fields
+        .get("pod_npub")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let r = purchase::pay_and_request(
+        &buyer,
+        &wallet,
+        None,
+        purchase::Order {
+            provider,
+            kind,
+            tier_id: tier,
+            pay,
+            fields,
+            request_id,
+            pod,
+        },
+        Duration::from_secs(common.timeout),
+    )
+    .await;
+    spinner.stop();
+    buyer.close().await;
+    match r {
+        Ok(o) => {
+            if o.refunded_sats > 0 {
+                eprintln!(
+                    "paygress-cli: {} sat came back into the wallet (paid {} sat)",
+                    o.refunded_sats, o.paid_sats
+                );
+            }
+            report(kind, &o.response, common.json)
+        }
+        Err(e) => purchase_error(&e),
+    }
+}
+
+/// A top-up from the wallet: the pod's tier (for --duration) comes from its status.
+async fn paid_topup(
+    common: Common,
+    provider: &str,
+    pod: &str,
+    pay: Pay,
+    request_id: Option<String>,
+    fields: Map<String, Value>,
+) -> i32 {
+    let keys = match buyer_keys(common.nostr_key.clone()) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let buyer = match Buyer::connect(keys, &common.relays.relays).await {
+        Ok(b) => b,
+        Err(e) => return buyer_error(&e),
+    };
+    let mut f = Map::new();
+    f.insert("pod_npub".into(), json!(pod));
+    let r = buyer
+        .request(
+            provider,
+            RequestKind::Status,
+            None,
+            f,
+            Duration::from_secs(common.timeout),
+        )
+        .await;
+    buyer.close().await;
+    let tier = match r {
+        Ok(ResponseEnvelope {
+            result: Some(v), ..
+        }) => v["pod_spec"]["id"].as_str().unwrap_or("").to_string(),
+        Ok(resp) => return report(RequestKind::Status, &resp, common.json),
+        Err(e) => return buyer_error(&e),
+    };
+    paid(
+        common,
+        provider,
+        RequestKind::Topup,
+        &tier,
+        pay,
+        request_id,
+        fields,
+    )
+    .await
+}
+
+fn purchase_error(e: &PurchaseError) -> i32 {
+    match e {
+        PurchaseError::Market(b) => buyer_error(b),
+        other => {
+            eprintln!("paygress-cli: {other}");
+            match other {
+                PurchaseError::NoTier(_) | PurchaseError::Price(_) => exit::USAGE,
+                PurchaseError::Wallet(WalletError::Io { .. }) => exit::PROVIDER,
+                PurchaseError::NoOffer(_) | PurchaseError::TakenNoAnswer { .. } => exit::PROVIDER,
+                _ => exit::PAYMENT,
+            }
+        }
+    }
 }
 
 pub(crate) fn report(kind: RequestKind, resp: &ResponseEnvelope, json_out: bool) -> i32 {

@@ -1,4 +1,9 @@
-//! `paygress-cli wallet`: the provider's earnings, one wallet per whitelisted mint.
+//! `paygress-cli wallet`: two wallets behind one command, never mixed.
+//!
+//! - The **buyer wallet** (`~/.paygress/wallet`, see `buyer_wallet.rs`): `fund`, `receive`,
+//!   `send`, `history`, and `balance` without `--config`.
+//! - The **provider's earnings**, one wallet per whitelisted mint under the provider's data dir:
+//!   `withdraw`, and `balance --config FILE` (or `PAYGRESS_CONFIG`).
 
 use std::path::PathBuf;
 
@@ -9,16 +14,51 @@ use paygress::ErrorType;
 
 #[derive(Debug, Subcommand)]
 pub enum WalletCommand {
-    /// Show the spendable balance at each whitelisted mint.
+    /// Buyer wallet: get a Lightning invoice from a mint (NUT-04), wait for it to be paid, mint.
+    Fund {
+        /// The Cashu mint to fund at.
+        #[arg(long, value_name = "URL")]
+        mint: String,
+        /// Amount in sats.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        amount: u64,
+        /// Seconds to wait for the payment.
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Buyer wallet: receive a Cashu token (swapped at its mint); without TOKEN or with `-`,
+    /// read it from standard input.
+    Receive {
+        #[arg(value_name = "TOKEN")]
+        token: Option<String>,
+    },
+    /// Buyer wallet: take sats out as a Cashu token, printed on stdout.
+    Send {
+        /// Amount in sats.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        amount: u64,
+        /// Mint to send from (default: the first holding enough).
+        #[arg(long, value_name = "URL")]
+        mint: Option<String>,
+    },
+    /// Buyer wallet: every fund, receive, send, spend and refund (~/.paygress/wallet/journal.jsonl).
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Balance of the buyer wallet; with --config, of the provider's earnings at each
+    /// whitelisted mint.
     Balance {
-        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        /// Provider configuration (TOML): show the provider's earnings instead of the buyer
+        /// wallet. Also PAYGRESS_CONFIG.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Take sats out of the earnings as a Cashu token, printed on stdout.
+    /// Provider: take sats out of the earnings as a Cashu token, printed on stdout.
     Withdraw {
         /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -51,6 +91,17 @@ async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
 
 pub async fn run(cmd: WalletCommand) -> i32 {
     match cmd {
+        WalletCommand::Fund {
+            mint,
+            amount,
+            timeout,
+        } => crate::buyer_wallet::fund(&mint, amount, timeout).await,
+        WalletCommand::Receive { token } => crate::buyer_wallet::receive(token).await,
+        WalletCommand::Send { amount, mint } => crate::buyer_wallet::send(amount, mint).await,
+        WalletCommand::History { json } => crate::buyer_wallet::history(json).await,
+        WalletCommand::Balance { config, json } if app::config_path(config.clone()).is_none() => {
+            crate::buyer_wallet::balance(json).await
+        }
         WalletCommand::Balance { config, json } => {
             let payments = match open_payments(config).await {
                 Ok(p) => p,
