@@ -303,3 +303,70 @@ async fn the_egress_acl_lets_outbound_through_and_refuses_what_it_denies() {
     // Instances go before the network (the guard's order).
     drop(guard);
 }
+
+/// A tier's disk size is a quota the tenant cannot write past. `provider/lxd-setup.sh` makes the
+/// default pool btrfs wherever the kernel has btrfs; on such a machine the pool must enforce
+/// sizes, and a workload with a 1 GiB disk cannot fill the host's.
+#[tokio::test]
+async fn a_tier_disk_size_is_enforced_on_the_default_pool() {
+    let kernel_btrfs = std::fs::read_to_string("/proc/filesystems")
+        .map(|f| f.split_whitespace().any(|w| w == "btrfs"))
+        .unwrap_or(false);
+    let pool: serde_json::Value =
+        serde_json::from_str(&lxd_query("GET", "/1.0/storage-pools/default", None).expect("pool"))
+            .expect("pool JSON");
+    let driver = pool["driver"].as_str().unwrap_or("").to_string();
+    if !kernel_btrfs {
+        eprintln!(
+            "this kernel has no btrfs: the setup keeps a dir pool, which enforces no disk size"
+        );
+        assert_eq!(driver, "dir");
+        return;
+    }
+    assert_eq!(
+        driver, "btrfs",
+        "the setup should have made a btrfs pool: {pool}"
+    );
+
+    let b = LxdBackend::connect(LxdConfig::default())
+        .await
+        .expect("LXD");
+    let name = format!("pgi-disk-{}", suffix());
+    let _guard = Cleanup {
+        instances: vec![name.clone()],
+        network: None,
+    };
+    let mut s = spec(&name, "lxd-disk-pass");
+    s.tier.disk_gb = Some(1);
+    b.create(&s).await.expect("create");
+    // 1.5 GiB into the home of a 1 GiB disk: the write stops at the quota.
+    let out = ssh_password(
+        s.host_port,
+        "alice",
+        "lxd-disk-pass",
+        "if dd if=/dev/zero of=$HOME/fill bs=1M count=1536 conv=fsync 2>/tmp/dd.err; \
+         then echo wrote-all; else echo refused; fi; du -m $HOME/fill | cut -f1; tail -1 /tmp/dd.err",
+    )
+    .await
+    .expect("ssh");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first().copied(), Some("refused"), "{out}");
+    let written: u64 = lines
+        .get(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        written <= 1024,
+        "wrote {written} MiB into a 1 GiB disk: {out}"
+    );
+    // The tenant's disk stays usable after hitting the quota, and freeing space works.
+    let out = ssh_password(
+        s.host_port,
+        "alice",
+        "lxd-disk-pass",
+        "rm -f $HOME/fill && echo freed",
+    )
+    .await
+    .expect("ssh after quota");
+    assert_eq!(out.trim(), "freed");
+}
