@@ -25,6 +25,7 @@ pub mod datadir_lock;
 pub mod demo;
 pub mod doors;
 pub mod error;
+pub mod failpoint;
 pub mod fsutil;
 pub mod identity;
 pub mod market;

@@ -681,6 +681,7 @@ impl Provider {
         let expires_at = now.saturating_add(duration);
         if let Err(e) = self
             .write_after_swap(|| {
+                crate::failpoint::fail("spawn_paid")?;
                 self.store
                     .mark_spawn_paid(key, received, &row.id, expires_at, now)
             })
@@ -1107,7 +1108,10 @@ impl Provider {
         let pod_id = pod_id.to_string();
         let now = now_secs();
         if let Err(e) = self
-            .write_after_swap(|| self.store.mark_paid(&info.key, received, now))
+            .write_after_swap(|| {
+                crate::failpoint::fail("topup_paid")?;
+                self.store.mark_paid(&info.key, received, now)
+            })
             .await
         {
             return Err(self.refund_unjournalled(mint, received, e).await);

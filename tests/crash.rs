@@ -29,15 +29,30 @@ fn write_config(dir: &Path, mint: &str) -> PathBuf {
 }
 
 async fn start(cfg: &Path, crash_at: Option<&str>) -> RunningService<RoleClient, ()> {
+    start_with(cfg, crash_at, None, None).await
+}
+
+async fn start_with(
+    cfg: &Path,
+    crash_at: Option<&str>,
+    fail_write_at: Option<&str>,
+    log: Option<&Path>,
+) -> RunningService<RoleClient, ()> {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_paygress-mcp-server"));
     cmd.arg("--config").arg(cfg);
     match crash_at {
         Some(s) => cmd.env("PAYGRESS_CRASH_AT", s),
         None => cmd.env_remove("PAYGRESS_CRASH_AT"),
     };
-    ().serve(TokioChildProcess::new(cmd).unwrap())
-        .await
-        .unwrap()
+    match fail_write_at {
+        Some(s) => cmd.env("PAYGRESS_FAIL_WRITE_AT", s),
+        None => cmd.env_remove("PAYGRESS_FAIL_WRITE_AT"),
+    };
+    let mut child = TokioChildProcess::builder(cmd);
+    if let Some(log) = log {
+        child = child.stderr(std::fs::File::create(log).unwrap());
+    }
+    ().serve(child.spawn().unwrap().0).await.unwrap()
 }
 
 async fn call(
@@ -279,4 +294,48 @@ async fn kill_9_after_the_refund_is_journalled_before_it_is_minted() {
 #[tokio::test]
 async fn kill_9_after_the_refund_is_minted_before_it_is_journalled() {
     refund_crash("refund_minted").await;
+}
+
+/// The journal write right after the swap fails `count` times (`PAYGRESS_FAIL_WRITE_AT`,
+/// `src/failpoint.rs`): a transient failure is retried and the pod delivered; a persistent one
+/// ends in a full refund a fresh wallet receives. The books balance either way.
+async fn spawn_write_fails(count: u32) -> (Value, usize) {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &mint.url);
+    let token = mint.token(1000).await;
+    let args = json!({"cashu_token": token, "ssh_username": "alice", "request_id": "fail-1"});
+    let log = dir.path().join("server.log");
+    let fault = format!("spawn_paid:{count}");
+    let s = start_with(&cfg, None, Some(&fault), Some(&log)).await;
+    let r = call(&s, "spawn_pod", args).await.expect("an answer");
+    let b = body(&r);
+    let mut refunds = vec![];
+    if r.is_error == Some(true) {
+        refunds.push(b["refund_token"].as_str().expect("a refund").to_string());
+        assert_eq!(b["details"]["refunded_msats"], 1_000_000, "{b}");
+    }
+    s.cancel().await.unwrap();
+    let earnings = finish(dir.path(), &mint.url).await;
+    books(&mint, 1000, earnings, &refunds, &[token]).await;
+    let failures = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("journal write after a swap failed")
+        .count();
+    (b, failures)
+}
+
+#[tokio::test]
+async fn a_transient_write_failure_after_the_swap_is_retried_and_the_pod_delivered() {
+    let (b, failures) = spawn_write_fails(2).await;
+    assert_eq!(failures, 2, "the write failed twice, then held");
+    assert_eq!(b["paid_msats"], 1_000_000, "{b}");
+    assert!(b["pod_npub"].as_str().is_some(), "{b}");
+}
+
+#[tokio::test]
+async fn a_persistent_write_failure_after_the_swap_ends_in_a_full_refund() {
+    let (b, failures) = spawn_write_fails(1000).await;
+    assert!(failures > 2, "retried before giving up");
+    assert!(b["refund_token"].as_str().is_some(), "{b}");
 }
