@@ -429,3 +429,74 @@ async fn both_transports_serve_the_same_provider() {
     );
     let _ = stdio.cancel().await;
 }
+
+/// Wait until the backend has started `n` creates (each spawn past its swap starts one).
+async fn creates_started(w: &World, n: u32) {
+    for _ in 0..600 {
+        if *w.backend.creates.lock().unwrap() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{n} creates never started");
+}
+
+/// A sender with `max_concurrent_per_sender` spawns in flight (the backend's create is slow)
+/// gets its next request, a top-up, refused with `resource_unavailable` at the door, its token
+/// untouched; another sender is served meanwhile, and the first sender's spawns complete.
+#[tokio::test]
+async fn a_sender_over_the_cap_is_refused_at_the_door_and_others_are_served() {
+    let w = common::cvm::ready(
+        common::cvm::prepare_with(Encryption::Required, false, |c| {
+            c.provider.max_concurrent_per_sender = 2;
+        })
+        .await,
+    )
+    .await;
+    let a = rust_client(&w, Keys::generate(), EncryptionMode::Required).await;
+    let b = rust_client(&w, Keys::generate(), EncryptionMode::Required).await;
+    let spawn = |t: String, user: &str| json!({"cashu_token": t, "ssh_username": user});
+    let first = body(&call(&a, "spawn_pod", spawn(w.mint.token(100).await, "alice")).await);
+    let pod = first["pod_npub"].as_str().expect("a pod").to_string();
+
+    w.backend.set_create_delay(Duration::from_secs(3));
+    let (t1, t2) = (w.mint.token(100).await, w.mint.token(100).await);
+    let slow = async {
+        tokio::join!(
+            call(&a, "spawn_pod", spawn(t1, "alice")),
+            call(&a, "spawn_pod", spawn(t2, "alice"))
+        )
+    };
+    let over = async {
+        creates_started(&w, 3).await;
+        let t = w.mint.token(50).await;
+        let r = call(
+            &a,
+            "topup_pod",
+            json!({"pod_npub": pod, "cashu_token": t.clone()}),
+        )
+        .await;
+        let other = call(&b, "spawn_pod", spawn(w.mint.token(100).await, "bob")).await;
+        (r, t, other)
+    };
+    let ((s1, s2), (refused, refused_token, other)) = tokio::join!(slow, over);
+    assert_eq!(refused.is_error, Some(true));
+    let e = body(&refused);
+    assert_eq!(e["error_type"], "resource_unavailable", "{e}");
+    assert!(e.get("refund_token").is_none(), "nothing was taken: {e}");
+    assert_eq!(
+        w.mint
+            .receive_fresh(&refused_token)
+            .await
+            .expect("untouched"),
+        50,
+        "the refused token is still spendable"
+    );
+    assert!(
+        body(&other)["pod_npub"].as_str().is_some(),
+        "another sender is served"
+    );
+    for s in [s1, s2] {
+        assert!(body(&s)["pod_npub"].as_str().is_some(), "{:?}", body(&s));
+    }
+}

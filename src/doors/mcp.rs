@@ -14,6 +14,8 @@
 //! - `spawn_pod` sends `notifications/progress` (validated → paid → provisioning → ready) when the
 //!   client asked with a progress token, and passes the request's cancellation to the core,
 //!   which rolls back and refunds.
+//! - A caller known by its Nostr key (ContextVM) has at most `provider.max_concurrent_per_sender`
+//!   tool calls in flight; one more is refused with `resource_unavailable`, token untouched.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::sender_cap::SenderCap;
 use crate::api::{
     Offers, PodStatus, SpawnRequest, SpawnResult, SpawnStage, StatusRequest, TopUpRequest,
     TopUpResult,
@@ -50,6 +53,8 @@ pub struct McpDoor {
     provider: Arc<Provider>,
     identify: Identify,
     extra: Vec<Arc<dyn ExtraTool>>,
+    /// Per-sender cap on requests in flight, for callers known by a Nostr key (ContextVM).
+    senders: SenderCap,
 }
 
 pub const INSTRUCTIONS: &str = "Paygress sells SSH-accessible compute (containers/VMs) for Cashu ecash, no account needed. \
@@ -65,6 +70,7 @@ impl McpDoor {
     /// The door for a local (stdio) client.
     pub fn local(provider: Arc<Provider>) -> Self {
         McpDoor {
+            senders: SenderCap::new(provider.config().provider.max_concurrent_per_sender),
             provider,
             identify: Arc::new(|_| Caller::Local),
             extra: Vec::new(),
@@ -73,6 +79,7 @@ impl McpDoor {
 
     pub fn with_identify(provider: Arc<Provider>, identify: Identify) -> Self {
         McpDoor {
+            senders: SenderCap::new(provider.config().provider.max_concurrent_per_sender),
             provider,
             identify,
             extra: Vec::new(),
@@ -155,6 +162,17 @@ impl McpDoor {
     ) -> Result<CallToolResult, McpError> {
         let caller = (self.identify)(&ctx);
         let p = &self.provider;
+        // A caller known by its Nostr key has a cap on requests in flight; over it, the request
+        // is refused before the core sees it (nothing paid, token untouched).
+        let _admitted = match (&caller, name) {
+            (Caller::Nostr(pk), "spawn_pod" | "topup_pod" | "get_pod_status") => {
+                match self.senders.admit(pk) {
+                    Ok(a) => Some(a),
+                    Err(e) => return Ok(err_result(&e)),
+                }
+            }
+            _ => None,
+        };
         match name {
             "get_offers" => Ok(ok_result(&p.offers())),
             "spawn_pod" => {

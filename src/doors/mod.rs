@@ -4,5 +4,6 @@ pub mod contextvm;
 pub mod http;
 pub mod mcp;
 pub mod nostr_dm;
+pub mod sender_cap;
 pub mod stateless;
 pub mod stdio;

@@ -12,6 +12,8 @@
 //!   the token: its buyer has given up waiting and must not be charged now.
 //! - A request that cannot be read gets an `invalid_request` answer, not silence; only a wrap
 //!   that cannot be decrypted (so has no known sender) goes unanswered.
+//! - A sender with `provider.max_concurrent_per_sender` requests in flight gets
+//!   `resource_unavailable` for the next at once, token untouched ([`super::sender_cap`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,8 @@ use crate::api::{SpawnRequest, StatusRequest, TopUpRequest};
 use crate::error::{ErrorType, ProviderError};
 use crate::market::{self, RequestKind, ResponseEnvelope, REQUEST_MAX_AGE_SECS};
 use crate::provider::{now_secs, Caller, Provider};
+
+use super::sender_cap::SenderCap;
 
 /// Gift wraps carry a randomised timestamp up to two days in the past (NIP-59), so the
 /// subscription must look back that far; the seen-events table keeps old ones from being
@@ -87,6 +91,7 @@ pub async fn run(
     tracing::info!(relays = %relays.join(", "), heartbeat = heartbeat_secs, "marketplace door open");
 
     let in_flight: Arc<Mutex<HashSet<EventId>>> = Arc::default();
+    let senders = SenderCap::new(provider.config().provider.max_concurrent_per_sender);
     loop {
         let note = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -108,14 +113,15 @@ pub async fn run(
         if !claim(&provider, &in_flight, event.id) {
             continue;
         }
-        let (client, provider, keys, in_flight) = (
+        let (client, provider, keys, in_flight, senders) = (
             client.clone(),
             provider.clone(),
             keys.clone(),
             in_flight.clone(),
+            senders.clone(),
         );
         tokio::spawn(async move {
-            handle(&client, &provider, &keys, &event).await;
+            handle(&client, &provider, &keys, &senders, &event).await;
             if let Ok(mut s) = in_flight.lock() {
                 s.remove(&event.id);
             }
@@ -164,7 +170,13 @@ async fn publish_offer(client: &Client, provider: &Provider, heartbeat: u64) {
     }
 }
 
-async fn handle(client: &Client, provider: &Arc<Provider>, keys: &Keys, wrap: &Event) {
+async fn handle(
+    client: &Client,
+    provider: &Arc<Provider>,
+    keys: &Keys,
+    senders: &SenderCap,
+    wrap: &Event,
+) {
     let gift = match UnwrappedGift::from_gift_wrap(keys, wrap).await {
         Ok(g) => g,
         Err(e) => {
@@ -194,7 +206,7 @@ async fn handle(client: &Client, provider: &Arc<Provider>, keys: &Keys, wrap: &E
             ),
         )
     } else {
-        answer(provider, &sender, &gift.rumor).await
+        answer(provider, senders, &sender, &gift.rumor).await
     };
     let json = match serde_json::to_string(&response) {
         Ok(j) => j,
@@ -225,6 +237,7 @@ async fn handle(client: &Client, provider: &Arc<Provider>, keys: &Keys, wrap: &E
 
 async fn answer(
     provider: &Arc<Provider>,
+    senders: &SenderCap,
     sender: &PublicKey,
     rumor: &UnsignedEvent,
 ) -> ResponseEnvelope {
@@ -253,6 +266,10 @@ async fn answer(
             ),
         );
     }
+    let _admitted = match senders.admit(&sender.to_hex()) {
+        Ok(a) => a,
+        Err(e) => return ResponseEnvelope::err(Some(id), e),
+    };
     let caller = Caller::Nostr(sender.to_hex());
     let fields = serde_json::Value::Object(req.fields);
     let result = match req.kind {

@@ -59,6 +59,7 @@ pub struct World {
     pub mint: TestMint,
     pub relay: EmbeddedRelay,
     pub provider: Arc<Provider>,
+    pub backend: Arc<FakeBackend>,
     pub tap: Tap,
     pub shutdown: CancellationToken,
     pub dir: tempfile::TempDir,
@@ -75,7 +76,11 @@ pub async fn world(encryption: Encryption) -> World {
 }
 
 pub async fn world_with(encryption: Encryption, announce: bool) -> World {
-    let w = prepare(encryption, announce).await;
+    ready(prepare(encryption, announce).await).await
+}
+
+/// Serve the ContextVM door on `w` and wait until it answers through the relay.
+pub async fn ready(w: World) -> World {
     serve(&w);
     let opts = ContextVmOptions::from_config(w.provider.config());
     contextvm::self_check(
@@ -90,6 +95,15 @@ pub async fn world_with(encryption: Encryption, announce: bool) -> World {
 
 /// Everything but the ContextVM door: mint, relay, provider, tap.
 pub async fn prepare(encryption: Encryption, announce: bool) -> World {
+    prepare_with(encryption, announce, |_| {}).await
+}
+
+/// [`prepare`], with the config changed by `edit` first.
+pub async fn prepare_with(
+    encryption: Encryption,
+    announce: bool,
+    edit: impl FnOnce(&mut paygress::config::Config),
+) -> World {
     let mint = TestMint::start().await;
     let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -99,14 +113,15 @@ pub async fn prepare(encryption: Encryption, announce: bool) -> World {
     cfg.nostr.relays = vec![relay.url()];
     cfg.nostr.encryption = encryption;
     cfg.nostr.announce = announce;
-    let provider = Provider::open(cfg, Arc::new(FakeBackend::new()))
-        .await
-        .unwrap();
+    edit(&mut cfg);
+    let backend = Arc::new(FakeBackend::new());
+    let provider = Provider::open(cfg, backend.clone()).await.unwrap();
     let tap = Tap::start(&relay.url()).await;
     World {
         mint,
         relay,
         provider,
+        backend,
         tap,
         shutdown: CancellationToken::new(),
         dir,
