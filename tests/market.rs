@@ -793,3 +793,114 @@ async fn every_subcommand_has_help_and_usage_errors_exit_2() {
         assert!(!stderr(&out).is_empty(), "{args:?} explains itself");
     }
 }
+
+/// Send `req` from `from` to `to` as a NIP-17 gift wrap.
+async fn send_private(c: &Client, from: &Keys, to: PublicKey, req: Value) {
+    let wrap = EventBuilder::private_msg(from, to, req.to_string(), [])
+        .await
+        .unwrap();
+    c.send_event(&wrap).await.unwrap();
+}
+
+/// Wait for `keys`' answer to `request_id` from `provider` on the relay.
+async fn answer_to(c: &Client, keys: &Keys, provider: PublicKey, id: &str) -> ResponseEnvelope {
+    for _ in 0..240 {
+        let wraps = c
+            .fetch_events(
+                Filter::new().kind(Kind::GiftWrap).pubkey(keys.public_key()),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        for w in wraps {
+            if let Ok(g) = UnwrappedGift::from_gift_wrap(keys, &w).await {
+                if g.sender == provider {
+                    let r: ResponseEnvelope = serde_json::from_str(&g.rumor.content).unwrap();
+                    if r.request_id.as_deref() == Some(id) {
+                        return r;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("no answer to {id}");
+}
+
+/// The marketplace door, in process on a backend whose create is slow: a sender with
+/// `max_concurrent_per_sender` spawns in flight gets its next request (a top-up) refused with
+/// `resource_unavailable`, its token still spendable, while another sender is served.
+#[tokio::test]
+async fn a_sender_over_the_cap_is_refused_and_others_are_served() {
+    let w = common::cvm::prepare_with(paygress::config::Encryption::Required, false, |c| {
+        c.provider.max_concurrent_per_sender = 2;
+    })
+    .await;
+    let door = tokio::spawn(paygress::doors::nostr_dm::run(
+        w.provider.clone(),
+        vec![w.relay.url()],
+        Duration::from_secs(60),
+        w.shutdown.clone(),
+    ));
+    let provider = w.provider.keys().public_key();
+    let (a, b) = (Keys::generate(), Keys::generate());
+    let ca = Client::builder().signer(a.clone()).build();
+    ca.add_relay(w.relay.url()).await.unwrap();
+    ca.connect().await;
+    ca.wait_for_connection(Duration::from_secs(5)).await;
+    let spawn = |id: &str, t: String| json!({"type": "spawn", "request_id": id, "cashu_token": t, "ssh_username": "alice"});
+    send_private(&ca, &a, provider, spawn("p0", w.mint.token(100).await)).await;
+    let first = answer_to(&ca, &a, provider, "p0").await;
+    let pod = first.result.expect("a pod")["pod_npub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    w.backend.set_create_delay(Duration::from_secs(3));
+    send_private(&ca, &a, provider, spawn("p1", w.mint.token(100).await)).await;
+    send_private(&ca, &a, provider, spawn("p2", w.mint.token(100).await)).await;
+    for _ in 0..600 {
+        if *w.backend.creates.lock().unwrap() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        *w.backend.creates.lock().unwrap() >= 3,
+        "both spawns in flight"
+    );
+    let t = w.mint.token(50).await;
+    send_private(
+        &ca,
+        &a,
+        provider,
+        json!({"type": "topup", "request_id": "t1", "pod_npub": pod, "cashu_token": t}),
+    )
+    .await;
+    let cb = Client::builder().signer(b.clone()).build();
+    cb.add_relay(w.relay.url()).await.unwrap();
+    cb.connect().await;
+    cb.wait_for_connection(Duration::from_secs(5)).await;
+    let bob = json!({"type": "spawn", "request_id": "b1", "cashu_token": w.mint.token(100).await, "ssh_username": "bob"});
+    send_private(&cb, &b, provider, bob).await;
+
+    let refused = answer_to(&ca, &a, provider, "t1").await;
+    let e = refused.error.expect("refused");
+    assert_eq!(
+        e.error_type,
+        paygress::error::ErrorType::ResourceUnavailable,
+        "{e:?}"
+    );
+    assert!(e.refund_token.is_none(), "nothing was taken");
+    assert_eq!(w.mint.receive_fresh(&t).await.expect("untouched"), 50);
+    assert!(
+        answer_to(&cb, &b, provider, "b1").await.result.is_some(),
+        "another sender is served"
+    );
+    for id in ["p1", "p2"] {
+        let r = answer_to(&ca, &a, provider, id).await;
+        assert!(r.result.is_some(), "{id}: {:?}", r.error);
+    }
+    w.shutdown.cancel();
+    door.await.unwrap().unwrap();
+}
