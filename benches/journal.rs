@@ -43,6 +43,8 @@ fn workload(id: &str, now: u64) -> WorkloadRow {
         ssh_password: Secret::new("pw"),
         ssh_public_key: None,
         host_port: 0,
+        ssh_host: None,
+        ssh_port: None,
         owner: None,
         state: WorkloadStatus::Provisioning,
         created_at: now,
@@ -126,7 +128,7 @@ impl Side {
         let t = Instant::now();
         let port = self
             .store
-            .insert_workload_with_port(&workload(&id, now), 30_000, 30_999, 0, |_| true)
+            .insert_workload_with_port(&workload(&id, now), Some((30_000, 30_999)), 0, |_| true)
             .expect("reserve")
             .expect("a port");
         assert!(port >= 30_000);
@@ -138,7 +140,7 @@ impl Side {
             .mark_spawn_paid(&key, 100_000, &id, now + 1000, now)
             .expect("paid");
         self.store
-            .complete_spawn(&key, &id, now + 1000, "{}", now)
+            .complete_spawn(&key, &id, now + 1000, (None, 30_000), "{}", now)
             .expect("complete");
         self.spawn.push(t.elapsed());
         let t = Instant::now();

@@ -156,14 +156,14 @@ async fn ours(b: &LxdBackend, image: &str, round: usize) -> Result<Ours, String>
         ssh_username: USER.into(),
         ssh_password: Secret::new(pw.clone()),
         ssh_public_key: None,
-        host_port: free_port(),
+        host_port: Some(free_port()),
         expires_at: 4_000_000_000,
     };
     made(&name);
     let t0 = Instant::now();
     b.create(&spec).await.map_err(|e| format!("create: {e}"))?;
     let create = t0.elapsed();
-    let port = spec.host_port;
+    let port = spec.host_port.unwrap_or_default();
     tokio::task::spawn_blocking(move || ssh_until_login(port, &pw, Duration::from_secs(60)))
         .await
         .map_err(|e| e.to_string())??;

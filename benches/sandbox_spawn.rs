@@ -49,7 +49,7 @@ fn spec(name: &str) -> WorkloadSpec {
         ssh_username: "bench".into(),
         ssh_password: Secret::new("bench-password-1"),
         ssh_public_key: None,
-        host_port: free_port(),
+        host_port: Some(free_port()),
         expires_at: paygress::provider::now_secs() + 600,
     }
 }

@@ -524,6 +524,8 @@ impl Provider {
             ssh_password: password.clone(),
             ssh_public_key: public_key.clone(),
             host_port: 0,
+            ssh_host: None,
+            ssh_port: None,
             owner: caller.owner_key(),
             state: WorkloadStatus::Provisioning,
             created_at: now,
@@ -532,23 +534,19 @@ impl Provider {
             paid_msats: 0,
         };
         let p = &self.cfg.provider;
-        let mut port = self.store.insert_workload_with_port(
-            &row,
-            p.ssh_port_range_start,
-            p.ssh_port_range_end,
-            p.max_workloads,
-            port_is_free,
-        )?;
+        let ports = self
+            .backend
+            .host_port_from_core()
+            .then_some((p.ssh_port_range_start, p.ssh_port_range_end));
+        let mut port =
+            self.store
+                .insert_workload_with_port(&row, ports, p.max_workloads, port_is_free)?;
         // Grace is a courtesy, not a reservation: when a paying buyer finds no room, the pod
         // longest in its grace period (paid time over, stopped) is deleted to make it.
         if port.is_none() && self.evict_one_graced().await {
-            port = self.store.insert_workload_with_port(
-                &row,
-                p.ssh_port_range_start,
-                p.ssh_port_range_end,
-                p.max_workloads,
-                port_is_free,
-            )?;
+            port =
+                self.store
+                    .insert_workload_with_port(&row, ports, p.max_workloads, port_is_free)?;
         }
         let port = port.ok_or_else(|| {
                 ProviderError::new(
@@ -715,7 +713,7 @@ impl Provider {
             ssh_username: row.ssh_username.clone(),
             ssh_password: row.ssh_password.clone(),
             ssh_public_key: row.ssh_public_key.clone(),
-            host_port: row.host_port,
+            host_port: ports_reserved(&row),
             expires_at,
         };
         let spec_expires_at = expires_at;
@@ -730,21 +728,29 @@ impl Provider {
                 Err(BackendError::Api("the request was cancelled by the client".into()))
             }
         };
-        if let Err(e) = outcome {
-            let cancelled = cancel.is_cancelled();
-            tracing::warn!(pod = %row.id, "provisioning failed: {e}");
-            let err = ProviderError::new(
-                ErrorType::PodCreationFailed,
-                if cancelled {
-                    "the spawn was cancelled; the payment is refunded".to_string()
-                } else {
-                    backend_error_message(&e)
-                },
-            );
-            return self
-                .fail_spawn_after_swap(key, mint, received, &row, err)
-                .await;
-        }
+        let endpoint = match outcome {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                let cancelled = cancel.is_cancelled();
+                tracing::warn!(pod = %row.id, "provisioning failed: {e}");
+                let err = ProviderError::new(
+                    ErrorType::PodCreationFailed,
+                    if cancelled {
+                        "the spawn was cancelled; the payment is refunded".to_string()
+                    } else {
+                        backend_error_message(&e)
+                    },
+                );
+                return self
+                    .fail_spawn_after_swap(key, mint, received, &row, err)
+                    .await;
+            }
+        };
+        let row = WorkloadRow {
+            ssh_host: endpoint.host.clone(),
+            ssh_port: Some(endpoint.port),
+            ..row
+        };
 
         crate::crashpoint::hit("spawn_created");
         // 5. Done. Paid time starts now that the workload is ready, not at the swap.
@@ -757,12 +763,28 @@ impl Provider {
         }
         let result: Result<SpawnResult, ProviderError> =
             Ok(self.spawn_result(&row, &tier, expires_at, duration, received));
-        self.store
-            .complete_spawn(key, &row.id, expires_at, &to_stored(&result), ready)?;
+        self.store.complete_spawn(
+            key,
+            &row.id,
+            expires_at,
+            (row.ssh_host.as_deref(), endpoint.port),
+            &to_stored(&result),
+            ready,
+        )?;
         crate::crashpoint::hit("spawn_completed");
         report(&progress, SpawnStage::Ready);
-        tracing::info!(pod = %row.id, port = row.host_port, duration, "workload running");
+        tracing::info!(pod = %row.id, port = endpoint.port, duration, "workload running");
         result
+    }
+
+    /// Where buyers SSH to `row`: the backend's answer, else the provider's own host and the
+    /// port the core reserved.
+    fn endpoint_of(&self, row: &WorkloadRow) -> (String, u16) {
+        let host = row
+            .ssh_host
+            .clone()
+            .unwrap_or_else(|| self.cfg.provider.ssh_host.clone());
+        (host, row.ssh_port.unwrap_or(row.host_port))
     }
 
     fn spawn_result(
@@ -773,12 +795,12 @@ impl Provider {
         duration: u64,
         paid: u64,
     ) -> SpawnResult {
-        let host = self.cfg.provider.ssh_host.clone();
-        let ssh = format!("ssh -p {} {}@{}", row.host_port, row.ssh_username, host);
+        let (host, port) = self.endpoint_of(row);
+        let ssh = format!("ssh -p {} {}@{}", port, row.ssh_username, host);
         SpawnResult {
             pod_npub: row.id.clone(),
             host: host.clone(),
-            node_port: row.host_port,
+            node_port: port,
             ssh_username: row.ssh_username.clone(),
             ssh_password: row.ssh_password.clone(),
             expires_at: rfc3339(expires_at),
@@ -1156,7 +1178,13 @@ impl Provider {
         let new_expires = w.expires_at.max(now).saturating_add(added);
         let mut result = self.backend.extend(&w.name, new_expires).await;
         if result.is_ok() && w.state == WorkloadStatus::Expired {
-            result = self.backend.resume(&w.name).await;
+            result = match self.backend.resume(&w.name).await {
+                Ok(endpoint) => self
+                    .store
+                    .set_workload_endpoint(&w.id, endpoint.host.as_deref(), endpoint.port)
+                    .map_err(|e| BackendError::Api(format!("recording the endpoint: {e}"))),
+                Err(e) => Err(e),
+            };
         }
         if result.is_ok() {
             crate::crashpoint::hit("topup_extended");
@@ -1224,7 +1252,7 @@ impl Provider {
             w.state,
             WorkloadStatus::Running | WorkloadStatus::Expired | WorkloadStatus::Provisioning
         );
-        let host = self.cfg.provider.ssh_host.clone();
+        let (host, port) = self.endpoint_of(&w);
         Ok(PodStatus {
             pod_npub: w.id.clone(),
             state: w.state.as_str().to_string(),
@@ -1245,9 +1273,9 @@ impl Provider {
             image: w.image.clone(),
             paid_msats: w.paid_msats,
             access: (owner && live).then(|| Access {
-                ssh_command: format!("ssh -p {} {}@{}", w.host_port, w.ssh_username, host),
+                ssh_command: format!("ssh -p {} {}@{}", port, w.ssh_username, host),
                 host,
-                node_port: w.host_port,
+                node_port: port,
                 ssh_username: w.ssh_username.clone(),
                 ssh_password: w.ssh_password.clone(),
             }),
@@ -1259,6 +1287,11 @@ fn report(progress: &Option<Progress>, stage: SpawnStage) {
     if let Some(p) = progress {
         p(stage);
     }
+}
+
+/// The host port the core reserved for a workload's SSH forward, if it reserved one.
+fn ports_reserved(row: &WorkloadRow) -> Option<u16> {
+    (row.host_port > 0).then_some(row.host_port)
 }
 
 /// A host port is usable if nothing on the host listens on it right now.

@@ -225,7 +225,13 @@ pub struct WorkloadRow {
     pub ssh_username: String,
     pub ssh_password: Secret,
     pub ssh_public_key: Option<String>,
+    /// Host port the core reserved for the SSH forward; 0 when the backend chooses its own
+    /// endpoint (see `Backend::host_port_from_core`).
     pub host_port: u16,
+    /// Where buyers SSH to, as the backend answered; `None` until then, and for rows written
+    /// before endpoints were stored (those are `provider.ssh_host:host_port`).
+    pub ssh_host: Option<String>,
+    pub ssh_port: Option<u16>,
     /// Who may see access details (a Nostr pubkey hex), `None` for the local operator/stdio.
     pub owner: Option<String>,
     pub state: WorkloadStatus,
@@ -278,10 +284,12 @@ CREATE TABLE IF NOT EXISTS workloads (
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
     stopped_at INTEGER,
-    paid_msats INTEGER NOT NULL
+    paid_msats INTEGER NOT NULL,
+    ssh_host TEXT,
+    ssh_port INTEGER
 );
-CREATE UNIQUE INDEX IF NOT EXISTS workloads_live_port2 ON workloads(host_port)
-    WHERE state IN ('provisioning', 'running', 'expired', 'destroying');
+CREATE UNIQUE INDEX IF NOT EXISTS workloads_live_port3 ON workloads(host_port)
+    WHERE host_port > 0 AND state IN ('provisioning', 'running', 'expired', 'destroying');
 CREATE INDEX IF NOT EXISTS workloads_state_expires ON workloads(state, expires_at);
 CREATE INDEX IF NOT EXISTS workloads_state_stopped ON workloads(state, stopped_at);
 CREATE TABLE IF NOT EXISTS seen_events (
@@ -592,21 +600,29 @@ impl Store {
         })
     }
 
-    /// A spawn is done: the workload runs from `expires_at`'s start and the payment is
-    /// completed with its answer, together.
+    /// A spawn is done: the workload runs from `expires_at`'s start at the endpoint
+    /// `(ssh_host, ssh_port)`, and the payment is completed with its answer, together.
+    #[allow(clippy::too_many_arguments)]
     pub fn complete_spawn(
         &self,
         key: &str,
         pod_id: &str,
         expires_at: u64,
+        endpoint: (Option<&str>, u16),
         response: &str,
         now: u64,
     ) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
-                "UPDATE workloads SET state = 'running', expires_at = ?2 WHERE id = ?1",
-                params![pod_id, to_i64(expires_at)],
+                "UPDATE workloads SET state = 'running', expires_at = ?2, ssh_host = ?3,
+                    ssh_port = ?4 WHERE id = ?1",
+                params![
+                    pod_id,
+                    to_i64(expires_at),
+                    endpoint.0,
+                    i64::from(endpoint.1)
+                ],
             )?;
             tx.execute(
                 "UPDATE payments SET state = 'completed', pod_id = ?2, response = ?3, updated_at = ?4
@@ -621,34 +637,43 @@ impl Store {
     // ---- workloads --------------------------------------------------------------------------
 
     /// Insert a workload in `provisioning`, choosing the lowest free host port in
-    /// `start..=end` for which `port_ok` holds. `None` when no port is free.
+    /// `start..=end` for which `port_ok` holds (with `start..=end` empty, none: the row gets
+    /// port 0, for backends that choose their own endpoint). `None` when there is no room.
     pub fn insert_workload_with_port(
         &self,
         w: &WorkloadRow,
-        start: u16,
-        end: u16,
+        ports: Option<(u16, u16)>,
         max_live: u32,
         port_ok: impl Fn(u16) -> bool,
     ) -> Result<Option<u16>, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let used: std::collections::HashSet<u16> = {
+            let (live, used) = {
                 let mut stmt = tx.prepare(
                     "SELECT host_port FROM workloads
                      WHERE state IN ('provisioning', 'running', 'expired', 'destroying')",
                 )?;
                 let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+                let mut live = 0usize;
                 let mut set = std::collections::HashSet::new();
                 for r in rows {
+                    live += 1;
                     set.insert(u16::try_from(r?).unwrap_or(0));
                 }
-                set
+                (live, set)
             };
-            if max_live > 0 && used.len() >= max_live as usize {
+            if max_live > 0 && live >= max_live as usize {
                 return Ok(None);
             }
-            let Some(port) = (start..=end).find(|p| !used.contains(p) && port_ok(*p)) else {
-                return Ok(None);
+            let port = match ports {
+                Some((start, end)) => {
+                    let Some(port) = (start..=end).find(|p| !used.contains(p) && port_ok(*p))
+                    else {
+                        return Ok(None);
+                    };
+                    port
+                }
+                None => 0,
             };
             tx.execute(
                 "INSERT INTO workloads (id, name, tier_json, image, ssh_username, ssh_password,
@@ -672,6 +697,22 @@ impl Store {
             )?;
             tx.commit()?;
             Ok(Some(port))
+        })
+    }
+
+    /// Record where buyers SSH to a workload (after a resume that may have moved it).
+    pub fn set_workload_endpoint(
+        &self,
+        id: &str,
+        host: Option<&str>,
+        port: u16,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workloads SET ssh_host = ?2, ssh_port = ?3 WHERE id = ?1",
+                params![id, host, i64::from(port)],
+            )?;
+            Ok(())
         })
     }
 
@@ -832,8 +873,23 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
             cols.push(name?);
         }
     }
-    // The live-port index before `destroying` existed.
-    c.execute_batch("DROP INDEX IF EXISTS workloads_live_port")?;
+    // The live-port indexes before `destroying` existed, and before backends chose endpoints.
+    c.execute_batch(
+        "DROP INDEX IF EXISTS workloads_live_port; DROP INDEX IF EXISTS workloads_live_port2",
+    )?;
+    let mut wcols = Vec::new();
+    {
+        let mut stmt = c.prepare("PRAGMA table_info(workloads)")?;
+        for name in stmt.query_map([], |r| r.get::<_, String>(1))? {
+            wcols.push(name?);
+        }
+    }
+    if !wcols.iter().any(|n| n == "ssh_host") {
+        c.execute_batch(
+            "ALTER TABLE workloads ADD COLUMN ssh_host TEXT;
+             ALTER TABLE workloads ADD COLUMN ssh_port INTEGER;",
+        )?;
+    }
     if !cols.iter().any(|n| n == "attempts") {
         c.execute_batch("ALTER TABLE payments ADD COLUMN attempts TEXT")?;
     }
@@ -880,7 +936,8 @@ fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentRow
 }
 
 const WORKLOAD_SELECT: &str = "SELECT id, name, tier_json, image, ssh_username, ssh_password,
-    ssh_public_key, host_port, owner, state, created_at, expires_at, stopped_at, paid_msats FROM workloads";
+    ssh_public_key, host_port, owner, state, created_at, expires_at, stopped_at, paid_msats,
+    ssh_host, ssh_port FROM workloads";
 
 fn workload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkloadRow, StoreError>> {
     let tier_json: String = r.get(2)?;
@@ -903,6 +960,10 @@ fn workload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkloadR
         ssh_password: Secret::new(r.get::<_, String>(5)?),
         ssh_public_key: r.get(6)?,
         host_port: u16::try_from(port).unwrap_or(0),
+        ssh_host: r.get(14)?,
+        ssh_port: r
+            .get::<_, Option<i64>>(15)?
+            .and_then(|p| u16::try_from(p).ok()),
         owner: r.get(8)?,
         state,
         created_at: to_u64(r.get(10)?),
@@ -910,4 +971,62 @@ fn workload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkloadR
         stopped_at: r.get::<_, Option<i64>>(12)?.map(to_u64),
         paid_msats: to_u64(r.get(13)?),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data dir written before backends chose endpoints opens, keeps its rows, and lets
+    /// several live workloads share host port 0 (no reservation).
+    #[test]
+    fn a_journal_without_endpoints_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("paygress.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE workloads (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                    tier_json TEXT NOT NULL, image TEXT NOT NULL, ssh_username TEXT NOT NULL,
+                    ssh_password TEXT NOT NULL, ssh_public_key TEXT, host_port INTEGER NOT NULL,
+                    owner TEXT, state TEXT NOT NULL, created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL, stopped_at INTEGER, paid_msats INTEGER NOT NULL);
+                 CREATE UNIQUE INDEX workloads_live_port2 ON workloads(host_port)
+                    WHERE state IN ('provisioning', 'running', 'expired', 'destroying');
+                 INSERT INTO workloads VALUES ('old', 'pg-old', '{\"id\":\"t\",\"name\":\"T\",
+                    \"cpu_millicores\":500,\"memory_mb\":256,\"rate_msats_per_sec\":1}',
+                    'img', 'alice', 'pw', NULL, 30001, NULL, 'running', 1, 2, NULL, 3);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let old = s.workload("old").unwrap().unwrap();
+        assert_eq!(
+            (old.host_port, old.ssh_host.as_deref(), old.ssh_port),
+            (30001, None, None)
+        );
+        for i in 0..2 {
+            let row = WorkloadRow {
+                id: format!("new{i}"),
+                name: format!("pg-new{i}"),
+                ssh_host: None,
+                ssh_port: None,
+                host_port: 0,
+                state: WorkloadStatus::Provisioning,
+                ..old.clone()
+            };
+            assert_eq!(
+                s.insert_workload_with_port(&row, None, 0, |_| true)
+                    .unwrap(),
+                Some(0)
+            );
+            s.set_workload_endpoint(&row.id, Some("node"), 31000 + i)
+                .unwrap();
+        }
+        let n = s.workload("new1").unwrap().unwrap();
+        assert_eq!(
+            (n.ssh_host.as_deref(), n.ssh_port),
+            (Some("node"), Some(31001))
+        );
+    }
 }

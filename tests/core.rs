@@ -112,7 +112,7 @@ async fn a_valid_token_buys_floor_msats_over_rate_seconds() {
         .next()
         .cloned()
         .unwrap();
-    assert_eq!(held.spec.host_port, r.node_port);
+    assert_eq!(held.spec.host_port, Some(r.node_port));
     assert!(held.expires_at >= before + 142_857 && held.expires_at <= now_secs() + 142_857);
     // Buyer side: the token is spent.
     let again = e.mint.receive_fresh(&token).await;
@@ -656,7 +656,7 @@ async fn a_restart_readopts_live_workloads_removes_orphans_and_keeps_the_earning
         ssh_username: "x".into(),
         ssh_password: Secret::new("x"),
         ssh_public_key: None,
-        host_port: 1,
+        host_port: Some(1),
         expires_at: 0,
     });
     // Another provider's workload on the same host is left alone.
@@ -668,7 +668,7 @@ async fn a_restart_readopts_live_workloads_removes_orphans_and_keeps_the_earning
         ssh_username: "x".into(),
         ssh_password: Secret::new("x"),
         ssh_public_key: None,
-        host_port: 2,
+        host_port: Some(2),
         expires_at: 0,
     });
     let p2 = e.reopen().await;
@@ -1257,4 +1257,77 @@ async fn a_top_up_that_buys_no_time_after_fees_is_refunded() {
     );
     let w = p.store().workload(&pod.pod_npub).unwrap().unwrap();
     assert_eq!(w.paid_msats, pod.paid_msats, "nothing added");
+}
+
+/// Kubernetes and Proxmox choose where SSH lives (a NodePort, a guest address): the core
+/// reserves no host port for them, still counts workload slots, and tells buyers exactly the
+/// endpoint the backend answered, also after a resume moved it and after a restart.
+#[tokio::test]
+async fn a_backend_that_chooses_its_endpoint_is_what_buyers_are_told() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One port in the core's range: were the core reserving ports, the second spawn would fail.
+    let mut cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(1));
+    cfg.provider.max_workloads = 3;
+    let backend = Arc::new(FakeBackend::with_own_endpoints("127.0.0.9"));
+    let provider = Provider::open(cfg.clone(), backend.clone()).await.unwrap();
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        let r = spawn(&provider, req(&mint.token(100).await)).await.unwrap();
+        assert_eq!(r.host, "127.0.0.9");
+        assert!(r.node_port > 40_000, "{}", r.node_port);
+        let ssh = format!("ssh -p {} alice@127.0.0.9", r.node_port);
+        assert!(r.instructions.iter().any(|i| i.contains(&ssh)), "{r:?}");
+        pods.push(r);
+    }
+    assert!(backend
+        .workloads
+        .lock()
+        .unwrap()
+        .values()
+        .all(|h| h.spec.host_port.is_none()));
+    // Slots still count: the fourth buyer is refused before paying.
+    let t4 = mint.token(100).await;
+    let err = spawn(&provider, req(&t4)).await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::ResourceUnavailable);
+    assert_eq!(mint.receive_fresh(&t4).await.unwrap(), 100);
+
+    // Expiry, then a late top-up: the backend resumes it elsewhere, and status says where.
+    let first = &pods[0];
+    let name = backend
+        .workloads
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, h)| h.endpoint.port == first.node_port)
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    let expires = backend.get(&name).unwrap().expires_at;
+    provider.reap_at(expires).await;
+    provider
+        .top_up(TopUpRequest {
+            pod_npub: first.pod_npub.clone(),
+            cashu_token: Secret::new(mint.token(20).await),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let moved = first.node_port + 1000;
+    let status = |p: Arc<Provider>| {
+        let id = first.pod_npub.clone();
+        async move {
+            p.status(StatusRequest { pod_npub: id }, &Caller::Local)
+                .await
+                .unwrap()
+                .access
+                .unwrap()
+        }
+    };
+    let a = status(provider.clone()).await;
+    assert_eq!((a.host.as_str(), a.node_port), ("127.0.0.9", moved));
+    assert_eq!(a.ssh_command, format!("ssh -p {moved} alice@127.0.0.9"));
+    drop(provider);
+    let again = Provider::open(cfg, backend.clone()).await.unwrap();
+    let a = status(again).await;
+    assert_eq!((a.host.as_str(), a.node_port), ("127.0.0.9", moved));
 }

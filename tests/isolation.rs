@@ -626,7 +626,7 @@ async fn a_readopted_workload_keeps_outbound_access_and_its_filter() {
         ssh_username: "alice".into(),
         ssh_password: Secret::new("readopt-pass-1"),
         ssh_public_key: None,
-        host_port: common::free_port_block(1).0,
+        host_port: Some(common::free_port_block(1).0),
         expires_at: paygress::provider::now_secs() + 600,
     };
     b.create(&spec).await.expect("create");
@@ -634,7 +634,7 @@ async fn a_readopted_workload_keeps_outbound_access_and_its_filter() {
     let greet = format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{port}; head -n1 <&3'");
     let pw = "readopt-pass-1";
     assert_eq!(
-        ssh_password(spec.host_port, "alice", pw, &greet)
+        ssh_password(spec.host_port.unwrap(), "alice", pw, &greet)
             .await
             .unwrap()
             .trim(),
@@ -654,7 +654,7 @@ async fn a_readopted_workload_keeps_outbound_access_and_its_filter() {
         "re-adopted, not restarted"
     );
     assert_eq!(
-        ssh_password(spec.host_port, "alice", pw, &greet)
+        ssh_password(spec.host_port.unwrap(), "alice", pw, &greet)
             .await
             .unwrap()
             .trim(),
@@ -662,9 +662,14 @@ async fn a_readopted_workload_keeps_outbound_access_and_its_filter() {
     );
     let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let sp = service.local_addr().unwrap().port();
-    let out = ssh_password(spec.host_port, "alice", pw, &tcp_probe("127.0.0.1", sp))
-        .await
-        .unwrap();
+    let out = ssh_password(
+        spec.host_port.unwrap(),
+        "alice",
+        pw,
+        &tcp_probe("127.0.0.1", sp),
+    )
+    .await
+    .unwrap();
     assert_eq!(out.trim(), "closed");
     b.destroy(&spec.name).await.unwrap();
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paygress::backend::lxd::{LxdBackend, LxdConfig, KEY_EXPIRES_AT, KEY_PROVIDER};
-use paygress::backend::{Backend, BackendError, WorkloadSpec, WorkloadState};
+use paygress::backend::{Backend, BackendError, Endpoint, WorkloadSpec, WorkloadState};
 use paygress::config::Tier;
 use paygress::secret::Secret;
 
@@ -78,7 +78,7 @@ fn spec(
         ssh_username: "alice".into(),
         ssh_password: Secret::new(password),
         ssh_public_key: key,
-        host_port: free_port(),
+        host_port: Some(free_port()),
         expires_at: paygress::provider::now_secs() + 3600,
     }
 }
@@ -219,7 +219,7 @@ async fn a_workload_lives_its_whole_life_on_real_lxd() {
     eprintln!("create → SSH ready: {:?}", t.elapsed());
 
     // Ready means ready: the very first login works.
-    let out = ssh_password(s.host_port, "alice", &pw, LIMITS_CMD)
+    let out = ssh_password(s.host_port.unwrap(), "alice", &pw, LIMITS_CMD)
         .await
         .expect("password login");
     let (nproc, mem) = parse_limits(&out);
@@ -230,20 +230,25 @@ async fn a_workload_lives_its_whole_life_on_real_lxd() {
     );
     // The buyer is not root, and a wrong password is refused.
     assert_eq!(
-        ssh_password(s.host_port, "alice", &pw, "id -un")
+        ssh_password(s.host_port.unwrap(), "alice", &pw, "id -un")
             .await
             .unwrap()
             .trim(),
         "alice"
     );
-    assert!(ssh_password(s.host_port, "alice", "wrong-password", "true")
-        .await
-        .is_err());
+    assert!(
+        ssh_password(s.host_port.unwrap(), "alice", "wrong-password", "true")
+            .await
+            .is_err()
+    );
 
     // Inspect and list see it, with its port; another provider id sees nothing.
     let info = b.inspect(&n).await.unwrap().expect("exists");
     assert_eq!(info.state, WorkloadState::Running);
-    assert_eq!(info.host_port, Some(s.host_port));
+    assert_eq!(
+        info.endpoint,
+        Some(Endpoint::on_provider_host(s.host_port.unwrap()))
+    );
     let mine = b.list(&provider_id).await.unwrap();
     assert_eq!(
         mine.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
@@ -296,7 +301,7 @@ async fn a_workload_lives_its_whole_life_on_real_lxd() {
     b.resume(&n).await.unwrap();
     eprintln!("resume → SSH ready: {:?}", t.elapsed());
     assert_eq!(
-        ssh_password(s.host_port, "alice", &pw, "echo back")
+        ssh_password(s.host_port.unwrap(), "alice", &pw, "echo back")
             .await
             .unwrap()
             .trim(),
@@ -343,7 +348,7 @@ async fn key_login_and_a_two_cpu_tier() {
     );
 
     b.create(&s).await.expect("create");
-    let out = ssh_key(s.host_port, "alice", &key, LIMITS_CMD)
+    let out = ssh_key(s.host_port.unwrap(), "alice", &key, LIMITS_CMD)
         .await
         .expect("key login");
     let (nproc, mem) = parse_limits(&out);
@@ -357,7 +362,7 @@ async fn key_login_and_a_two_cpu_tier() {
     );
     // The key file is the user's, private, and the staging copy is gone.
     let perms = ssh_key(
-        s.host_port,
+        s.host_port.unwrap(),
         "alice",
         &key,
         "stat -c '%U %a' ~/.ssh ~/.ssh/authorized_keys",
@@ -393,10 +398,10 @@ async fn a_taken_port_is_capacity_and_leaves_nothing() {
     let n = name("port");
     let _guard = Cleanup::new(&[&n]);
     let s = spec(&n, "prov-port", tier(1000, 256), "secret-pw-port", None);
-    let listener = std::net::TcpListener::bind(("127.0.0.1", s.host_port)).unwrap();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", s.host_port.unwrap())).unwrap();
     let err = b.create(&s).await.unwrap_err();
     assert!(
-        matches!(err, BackendError::Capacity(ref m) if m.contains(&s.host_port.to_string())),
+        matches!(err, BackendError::Capacity(ref m) if m.contains(&s.host_port.unwrap().to_string())),
         "{err:?}"
     );
     assert!(!exists(&b, &n).await);
@@ -603,7 +608,7 @@ async fn the_https_transport_with_client_certificate_and_pinned_server() {
     b.create(&s).await.expect("create over HTTPS");
     eprintln!("create → SSH ready over HTTPS: {:?}", t.elapsed());
     assert_eq!(
-        ssh_password(s.host_port, "alice", &pw, "id -un")
+        ssh_password(s.host_port.unwrap(), "alice", &pw, "id -un")
             .await
             .unwrap()
             .trim(),
@@ -766,8 +771,11 @@ mod core {
         assert_eq!(lxd_deadline(&e.backend, &name).await, Some(expires));
         let info = e.backend.inspect(&name).await.unwrap().unwrap();
         assert_eq!(
-            (info.state, info.host_port),
-            (WorkloadState::Running, Some(r.node_port))
+            (info.state, info.endpoint),
+            (
+                WorkloadState::Running,
+                Some(Endpoint::on_provider_host(r.node_port))
+            )
         );
 
         // Top-up: +50 sats = +500 s, on the core and on the instance.
@@ -886,10 +894,10 @@ mod core {
         fn kind(&self) -> BackendKind {
             BackendKind::Lxd
         }
-        async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
+        async fn create(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError> {
             self.names.lock().unwrap().push(spec.name.clone());
-            let l =
-                std::net::TcpListener::bind(("127.0.0.1", spec.host_port)).expect("steal the port");
+            let l = std::net::TcpListener::bind(("127.0.0.1", spec.host_port.unwrap()))
+                .expect("steal the port");
             self.held.lock().unwrap().push(l);
             self.inner.create(spec).await
         }
@@ -899,7 +907,7 @@ mod core {
         async fn stop(&self, n: &str) -> Result<(), BackendError> {
             self.inner.stop(n).await
         }
-        async fn resume(&self, n: &str) -> Result<(), BackendError> {
+        async fn resume(&self, n: &str) -> Result<Endpoint, BackendError> {
             self.inner.resume(n).await
         }
         async fn destroy(&self, n: &str) -> Result<(), BackendError> {

@@ -50,7 +50,7 @@ fn spec(name: &str, password: &str) -> WorkloadSpec {
         ssh_username: "alice".into(),
         ssh_password: Secret::new(password),
         ssh_public_key: None,
-        host_port: free_port(),
+        host_port: Some(free_port()),
         expires_at: paygress::provider::now_secs() + 3600,
     }
 }
@@ -124,7 +124,7 @@ async fn an_lxd_workload_is_kept_from_the_host_and_other_tenants() {
     let (ra, rb) = tokio::join!(b.create(&sa), b.create(&sb));
     ra.expect("create a");
     rb.expect("create b");
-    let (pa, pb) = (sa.host_port, sb.host_port);
+    let (pa, pb) = (sa.host_port.unwrap(), sb.host_port.unwrap());
 
     // A service of the provider on the host's loopback.
     let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -276,7 +276,7 @@ async fn the_egress_acl_lets_outbound_through_and_refuses_what_it_denies() {
     let mut out = Err(String::new());
     // The container's DHCP lease may take a moment after SSH answers.
     for _ in 0..20 {
-        out = ssh_password(s.host_port, "alice", "lxd-net-pass-1", &greet).await;
+        out = ssh_password(s.host_port.unwrap(), "alice", "lxd-net-pass-1", &greet).await;
         if out.as_deref().map(str::trim) == Ok("hello-from-testnet") {
             break;
         }
@@ -292,7 +292,7 @@ async fn the_egress_acl_lets_outbound_through_and_refuses_what_it_denies() {
     .await
     .expect("LXD with a stricter ACL");
     let out = ssh_password(
-        s.host_port,
+        s.host_port.unwrap(),
         "alice",
         "lxd-net-pass-1",
         &tcp_probe(&host, port),
@@ -341,7 +341,7 @@ async fn a_tier_disk_size_is_enforced_on_the_default_pool() {
     b.create(&s).await.expect("create");
     // 1.5 GiB into the home of a 1 GiB disk: the write stops at the quota.
     let out = ssh_password(
-        s.host_port,
+        s.host_port.unwrap(),
         "alice",
         "lxd-disk-pass",
         "if dd if=/dev/zero of=$HOME/fill bs=1M count=1536 conv=fsync 2>/tmp/dd.err; \
@@ -361,7 +361,7 @@ async fn a_tier_disk_size_is_enforced_on_the_default_pool() {
     );
     // The tenant's disk stays usable after hitting the quota, and freeing space works.
     let out = ssh_password(
-        s.host_port,
+        s.host_port.unwrap(),
         "alice",
         "lxd-disk-pass",
         "rm -f $HOME/fill && echo freed",

@@ -24,7 +24,7 @@ use common::mint::TestMint;
 use paygress::api::{SpawnRequest, SpawnResult, StatusRequest, TopUpRequest};
 use paygress::backend::sandbox::{SandboxBackend, SandboxConfig, HOST_KEY_FILE};
 use paygress::backend::{
-    Backend, BackendError, BackendKind, WorkloadInfo, WorkloadSpec, WorkloadState,
+    Backend, BackendError, BackendKind, Endpoint, WorkloadInfo, WorkloadSpec, WorkloadState,
 };
 use paygress::config::{Config, Tier};
 use paygress::secret::Secret;
@@ -439,7 +439,7 @@ async fn a_restarted_provider_readopts_its_live_workload() {
         vec![WorkloadInfo {
             name: name.clone(),
             state: WorkloadState::Running,
-            host_port: Some(r.node_port)
+            endpoint: Some(Endpoint::on_provider_host(r.node_port))
         }]
     );
     fresh.destroy(&name).await.unwrap();
@@ -459,9 +459,10 @@ impl Backend for PortThief {
     fn kind(&self) -> BackendKind {
         BackendKind::Sandbox
     }
-    async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
+    async fn create(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError> {
         self.names.lock().unwrap().push(spec.name.clone());
-        let l = std::net::TcpListener::bind(("127.0.0.1", spec.host_port)).expect("steal the port");
+        let l = std::net::TcpListener::bind(("127.0.0.1", spec.host_port.unwrap()))
+            .expect("steal the port");
         self.held.lock().unwrap().push(l);
         self.inner.create(spec).await
     }
@@ -471,7 +472,7 @@ impl Backend for PortThief {
     async fn stop(&self, n: &str) -> Result<(), BackendError> {
         self.inner.stop(n).await
     }
-    async fn resume(&self, n: &str) -> Result<(), BackendError> {
+    async fn resume(&self, n: &str) -> Result<Endpoint, BackendError> {
         self.inner.resume(n).await
     }
     async fn destroy(&self, n: &str) -> Result<(), BackendError> {
@@ -540,7 +541,7 @@ fn spec(what: &str, provider_id: &str, port: u16) -> WorkloadSpec {
         ssh_username: "bob".into(),
         ssh_password: Secret::new("life-pass-123"),
         ssh_public_key: None,
-        host_port: port,
+        host_port: Some(port),
         expires_at: paygress::provider::now_secs() + 3600,
     }
 }

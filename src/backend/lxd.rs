@@ -85,7 +85,9 @@ use serde_json::{json, Map, Value};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
-use super::{Backend, BackendError, BackendKind, WorkloadInfo, WorkloadSpec, WorkloadState};
+use super::{
+    Backend, BackendError, BackendKind, Endpoint, WorkloadInfo, WorkloadSpec, WorkloadState,
+};
 
 mod egress;
 
@@ -845,7 +847,7 @@ fn create_body(
         SSH_DEVICE.into(),
         json!({
             "type": "proxy",
-            "listen": proxy_listen(&cfg.ssh_listen_address, spec.host_port),
+            "listen": proxy_listen(&cfg.ssh_listen_address, spec.host_port.unwrap_or_default()),
             "connect": "tcp:127.0.0.1:22",
             "bind": "host",
         }),
@@ -941,7 +943,7 @@ fn workload_info(instance: &Value) -> Option<WorkloadInfo> {
     Some(WorkloadInfo {
         name: name.to_string(),
         state: map_status(status),
-        host_port: ssh_port_of(instance),
+        endpoint: ssh_port_of(instance).map(Endpoint::on_provider_host),
     })
 }
 
@@ -1581,7 +1583,7 @@ impl LxdBackend {
         let start_op = self
             .state_change(name, json!({"action": "start"}))
             .await
-            .map_err(|e| map_start_error(&e, spec.host_port, "start"))?;
+            .map_err(|e| map_start_error(&e, spec.host_port.unwrap_or_default(), "start"))?;
 
         let t_start = Instant::now();
         let exec = user_exec_body(&spec.ssh_username, spec.ssh_password.expose());
@@ -1596,8 +1598,13 @@ impl LxdBackend {
                 )));
             }
             let user_ms = t_start.elapsed().as_millis() as u64;
-            let banner =
-                wait_for_ssh(&self.check_host, spec.host_port, Some(nonce), deadline).await?;
+            let banner = wait_for_ssh(
+                &self.check_host,
+                spec.host_port.unwrap_or_default(),
+                Some(nonce),
+                deadline,
+            )
+            .await?;
             tracing::debug!(
                 name,
                 user_ms,
@@ -1623,7 +1630,7 @@ impl LxdBackend {
             tokio::select! {
                 r = &mut started, if !start_ok => match r {
                     Ok(()) => start_ok = true,
-                    Err(e) => return Err(map_start_error(&e, spec.host_port, "start")),
+                    Err(e) => return Err(map_start_error(&e, spec.host_port.unwrap_or_default(), "start")),
                 },
                 r = &mut setup => match r {
                     Ok(b) => break b,
@@ -1631,7 +1638,7 @@ impl LxdBackend {
                         // A failed start explains a failed setup better (e.g. the port was taken).
                         if !start_ok {
                             if let Ok(Err(se)) = tokio::time::timeout(Duration::from_secs(5), &mut started).await {
-                                return Err(map_start_error(&se, spec.host_port, "start"));
+                                return Err(map_start_error(&se, spec.host_port.unwrap_or_default(), "start"));
                             }
                         }
                         return Err(e);
@@ -1643,7 +1650,7 @@ impl LxdBackend {
             // Without the nonce the banner proves nothing until LXD confirms the proxy device.
             started
                 .await
-                .map_err(|e| map_start_error(&e, spec.host_port, "start"))?;
+                .map_err(|e| map_start_error(&e, spec.host_port.unwrap_or_default(), "start"))?;
         }
         Ok(())
     }
@@ -1664,8 +1671,13 @@ impl Backend for LxdBackend {
             .unwrap_or_default()
     }
 
-    async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
+    async fn create(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError> {
         let t0 = Instant::now();
+        let Some(port) = spec.host_port else {
+            return Err(BackendError::Api(
+                "LXD needs a host port reserved by the core".into(),
+            ));
+        };
         if !is_valid_instance_name(&spec.name) {
             return Err(BackendError::Api(format!(
                 "invalid instance name {:?}",
@@ -1684,11 +1696,13 @@ impl Backend for LxdBackend {
         if self.local {
             // Cheap and precise: a taken port fails before anything is made.
             if let Ok(ip) = self.cfg.ssh_listen_address.parse::<std::net::IpAddr>() {
-                if let Err(e) = std::net::TcpListener::bind((ip, spec.host_port)) {
+                if let Err(e) =
+                    std::net::TcpListener::bind((ip, spec.host_port.unwrap_or_default()))
+                {
                     if e.kind() == std::io::ErrorKind::AddrInUse {
                         return Err(BackendError::Capacity(format!(
                             "host port {} is already in use",
-                            spec.host_port
+                            spec.host_port.unwrap_or_default()
                         )));
                     }
                 }
@@ -1724,7 +1738,7 @@ impl Backend for LxdBackend {
             // instance with this name that already exists is not ours to remove.
             Err(e) => {
                 return Err(scrub(
-                    map_create_error(&e, &spec.image, spec.host_port),
+                    map_create_error(&e, &spec.image, spec.host_port.unwrap_or_default()),
                     spec.ssh_password.expose(),
                 ))
             }
@@ -1735,13 +1749,17 @@ impl Backend for LxdBackend {
                 t_create = Instant::now();
                 self.provision(spec, &nonce).await
             }
-            Err(e) => Err(map_create_error(&e, &spec.image, spec.host_port)),
+            Err(e) => Err(map_create_error(
+                &e,
+                &spec.image,
+                spec.host_port.unwrap_or_default(),
+            )),
         };
         match result {
             Ok(()) => {
                 tracing::info!(
                     name = %spec.name,
-                    port = spec.host_port,
+                    port = spec.host_port.unwrap_or_default(),
                     create_ms = (t_create - t0).as_millis() as u64,
                     total_ms = t0.elapsed().as_millis() as u64,
                     "LXD instance ready for SSH"
@@ -1750,7 +1768,7 @@ impl Backend for LxdBackend {
                 if let Ok(mut m) = self.host_keys.lock() {
                     m.insert(spec.name.clone(), keys);
                 }
-                Ok(())
+                Ok(Endpoint::on_provider_host(port))
             }
             Err(e) => {
                 let e = scrub(e, spec.ssh_password.expose());
@@ -1831,7 +1849,7 @@ impl Backend for LxdBackend {
         }
     }
 
-    async fn resume(&self, name: &str) -> Result<(), BackendError> {
+    async fn resume(&self, name: &str) -> Result<Endpoint, BackendError> {
         if !is_valid_instance_name(name) {
             return Err(BackendError::NotFound(name.to_string()));
         }
@@ -1864,7 +1882,7 @@ impl Backend for LxdBackend {
             deadline,
         )
         .await
-        .map(|_| ())
+        .map(|_| Endpoint::on_provider_host(port))
     }
 
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
@@ -1929,7 +1947,7 @@ mod tests {
             ssh_username: "alice".into(),
             ssh_password: Secret::new("s3cret-pass"),
             ssh_public_key: None,
-            host_port: 30022,
+            host_port: Some(30022),
             expires_at: 1_900_000_000,
         }
     }
@@ -2057,7 +2075,7 @@ mod tests {
             Some(WorkloadInfo {
                 name: "pg-x".into(),
                 state: WorkloadState::Running,
-                host_port: Some(31000)
+                endpoint: Some(Endpoint::on_provider_host(31000))
             })
         );
         assert_eq!(config_value(&inst, KEY_PROVIDER), Some("p"));

@@ -1,13 +1,15 @@
 //! The one trait every compute backend implements.
 //!
 //! The provider core never knows which backend it drives: it asks for a workload to be created
-//! with a tier's limits, an image, login credentials and a host port, and later to have its
-//! deadline moved, to be stopped, resumed or destroyed. Keeping the trait this small is what lets
+//! with a tier's limits, an image and login credentials, and later to have its deadline moved, to
+//! be stopped, resumed or destroyed. The backend answers with the endpoint buyers SSH to: LXD and
+//! the sandbox forward a host port the core reserved for them, while Kubernetes gets a NodePort
+//! from its API server and Proxmox a guest address, so only the backend knows where SSH lives. Keeping the trait this small is what lets
 //! LXD, Proxmox, Kubernetes and the local sandbox stand behind the same money path, and lets tests
 //! put a double behind it that fails at any step.
 //!
 //! Contract every implementation keeps:
-//! - `create` returns only once SSH accepts connections on `spec.host_port`; if it fails at any
+//! - `create` returns only once SSH accepts connections on the endpoint it returns; if it fails at any
 //!   point it removes whatever it had made before returning the error (rollback), so a failed
 //!   create leaves nothing behind. The core still calls `destroy` afterwards as a safety net, so
 //!   `destroy` of something missing is not an error.
@@ -97,8 +99,9 @@ pub struct WorkloadSpec {
     pub ssh_password: Secret,
     /// One OpenSSH public key line, already validated, if the buyer gave one.
     pub ssh_public_key: Option<String>,
-    /// Host port that must forward to the workload's SSH daemon.
-    pub host_port: u16,
+    /// Host port the core reserved for the SSH forward: `Some` exactly when the backend's
+    /// [`Backend::host_port_from_core`] is true.
+    pub host_port: Option<u16>,
     /// Unix seconds when the paid time runs out.
     pub expires_at: u64,
 }
@@ -108,8 +111,23 @@ pub struct WorkloadSpec {
 pub struct WorkloadInfo {
     pub name: String,
     pub state: WorkloadState,
-    /// Host port of the SSH forward, when the backend knows it.
-    pub host_port: Option<u16>,
+    /// Where buyers SSH to, when the backend knows it.
+    pub endpoint: Option<Endpoint>,
+}
+
+/// Where buyers reach a workload's SSH daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Host name or address; `None` means the provider's own `provider.ssh_host`.
+    pub host: Option<String>,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// A port on the provider's own SSH host (what LXD and the sandbox forward).
+    pub fn on_provider_host(port: u16) -> Self {
+        Endpoint { host: None, port }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,9 +190,16 @@ pub trait Backend: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Create and start the workload; return once SSH accepts connections on the host port.
-    /// On failure, remove anything made and return the error.
-    async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError>;
+    /// Whether the core reserves a host port from `provider.ssh_port_range_*` for each workload
+    /// (passed as [`WorkloadSpec::host_port`]). Backends whose endpoints are chosen elsewhere (a
+    /// NodePort, a guest address) say `false`.
+    fn host_port_from_core(&self) -> bool {
+        true
+    }
+
+    /// Create and start the workload; return, once SSH accepts connections there, the endpoint
+    /// buyers SSH to. On failure, remove anything made and return the error.
+    async fn create(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError>;
 
     /// Record a new deadline (backends may store it as metadata; the core's reaper enforces it).
     async fn extend(&self, name: &str, expires_at: u64) -> Result<(), BackendError>;
@@ -182,8 +207,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Stop a workload whose time ran out, keeping its disk so a late top-up can resume it.
     async fn stop(&self, name: &str) -> Result<(), BackendError>;
 
-    /// Start a stopped workload again (after a late top-up); return once SSH answers.
-    async fn resume(&self, name: &str) -> Result<(), BackendError>;
+    /// Start a stopped workload again (after a late top-up); return, once SSH answers, the
+    /// endpoint buyers SSH to (it may differ from the one `create` gave).
+    async fn resume(&self, name: &str) -> Result<Endpoint, BackendError>;
 
     /// Remove the workload and everything it holds. Removing a missing workload is not an error.
     async fn destroy(&self, name: &str) -> Result<(), BackendError>;

@@ -87,7 +87,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 
-use super::{Backend, BackendError, BackendKind, WorkloadInfo, WorkloadSpec, WorkloadState};
+use super::{
+    Backend, BackendError, BackendKind, Endpoint, WorkloadInfo, WorkloadSpec, WorkloadState,
+};
 use auth::PasswordHash;
 use meta::Meta;
 
@@ -795,7 +797,7 @@ impl SandboxBackend {
             name: spec.name.clone(),
             provider_id: spec.provider_id.clone(),
             user: spec.ssh_username.clone(),
-            host_port: spec.host_port,
+            host_port: spec.host_port.unwrap_or_default(),
             expires_at: spec.expires_at,
             tier: spec.tier.clone(),
             image: spec.image.clone(),
@@ -917,8 +919,13 @@ impl Backend for SandboxBackend {
         BackendKind::Sandbox
     }
 
-    async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
+    async fn create(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError> {
         let t0 = Instant::now();
+        let Some(port) = spec.host_port else {
+            return Err(BackendError::Api(
+                "the sandbox needs a host port reserved by the core".into(),
+            ));
+        };
         if !is_valid_name(&spec.name) {
             return Err(BackendError::Api(format!(
                 "invalid workload name {:?}",
@@ -938,7 +945,7 @@ impl Backend for SandboxBackend {
         }
         // The port first: a taken one fails before anything is made, and holding it means no
         // one can take it between here and the SSH server.
-        let listener = self.bind(spec.host_port)?;
+        let listener = self.bind(port)?;
         let mut live = self.inner.live.lock().await;
         let dir = self.dir(&spec.name);
         if dir.exists() {
@@ -952,11 +959,11 @@ impl Backend for SandboxBackend {
                 live.insert(spec.name.clone(), l);
                 tracing::info!(
                     name = %spec.name,
-                    port = spec.host_port,
+                    port,
                     ms = t0.elapsed().as_millis() as u64,
                     "sandbox workload ready for SSH"
                 );
-                Ok(())
+                Ok(Endpoint::on_provider_host(port))
             }
             Err(e) => {
                 tracing::warn!(name = %spec.name, "sandbox create failed, rolling back: {e}");
@@ -1004,7 +1011,7 @@ impl Backend for SandboxBackend {
         Ok(())
     }
 
-    async fn resume(&self, name: &str) -> Result<(), BackendError> {
+    async fn resume(&self, name: &str) -> Result<Endpoint, BackendError> {
         if !is_valid_name(name) {
             return Err(BackendError::NotFound(name.to_string()));
         }
@@ -1012,7 +1019,7 @@ impl Backend for SandboxBackend {
         let dir = self.dir(name);
         let mut meta = Meta::load(&dir).ok_or_else(|| BackendError::NotFound(name.to_string()))?;
         if live.get(name).is_some_and(|l| l.init.alive()) {
-            return Ok(());
+            return Ok(Endpoint::on_provider_host(meta.host_port));
         }
         // Whatever is left of a previous run (a half-dead tree) goes first.
         self.kill(live.remove(name), Some(&meta)).await;
@@ -1020,7 +1027,7 @@ impl Backend for SandboxBackend {
         let l = self.start(&mut meta, listener).await?;
         live.insert(name.to_string(), l);
         tracing::info!(workload = %name, "sandbox workload resumed");
-        Ok(())
+        Ok(Endpoint::on_provider_host(meta.host_port))
     }
 
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
@@ -1084,7 +1091,7 @@ impl SandboxBackend {
             } else {
                 WorkloadState::Stopped
             },
-            host_port: Some(meta.host_port),
+            endpoint: Some(Endpoint::on_provider_host(meta.host_port)),
         }
     }
 }

@@ -88,9 +88,24 @@ impl Provider {
         // A paid spawn whose workload is actually up is finished, not refunded.
         if p.kind == PaymentKind::Spawn && p.state == PaymentState::Paid {
             if let Some(pod) = &p.pod_id {
-                if let Ok(Some(w)) = self.store.workload(pod) {
-                    let up = matches!(self.backend.inspect(&w.name).await, Ok(Some(ref i)) if i.state == WorkloadState::Running);
-                    if up && w.expires_at > now {
+                if let Ok(Some(mut w)) = self.store.workload(pod) {
+                    let seen = match self.backend.inspect(&w.name).await {
+                        Ok(Some(i)) if i.state == WorkloadState::Running => Some(i.endpoint),
+                        _ => None,
+                    };
+                    if let Some(endpoint) = seen.filter(|_| w.expires_at > now) {
+                        // Where the backend says SSH is; else where the core reserved it.
+                        if let Some(e) = endpoint {
+                            w.ssh_host = e.host;
+                            w.ssh_port = Some(e.port);
+                        } else if w.host_port > 0 {
+                            w.ssh_port = Some(w.host_port);
+                        }
+                        if let Some(port) = w.ssh_port {
+                            let _ =
+                                self.store
+                                    .set_workload_endpoint(pod, w.ssh_host.as_deref(), port);
+                        }
                         let duration = w.expires_at.saturating_sub(w.created_at);
                         let r: Result<SpawnResult, ProviderError> =
                             Ok(self.spawn_result(&w, &w.tier, w.expires_at, duration, received));

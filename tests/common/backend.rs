@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use paygress::backend::{
-    Backend, BackendError, BackendKind, WorkloadInfo, WorkloadSpec, WorkloadState,
+    Backend, BackendError, BackendKind, Endpoint, WorkloadInfo, WorkloadSpec, WorkloadState,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +25,7 @@ pub struct Held {
     pub state: WorkloadState,
     pub expires_at: u64,
     pub provider_id: String,
+    pub endpoint: Endpoint,
 }
 
 #[derive(Default)]
@@ -34,6 +35,9 @@ pub struct FakeBackend {
     create_delay: Mutex<Duration>,
     pub creates: Mutex<u32>,
     key_types: Option<&'static [&'static str]>,
+    /// Set: the backend chooses endpoints on this host itself (like a NodePort or a guest
+    /// address), and a resume moves the workload to a new port.
+    own_endpoints: Option<String>,
 }
 
 impl FakeBackend {
@@ -45,6 +49,14 @@ impl FakeBackend {
     pub fn with_key_types(types: &'static [&'static str]) -> Self {
         FakeBackend {
             key_types: Some(types),
+            ..Self::default()
+        }
+    }
+
+    /// A backend that chooses its own endpoints on `host` (the core reserves no host port).
+    pub fn with_own_endpoints(host: &str) -> Self {
+        FakeBackend {
+            own_endpoints: Some(host.to_string()),
             ..Self::default()
         }
     }
@@ -72,6 +84,7 @@ impl FakeBackend {
     /// Put a workload on the "backend" that the provider does not know (an orphan).
     pub fn plant(&self, spec: WorkloadSpec) {
         let held = Held {
+            endpoint: Endpoint::on_provider_host(spec.host_port.unwrap_or_default()),
             expires_at: spec.expires_at,
             provider_id: spec.provider_id.clone(),
             state: WorkloadState::Running,
@@ -102,18 +115,39 @@ impl Backend for FakeBackend {
         self.key_types.unwrap_or(paygress::validate::KEY_TYPES)
     }
 
-    async fn create(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
-        *self.creates.lock().unwrap() += 1;
+    fn host_port_from_core(&self) -> bool {
+        self.own_endpoints.is_none()
+    }
+
+    async fn create(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError> {
+        let n = {
+            let mut c = self.creates.lock().unwrap();
+            *c += 1;
+            *c
+        };
         let delay = *self.create_delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         self.check(Step::Create)?;
+        let endpoint = match (&self.own_endpoints, spec.host_port) {
+            (Some(host), None) => Endpoint {
+                host: Some(host.clone()),
+                port: 40_000 + u16::try_from(n).unwrap_or(0),
+            },
+            (None, Some(port)) => Endpoint::on_provider_host(port),
+            (own, port) => {
+                return Err(BackendError::Api(format!(
+                    "the core reserved {port:?} but the backend chooses its own: {}",
+                    own.is_some()
+                )))
+            }
+        };
         let mut w = self.workloads.lock().unwrap();
-        if w.values().any(|h| h.spec.host_port == spec.host_port) {
+        if w.values().any(|h| h.endpoint == endpoint) {
             return Err(BackendError::Capacity(format!(
                 "port {} taken",
-                spec.host_port
+                endpoint.port
             )));
         }
         w.insert(
@@ -123,9 +157,10 @@ impl Backend for FakeBackend {
                 state: WorkloadState::Running,
                 expires_at: spec.expires_at,
                 provider_id: spec.provider_id.clone(),
+                endpoint: endpoint.clone(),
             },
         );
-        Ok(())
+        Ok(endpoint)
     }
 
     async fn extend(&self, name: &str, expires_at: u64) -> Result<(), BackendError> {
@@ -148,14 +183,17 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    async fn resume(&self, name: &str) -> Result<(), BackendError> {
+    async fn resume(&self, name: &str) -> Result<Endpoint, BackendError> {
         self.check(Step::Resume)?;
         let mut w = self.workloads.lock().unwrap();
         let h = w
             .get_mut(name)
             .ok_or_else(|| BackendError::NotFound(name.into()))?;
         h.state = WorkloadState::Running;
-        Ok(())
+        if self.own_endpoints.is_some() {
+            h.endpoint.port = h.endpoint.port.saturating_add(1000);
+        }
+        Ok(h.endpoint.clone())
     }
 
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
@@ -173,7 +211,7 @@ impl Backend for FakeBackend {
             .map(|h| WorkloadInfo {
                 name: name.to_string(),
                 state: h.state,
-                host_port: Some(h.spec.host_port),
+                endpoint: Some(h.endpoint.clone()),
             }))
     }
 
@@ -188,7 +226,7 @@ impl Backend for FakeBackend {
             .map(|h| WorkloadInfo {
                 name: h.spec.name.clone(),
                 state: h.state,
-                host_port: Some(h.spec.host_port),
+                endpoint: Some(h.endpoint.clone()),
             })
             .collect())
     }
