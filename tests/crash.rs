@@ -339,3 +339,58 @@ async fn a_persistent_write_failure_after_the_swap_ends_in_a_full_refund() {
     assert!(failures > 2, "retried before giving up");
     assert!(b["refund_token"].as_str().is_some(), "{b}");
 }
+
+/// The same for a top-up: the pod is bought normally, then the journal write after the top-up's
+/// swap fails `count` times. A transient failure extends the pod; a persistent one refunds the
+/// top-up in full and leaves the deadline where it was. The books balance either way.
+async fn top_up_write_fails(count: u32) -> (Value, Value, Value, usize) {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &mint.url);
+    let (t1, t2) = (mint.token(1000).await, mint.token(500).await);
+    let log = dir.path().join("server.log");
+    let fault = format!("topup_paid:{count}");
+    let s = start_with(&cfg, None, Some(&fault), Some(&log)).await;
+    let spawn = json!({"cashu_token": t1, "ssh_username": "alice", "request_id": "tu-spawn"});
+    let spawned = body(&call(&s, "spawn_pod", spawn).await.expect("a spawn answer"));
+    let pod = spawned["pod_npub"].as_str().expect("a pod").to_string();
+    let up = json!({"pod_npub": pod, "cashu_token": t2, "request_id": "tu-1"});
+    let r = call(&s, "topup_pod", up).await.expect("a top-up answer");
+    let b = body(&r);
+    let mut refunds = vec![];
+    if r.is_error == Some(true) {
+        refunds.push(b["refund_token"].as_str().expect("a refund").to_string());
+        assert_eq!(b["details"]["refunded_msats"], 500_000, "{b}");
+    }
+    let status = body(
+        &call(&s, "get_pod_status", json!({"pod_npub": pod}))
+            .await
+            .expect("a status"),
+    );
+    s.cancel().await.unwrap();
+    let earnings = finish(dir.path(), &mint.url).await;
+    books(&mint, 1500, earnings, &refunds, &[t1, t2]).await;
+    let failures = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("journal write after a swap failed")
+        .count();
+    (spawned, b, status, failures)
+}
+
+#[tokio::test]
+async fn a_transient_write_failure_after_a_top_up_swap_is_retried_and_the_pod_extended() {
+    let (spawned, b, status, failures) = top_up_write_fails(2).await;
+    assert_eq!(failures, 2, "the write failed twice, then held");
+    assert_eq!(b["paid_msats"], 500_000, "{b}");
+    assert_eq!(status["expires_at"], b["new_expires_at"], "{status}");
+    assert_ne!(status["expires_at"], spawned["expires_at"], "{status}");
+}
+
+#[tokio::test]
+async fn a_persistent_write_failure_after_a_top_up_swap_ends_in_a_full_refund() {
+    let (spawned, b, status, failures) = top_up_write_fails(1000).await;
+    assert!(failures > 2, "retried before giving up");
+    assert!(b["refund_token"].as_str().is_some(), "{b}");
+    assert_eq!(status["expires_at"], spawned["expires_at"], "{status}");
+    assert_eq!(status["paid_msats"], 1_000_000, "{status}");
+}
