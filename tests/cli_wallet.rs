@@ -117,3 +117,52 @@ fn a_bad_config_names_the_key_and_exits_with_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tiers[0].cpu_millicores"));
 }
+
+/// A withdrawal spends the earnings' proofs, so it waits for the provider to stop: while one
+/// runs on the data dir, `withdraw` exits non-zero naming it and takes nothing; `balance` only
+/// reads and still answers. Once the provider stops, the same withdrawal works.
+#[tokio::test]
+async fn a_withdrawal_while_the_provider_runs_is_refused_and_takes_nothing() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(3));
+    let cfg_file = dir.path().join("paygress.toml");
+    std::fs::write(&cfg_file, toml::to_string(&cfg).unwrap()).unwrap();
+    let f = cfg_file.to_str().unwrap();
+    let p = Provider::open(cfg.clone(), Arc::new(FakeBackend::new()))
+        .await
+        .unwrap();
+    p.spawn(
+        SpawnRequest {
+            cashu_token: Secret::new(mint.token(100).await),
+            ssh_username: "alice".into(),
+            ..Default::default()
+        },
+        Caller::Local,
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let out = cli_async(&["wallet", "withdraw", "--config", f, "--amount", "40"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(out.stdout.is_empty(), "no token printed");
+    assert!(
+        err.contains("in use by another paygress process")
+            && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    let out = cli_async(&["wallet", "balance", "--config", f, "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total_sats"], 100, "nothing was taken");
+    drop(p);
+    let out = cli_async(&["wallet", "withdraw", "--config", f, "--amount", "40"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(mint.receive_fresh(token.trim()).await.unwrap(), 40);
+}

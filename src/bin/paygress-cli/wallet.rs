@@ -72,12 +72,27 @@ pub enum WalletCommand {
     },
 }
 
-async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
+/// The provider's earnings wallets. `exclusive` takes the data dir's lock first: a withdrawal
+/// spends proofs, and a running provider spending the same ones for a refund would make one of
+/// the two fail half-way, so it waits for the provider to be stopped. A balance only reads.
+async fn open_payments(
+    config: Option<PathBuf>,
+    exclusive: bool,
+) -> Result<(Payments, Option<paygress::datadir_lock::DataDirLock>), i32> {
     let cfg = app::load_config(config).map_err(|e| {
         eprintln!("paygress-cli: {e}");
         exit::USAGE
     })?;
-    Payments::open(
+    let lock = match exclusive {
+        true => Some(
+            paygress::datadir_lock::DataDirLock::acquire(&cfg.provider.data_dir).map_err(|e| {
+                eprintln!("paygress-cli: {e}");
+                exit::PROVIDER
+            })?,
+        ),
+        false => None,
+    };
+    let payments = Payments::open(
         &cfg.provider.data_dir,
         &cfg.payments.whitelisted_mints,
         std::time::Duration::from_secs(cfg.payments.mint_timeout_seconds),
@@ -86,7 +101,8 @@ async fn open_payments(config: Option<PathBuf>) -> Result<Payments, i32> {
     .map_err(|e| {
         eprintln!("paygress-cli: {e}");
         exit::PROVIDER
-    })
+    })?;
+    Ok((payments, lock))
 }
 
 pub async fn run(cmd: WalletCommand) -> i32 {
@@ -103,8 +119,8 @@ pub async fn run(cmd: WalletCommand) -> i32 {
             crate::buyer_wallet::balance(json).await
         }
         WalletCommand::Balance { config, json } => {
-            let payments = match open_payments(config).await {
-                Ok(p) => p,
+            let payments = match open_payments(config, false).await {
+                Ok((p, _)) => p,
                 Err(code) => return code,
             };
             match payments.balances().await {
@@ -142,7 +158,7 @@ pub async fn run(cmd: WalletCommand) -> i32 {
             amount,
             mint,
         } => {
-            let payments = match open_payments(config).await {
+            let (payments, _lock) = match open_payments(config, true).await {
                 Ok(p) => p,
                 Err(code) => return code,
             };
