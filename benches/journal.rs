@@ -72,6 +72,7 @@ fn payment(key: &str, pod: &str, now: u64) -> PaymentRow {
         attempts: Vec::new(),
         in_flight_until: 0,
         refund_op: None,
+        refund_reason: None,
     }
 }
 

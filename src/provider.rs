@@ -127,7 +127,7 @@ enum Replayed<T> {
     /// The answer to give.
     Answer(Result<T, ProviderError>),
     /// The same request, whose swap outcome is still unknown: settle it now.
-    Unknown(PaymentRow),
+    Unknown(Box<PaymentRow>),
 }
 
 pub struct Provider {
@@ -488,7 +488,7 @@ impl Provider {
                 let (p, c) = (progress.clone(), cancel.clone());
                 let task = tokio::spawn(async move {
                     let _guard: OwnedMutexGuard<()> = guard;
-                    this.resume_unknown_spawn(row, p, c).await
+                    this.resume_unknown_spawn(*row, p, c).await
                 });
                 let r = task.await.unwrap_or_else(|e| {
                     Err(ProviderError::internal(format!("spawn task failed: {e}")))
@@ -985,7 +985,7 @@ impl Provider {
         match (&row.state, &row.response) {
             (_, Some(resp)) if !resp.is_empty() => answer(from_stored(resp)),
             (PaymentState::Unknown | PaymentState::RefundPending, _) => {
-                Ok(Some(Replayed::Unknown(row)))
+                Ok(Some(Replayed::Unknown(Box::new(row))))
             }
             _ => answer(Err(ProviderError::new(
                 ErrorType::PaymentFailed,
@@ -1025,7 +1025,7 @@ impl Provider {
                 let this = Arc::clone(self);
                 let task = tokio::spawn(async move {
                     let _guard = guard;
-                    this.resume_unknown_top_up(row).await
+                    this.resume_unknown_top_up(*row).await
                 });
                 return task.await.unwrap_or_else(|e| {
                     Err(ProviderError::internal(format!("top-up task failed: {e}")))

@@ -125,6 +125,10 @@ pub struct PaymentRow {
     pub in_flight_until: u64,
     /// The wallet operation minting this payment's refund, journalled before the token is made.
     pub refund_op: Option<String>,
+    /// Why this payment is being refunded (the error body without its token, JSON), journalled
+    /// when the refund starts so a refund finished after a restart gives the buyer the same
+    /// reason the first answer would have.
+    pub refund_reason: Option<String>,
 }
 
 impl PaymentRow {
@@ -157,6 +161,7 @@ impl PaymentRow {
             attempts: Vec::new(),
             in_flight_until: 0,
             refund_op: None,
+            refund_reason: None,
         }
     }
 }
@@ -267,7 +272,8 @@ CREATE TABLE IF NOT EXISTS payments (
     updated_at INTEGER NOT NULL,
     attempts TEXT,
     in_flight_until INTEGER NOT NULL DEFAULT 0,
-    refund_op TEXT
+    refund_op TEXT,
+    refund_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS payments_state ON payments(state);
 CREATE TABLE IF NOT EXISTS workloads (
@@ -505,6 +511,17 @@ impl Store {
     }
 
     /// A refund for this payment is being minted by wallet operation `op`.
+    /// Journal why a payment is refunded; the first reason stays.
+    pub fn set_refund_reason(&self, key: &str, reason: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE payments SET refund_reason = ?2 WHERE key = ?1 AND refund_reason IS NULL",
+                params![key, reason],
+            )?;
+            Ok(())
+        })
+    }
+
     pub fn set_refund_op(&self, key: &str, op: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
@@ -862,7 +879,7 @@ impl Store {
 const PAYMENT_SELECT: &str =
     "SELECT key, kind, fingerprint, request_id, pod_id, mint_url, face_msats,
     received_msats, state, token, refund_token, response, created_at, attempts, in_flight_until,
-    refund_op FROM payments";
+    refund_op, refund_reason FROM payments";
 
 /// Bring a journal written by an older version up to the current schema.
 fn migrate(c: &Connection) -> Result<(), StoreError> {
@@ -895,6 +912,9 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
     }
     if !cols.iter().any(|n| n == "refund_op") {
         c.execute_batch("ALTER TABLE payments ADD COLUMN refund_op TEXT")?;
+    }
+    if !cols.iter().any(|n| n == "refund_reason") {
+        c.execute_batch("ALTER TABLE payments ADD COLUMN refund_reason TEXT")?;
     }
     if !cols.iter().any(|n| n == "in_flight_until") {
         c.execute_batch(
@@ -932,6 +952,7 @@ fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentRow
             .unwrap_or_default(),
         in_flight_until: to_u64(r.get(14)?),
         refund_op: r.get(15)?,
+        refund_reason: r.get(16)?,
     }))
 }
 

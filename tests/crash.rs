@@ -264,8 +264,12 @@ async fn refund_crash(step: &str) {
     let r = call(&s, "spawn_pod", args.clone()).await.expect("answer");
     let b = body(&r);
     assert_eq!(r.is_error, Some(true));
-    // The original error was not journalled before the crash: the restart refunds it.
-    assert_eq!(b["error_type"], "pod_creation_failed", "{step}");
+    // The refund's reason was journalled before the crash: the buyer hears the same one.
+    assert_eq!(b["error_type"], "insufficient_payment", "{step}: {b}");
+    assert!(
+        b["message"].as_str().unwrap_or("").contains("minimum"),
+        "{step}: {b}"
+    );
     let refund = b["refund_token"].as_str().expect("the refund").to_string();
     let again = body(&call(&s, "spawn_pod", args).await.expect("answer"));
     assert_eq!(

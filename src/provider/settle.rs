@@ -172,14 +172,16 @@ impl Provider {
 
     /// Retry a refund that could not be minted before (replays and the background loop).
     pub(super) async fn retry_refund<T: Serialize>(&self, row: &PaymentRow) -> ProviderError {
-        let err = ProviderError::new(
-            if row.kind == PaymentKind::Spawn {
-                ErrorType::PodCreationFailed
-            } else {
-                ErrorType::PaymentFailed
-            },
-            "this request failed after payment; the payment is refunded",
-        );
+        let err = journalled_refund_reason(row).unwrap_or_else(|| {
+            ProviderError::new(
+                if row.kind == PaymentKind::Spawn {
+                    ErrorType::PodCreationFailed
+                } else {
+                    ErrorType::PaymentFailed
+                },
+                "this request failed after payment; the payment is refunded",
+            )
+        });
         let mint = match self.payments.mint(&row.mint_url) {
             Ok(m) => m,
             Err(e) => return e,
@@ -244,6 +246,16 @@ impl Provider {
         err: ProviderError,
     ) -> ProviderError {
         let now = now_secs();
+        // The reason first, so a refund finished after a crash still says why.
+        let reason = ProviderError {
+            refund_token: None,
+            ..err.clone()
+        };
+        if let Ok(json) = serde_json::to_string(&reason) {
+            if let Err(e) = self.store.set_refund_reason(key, &json) {
+                tracing::warn!("refund reason not journalled: {e}");
+            }
+        }
         // Cashu moves whole sats: what is under 1 sat cannot be returned. Say so.
         let refundable = received - received % 1000;
         let kept = received % 1000;
@@ -348,4 +360,11 @@ impl Provider {
             }
         }
     }
+}
+
+/// The reason journalled when `row`'s refund started, if any (see `refund_and_record`).
+pub(super) fn journalled_refund_reason(row: &PaymentRow) -> Option<ProviderError> {
+    row.refund_reason
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
 }
