@@ -197,6 +197,21 @@ async fn the_402_flow_pays_spawns_logs_in_and_replays_the_first_answer() {
     .await;
     assert_eq!(st, StatusCode::CREATED);
     assert_eq!(again, first);
+    // The same proofs in the other encoding (cashuA, as older wallets send): the same proofs,
+    // so the same payment and the same first answer, owner token included.
+    let v3 = cdk::nuts::Token::from_str(&token).unwrap().to_v3_string();
+    assert!(v3.starts_with("cashuA") && token.starts_with("cashuB"));
+    let (st, _, reencoded) = json_of(
+        c.post(format!("{}/pods", e.base))
+            .header("X-Cashu", &v3)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{reencoded}");
+    assert_eq!(reencoded, first);
     // The same token for a different request is a replay conflict: 409, nothing new.
     let (st, _, conflict) = json_of(
         c.post(format!("{}/pods", e.base))

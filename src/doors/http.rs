@@ -610,13 +610,19 @@ fn owner_caller(owner_token: &str) -> Caller {
     Caller::Nostr(format!("http-{}", hex::encode(h.finalize())))
 }
 
-/// An owner token derived from the payment, so a replay gets the same one.
-fn derived_owner_token(key: &[u8; 32], token: &Secret) -> String {
+/// An owner token derived from the payment, so a replay gets the same one. It is derived from
+/// the payment's proofs (the core's payment key), not the token's text: the same proofs
+/// re-encoded (cashuA, cashuB) are the same payment and get the same first answer.
+fn derived_owner_token(key: &[u8; 32], provider: &Provider, token: &Secret) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
         // HMAC takes keys of any length; kept total all the same.
         return format!("{OWNER_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
     };
-    mac.update(token.expose().trim().as_bytes());
+    match provider.payments().inspect(token.expose()) {
+        Ok(info) => mac.update(info.key.as_bytes()),
+        // The core refuses this token with its own typed error; the owner token is never seen.
+        Err(_) => mac.update(token.expose().trim().as_bytes()),
+    }
     format!("{OWNER_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
 }
 
@@ -701,7 +707,7 @@ async fn spawn(
             ),
         ));
     };
-    let owner_token = owner.unwrap_or_else(|| derived_owner_token(&door.owner_key, &token));
+    let owner_token = owner.unwrap_or_else(|| derived_owner_token(&door.owner_key, p, &token));
     let caller = owner_caller(&owner_token);
     let core_req = SpawnRequest {
         cashu_token: token,
