@@ -500,3 +500,68 @@ async fn a_sender_over_the_cap_is_refused_at_the_door_and_others_are_served() {
         assert!(body(&s)["pod_npub"].as_str().is_some(), "{:?}", body(&s));
     }
 }
+
+/// Whom a ContextVM event is addressed to (its `p` tag).
+fn addressee(e: &Event) -> Option<PublicKey> {
+    e.tags.iter().find_map(|t| match t.as_standardized() {
+        Some(TagStandard::PublicKey { public_key, .. }) => Some(*public_key),
+        _ => None,
+    })
+}
+
+/// One buyer's spawn reaches no other client: another client connected to the same provider at
+/// the same time receives nothing of it (not a progress token, not the timing of someone else's
+/// purchase). contextvm-sdk 0.2 broadcasts server notifications to every client, so the door
+/// sends no progress over ContextVM; before it did, the bystander got all four. In clear, so
+/// the tap reads every event; as a control, the buyer's own answer is seen addressed to it.
+#[tokio::test]
+async fn another_buyers_spawn_sends_nothing_to_a_bystander() {
+    let w = world(Encryption::Disabled).await;
+    let bystander = Keys::generate();
+    let b = rust_client(&w, bystander.clone(), EncryptionMode::Disabled).await;
+    assert_eq!(b.list_all_tools().await.unwrap().len(), 4);
+
+    let buyer = common::cvm::Raw::start(&w, Keys::generate()).await;
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    assert!(buyer.ask(init).await.is_some(), "initialize answered");
+    buyer
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .await;
+    let token = w.mint.token(100).await;
+    let spawn = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "spawn_pod",
+        "arguments": {"cashu_token": token, "ssh_username": "alice", "request_id": "progress-1"},
+        "_meta": {"progressToken": "buyer-progress-7"}}});
+    let answer = buyer.ask(&spawn.to_string()).await.expect("spawn answered");
+    assert!(
+        answer["result"]["structuredContent"]["pod_npub"].is_string(),
+        "{answer}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let to = |who: PublicKey, what: &str| {
+        w.tap
+            .snapshot()
+            .into_iter()
+            .filter(|e| addressee(e) == Some(who) && e.content.contains(what))
+            .count()
+    };
+    assert!(
+        to(buyer.keys.public_key(), "pod_npub") >= 1,
+        "the tap sees the buyer's answer"
+    );
+    assert_eq!(
+        to(bystander.public_key(), "notifications/progress"),
+        0,
+        "another client got someone else's progress"
+    );
+    let since_spawn = w
+        .tap
+        .snapshot()
+        .into_iter()
+        .filter(|e| addressee(e) == Some(bystander.public_key()))
+        .filter(|e| !e.content.contains("\"tools\"") && !e.content.contains("protocolVersion"))
+        .count();
+    assert_eq!(since_spawn, 0, "the bystander got only its own answers");
+    let _ = b.cancel().await;
+}

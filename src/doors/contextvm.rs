@@ -131,12 +131,16 @@ pub async fn transport(
 /// the door for every client. So the session starts without the handshake; each client's own
 /// `initialize` is answered as an ordinary request (the SDK supplies one for clients that skip
 /// it), and anything else is answered or ignored as MCP says, per message.
+///
+/// The SDK also sends every server notification to all initialised clients, not to the one
+/// whose request it belongs to, so the door sends none ([`McpDoor::without_progress`]): one
+/// buyer's spawn progress would otherwise reach every connected client.
 pub async fn serve(
     door: McpDoor,
     transport: NostrServerTransport,
     shutdown: CancellationToken,
 ) -> Result<(), ContextVmError> {
-    let service = rmcp::service::serve_directly(door, transport, None);
+    let service = rmcp::service::serve_directly(door.without_progress(), transport, None);
     let cancel = service.cancellation_token();
     tokio::select! {
         _ = shutdown.cancelled() => {

@@ -12,8 +12,8 @@
 //!   `{error_type, message, details?, refund_token?}`; unknown tools and malformed JSON-RPC stay
 //!   JSON-RPC errors (rmcp answers the latter itself).
 //! - `spawn_pod` sends `notifications/progress` (validated → paid → provisioning → ready) when the
-//!   client asked with a progress token, and passes the request's cancellation to the core,
-//!   which rolls back and refunds.
+//!   client asked with a progress token (not over ContextVM, see [`McpDoor::without_progress`]),
+//!   and passes the request's cancellation to the core, which rolls back and refunds.
 //! - A caller known by its Nostr key (ContextVM) has at most `provider.max_concurrent_per_sender`
 //!   tool calls in flight; one more is refused with `resource_unavailable`, token untouched.
 
@@ -55,6 +55,8 @@ pub struct McpDoor {
     extra: Vec<Arc<dyn ExtraTool>>,
     /// Per-sender cap on requests in flight, for callers known by a Nostr key (ContextVM).
     senders: SenderCap,
+    /// Whether `spawn_pod` sends progress notifications.
+    progress: bool,
 }
 
 pub const INSTRUCTIONS: &str = "Paygress sells SSH-accessible compute (containers/VMs) for Cashu ecash, no account needed. \
@@ -74,6 +76,7 @@ impl McpDoor {
             provider,
             identify: Arc::new(|_| Caller::Local),
             extra: Vec::new(),
+            progress: true,
         }
     }
 
@@ -83,12 +86,23 @@ impl McpDoor {
             provider,
             identify,
             extra: Vec::new(),
+            progress: true,
         }
     }
 
     /// Identify callers another way (ContextVM: the client's Nostr pubkey).
     pub fn identified_by(mut self, identify: Identify) -> Self {
         self.identify = identify;
+        self
+    }
+
+    /// Send no progress notifications. For transports that cannot address a notification to
+    /// the client whose request it belongs to: contextvm-sdk 0.2 broadcasts every server
+    /// notification to all initialised clients, so one buyer's progress would tell every other
+    /// connected client that someone is buying, and when (MCP also forbids progress for a token
+    /// a client did not send). Progress is optional in MCP; the spawn's result carries it all.
+    pub fn without_progress(mut self) -> Self {
+        self.progress = false;
         self
     }
 
@@ -180,7 +194,8 @@ impl McpDoor {
                     Ok(r) => r,
                     Err(e) => return Ok(err_result(&e)),
                 };
-                let (progress, flush) = match progress_reporter(&ctx) {
+                let reporter = self.progress.then(|| progress_reporter(&ctx)).flatten();
+                let (progress, flush) = match reporter {
                     Some((progress, flush)) => (Some(progress), Some(flush)),
                     None => (None, None),
                 };
