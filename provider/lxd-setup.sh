@@ -68,7 +68,7 @@ fi
 # and DNS), nft (bridge NAT), rsync, unsquashfs and xz (image unpack).
 FIRST_PACKAGES=(nftables)
 PACKAGES=(iproute2 lxcfs lxd lxd-client dnsmasq-base)
-COMMANDS=(nft ip lxcfs lxd lxc dnsmasq rsync unsquashfs xz mountpoint umount setsid)
+COMMANDS=(nft ip lxcfs lxd lxc dnsmasq rsync unsquashfs xz mountpoint umount setsid cmp)
 if [ "$STORAGE" = btrfs ]; then
     PACKAGES+=(btrfs-progs)
     COMMANDS+=(mkfs.btrfs btrfs)
@@ -104,6 +104,35 @@ apt_install() {
 # 1. Packages. nftables first: LXD picks its firewall driver when it starts.
 apt_install "${FIRST_PACKAGES[@]}"
 apt_install "${PACKAGES[@]}"
+
+# 1b. Kernel limits for many containers (LXD's production-setup values), raised, never lowered.
+# Each container's systemd takes inotify instances from one per-user budget (the containers'
+# root maps to the same host uid), and at the default of 128 the ~15th container's init fails
+# with "Too many open files" and exits: every spawn after that fails. dmesg_restrict keeps the
+# kernel log from tenants. Written to /proc/sys directly (no procps needed) and to
+# /etc/sysctl.d so a boot keeps them.
+SYSCTLS=(
+    fs.inotify.max_user_instances=1048576
+    fs.inotify.max_user_watches=1048576
+    fs.inotify.max_queued_events=1048576
+    vm.max_map_count=262144
+    kernel.keys.maxkeys=2000
+    kernel.keys.maxbytes=2000000
+    kernel.dmesg_restrict=1
+)
+sysctl_conf=/etc/sysctl.d/60-paygress-lxd.conf
+if [ -d /etc/sysctl.d ] && ! printf '%s\n' "${SYSCTLS[@]}" | cmp -s - "$sysctl_conf"; then
+    printf '%s\n' "${SYSCTLS[@]}" >"$sysctl_conf"
+fi
+for kv in "${SYSCTLS[@]}"; do
+    key=${kv%%=*} want=${kv#*=} file=/proc/sys/${key//.//}
+    [ -w "$file" ] || { log "warning: cannot set $key (read-only here)"; continue; }
+    have=$(cat "$file")
+    if [ "$have" -lt "$want" ]; then
+        log "raising $key from $have to $want"
+        echo "$want" >"$file" || log "warning: cannot raise $key"
+    fi
+done
 
 # 2. lxcfs, before lxd (LXD only notices lxcfs at start).
 if ! mountpoint -q "$LXCFS_DIR" 2>/dev/null; then
