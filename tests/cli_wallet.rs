@@ -29,30 +29,39 @@ async fn cli_async(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A provider that earned 100 sat, running (the returned handle holds its data dir), and its
+/// config file.
+async fn earning_provider(
+    mint: &TestMint,
+    dir: &std::path::Path,
+) -> (Arc<Provider>, std::path::PathBuf) {
+    let cfg = common::config(dir, &[&mint.url], 100, common::free_port_block(3));
+    let cfg_file = dir.join("paygress.toml");
+    std::fs::write(&cfg_file, toml::to_string(&cfg).unwrap()).unwrap();
+    let p = Provider::open(cfg, Arc::new(FakeBackend::new()))
+        .await
+        .unwrap();
+    p.spawn(
+        SpawnRequest {
+            cashu_token: Secret::new(mint.token(100).await),
+            ssh_username: "alice".into(),
+            ..Default::default()
+        },
+        Caller::Local,
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    (p, cfg_file)
+}
+
 #[tokio::test]
 async fn an_operator_can_see_and_withdraw_the_earnings() {
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(3));
-    let cfg_file = dir.path().join("paygress.toml");
-    std::fs::write(&cfg_file, toml::to_string(&cfg).unwrap()).unwrap();
-    {
-        let p = Provider::open(cfg.clone(), Arc::new(FakeBackend::new()))
-            .await
-            .unwrap();
-        p.spawn(
-            SpawnRequest {
-                cashu_token: Secret::new(mint.token(100).await),
-                ssh_username: "alice".into(),
-                ..Default::default()
-            },
-            Caller::Local,
-            None,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-    }
+    let (p, cfg_file) = earning_provider(&mint, dir.path()).await;
+    drop(p);
     let f = cfg_file.to_str().unwrap();
     let out = cli_async(&["wallet", "balance", "--config", f, "--json"]).await;
     assert!(
@@ -125,25 +134,8 @@ fn a_bad_config_names_the_key_and_exits_with_a_usage_error() {
 async fn a_withdrawal_while_the_provider_runs_is_refused_and_takes_nothing() {
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::config(dir.path(), &[&mint.url], 100, common::free_port_block(3));
-    let cfg_file = dir.path().join("paygress.toml");
-    std::fs::write(&cfg_file, toml::to_string(&cfg).unwrap()).unwrap();
+    let (p, cfg_file) = earning_provider(&mint, dir.path()).await;
     let f = cfg_file.to_str().unwrap();
-    let p = Provider::open(cfg.clone(), Arc::new(FakeBackend::new()))
-        .await
-        .unwrap();
-    p.spawn(
-        SpawnRequest {
-            cashu_token: Secret::new(mint.token(100).await),
-            ssh_username: "alice".into(),
-            ..Default::default()
-        },
-        Caller::Local,
-        None,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
     let out = cli_async(&["wallet", "withdraw", "--config", f, "--amount", "40"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

@@ -128,16 +128,10 @@ impl Provider {
             }
         }
         // A refund already under way keeps its reason; otherwise the restart is the reason.
-        let err = super::settle::journalled_refund_reason(&p).unwrap_or_else(|| {
-            ProviderError::new(
-                if p.kind == PaymentKind::Spawn {
-                    ErrorType::PodCreationFailed
-                } else {
-                    ErrorType::PaymentFailed
-                },
-                "the provider restarted before this request finished; the payment is refunded",
-            )
-        });
+        let err = super::settle::refund_reason(
+            &p,
+            "the provider restarted before this request finished; the payment is refunded",
+        );
         let e = match p.kind {
             PaymentKind::Spawn => {
                 self.refund_and_record::<SpawnResult>(

@@ -172,16 +172,10 @@ impl Provider {
 
     /// Retry a refund that could not be minted before (replays and the background loop).
     pub(super) async fn retry_refund<T: Serialize>(&self, row: &PaymentRow) -> ProviderError {
-        let err = journalled_refund_reason(row).unwrap_or_else(|| {
-            ProviderError::new(
-                if row.kind == PaymentKind::Spawn {
-                    ErrorType::PodCreationFailed
-                } else {
-                    ErrorType::PaymentFailed
-                },
-                "this request failed after payment; the payment is refunded",
-            )
-        });
+        let err = refund_reason(
+            row,
+            "this request failed after payment; the payment is refunded",
+        );
         let mint = match self.payments.mint(&row.mint_url) {
             Ok(m) => m,
             Err(e) => return e,
@@ -362,9 +356,20 @@ impl Provider {
     }
 }
 
-/// The reason journalled when `row`'s refund started, if any (see `refund_and_record`).
-pub(super) fn journalled_refund_reason(row: &PaymentRow) -> Option<ProviderError> {
+/// Why `row` is refunded: the reason journalled when its refund started (see
+/// `refund_and_record`), else `otherwise` as the kind's after-payment error.
+pub(super) fn refund_reason(row: &PaymentRow, otherwise: &str) -> ProviderError {
     row.refund_reason
         .as_deref()
         .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| {
+            ProviderError::new(
+                if row.kind == PaymentKind::Spawn {
+                    ErrorType::PodCreationFailed
+                } else {
+                    ErrorType::PaymentFailed
+                },
+                otherwise,
+            )
+        })
 }
