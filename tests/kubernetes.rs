@@ -1,2 +1,491 @@
-//! placeholder
+//! The Kubernetes backend through the provider core, against the simulated API server
+//! (tests/common/kubesim) whose kubelet runs each pod on the sandbox backend: real payments at
+//! the in-process test mint, real `ssh` into the "pod" on node_address:nodePort, the tier's
+//! limits enforced by the pod's cgroup, top-up, expiry, a late top-up that resumes, deletion
+//! after the grace period; refunds when the API server refuses after payment (quota, 403,
+//! 422) with nothing left behind; re-adoption and orphan removal after a restart; the
+//! optional hard cap (`activeDeadlineSeconds`).
+//!
+//! Needs root (the kubelet's sandbox makes namespaces and cgroups).
+
 mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::kubesim::{KubeSim, Rule, ADMIN_TOKEN};
+use common::mint::TestMint;
+use common::sandbox::Cleanup;
+use common::ssh::ssh_password;
+use paygress::api::{SpawnRequest, SpawnResult, StatusRequest, TopUpRequest};
+use paygress::backend::kubernetes::KubernetesConfig;
+use paygress::backend::sandbox::{SandboxBackend, SandboxConfig};
+use paygress::backend::{Backend, BackendKind, WorkloadState};
+use paygress::config::{BackendChoice, Config};
+use paygress::secret::Secret;
+use paygress::{Caller, ErrorType, Provider, ProviderError};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "user-workloads";
+/// msat/s of the first tier: 100 sats buy 1000 s.
+const RATE: u64 = 100;
+
+struct Env {
+    /// First: kills what the kubelet's sandbox left, before `dir` goes.
+    _guard: Cleanup,
+    mint: TestMint,
+    cfg: Config,
+    backend: Arc<dyn Backend>,
+    provider: Arc<Provider>,
+    sim: KubeSim,
+    kubelet_sandbox: Arc<SandboxBackend>,
+    dir: tempfile::TempDir,
+}
+
+fn k8s_config(sim: &KubeSim, token: &str) -> KubernetesConfig {
+    KubernetesConfig {
+        kubeconfig: Some(sim.kubeconfig(token, "default")),
+        namespace: Some(NS.into()),
+        node_address: Some("127.0.0.1".into()),
+        images: [(
+            "paygress-debian-12".to_string(),
+            "ghcr.io/example/paygress-ssh:1".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+        ready_timeout_seconds: Some(60),
+        ..Default::default()
+    }
+}
+
+/// A provider on the Kubernetes backend whose config `tune` may change (token, runtime class,
+/// caps), against a fresh simulator.
+async fn env_with(tune: impl FnOnce(&KubeSim, &mut KubernetesConfig)) -> Env {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet_sandbox = Arc::new(
+        SandboxBackend::open(SandboxConfig::default(), &dir.path().join("node"))
+            .await
+            .expect("the kubelet's sandbox"),
+    );
+    let guard = Cleanup {
+        backend: Some(kubelet_sandbox.clone()),
+    };
+    let sim = KubeSim::start(&[NS], Some(kubelet_sandbox.clone())).await;
+    let mut cfg = common::config(&dir.path().join("provider"), &[&mint.url], RATE, (1, 1));
+    cfg.backend.kind = BackendChoice::Kubernetes;
+    let mut k = k8s_config(&sim, ADMIN_TOKEN);
+    tune(&sim, &mut k);
+    cfg.backend.kubernetes = k;
+    let backend = paygress::backend::from_config(&cfg)
+        .await
+        .expect("kubernetes backend");
+    let provider = Provider::open(cfg.clone(), backend.clone())
+        .await
+        .expect("provider");
+    Env {
+        _guard: guard,
+        mint,
+        cfg,
+        backend,
+        provider,
+        sim,
+        kubelet_sandbox,
+        dir,
+    }
+}
+
+async fn spawn(e: &Env, sats: u64, password: &str) -> Result<SpawnResult, ProviderError> {
+    let req = SpawnRequest {
+        cashu_token: Secret::new(e.mint.token(sats).await),
+        ssh_username: "alice".into(),
+        ssh_password: Some(Secret::new(password)),
+        ..Default::default()
+    };
+    e.provider
+        .spawn(req, Caller::Local, None, CancellationToken::new())
+        .await
+}
+
+async fn top_up(e: &Env, pod: &str, sats: u64) {
+    e.provider
+        .top_up(TopUpRequest {
+            pod_npub: pod.into(),
+            cashu_token: Secret::new(e.mint.token(sats).await),
+            request_id: None,
+        })
+        .await
+        .expect("top-up");
+}
+
+fn row(p: &Provider, pod: &str) -> (String, u64) {
+    let w = p.store().workload(pod).unwrap().expect("workload row");
+    (w.name, w.expires_at)
+}
+
+/// Every object of the workload in the simulator: (pod, service, secret).
+fn objects(sim: &KubeSim, name: &str) -> (Option<Value>, Option<Value>, Option<Value>) {
+    (
+        sim.object("pods", NS, name),
+        sim.object("services", NS, name),
+        sim.object("secrets", NS, &format!("{name}-login")),
+    )
+}
+
+fn nothing_left(sim: &KubeSim) {
+    let mine = |res: &str| {
+        sim.objects(res, NS)
+            .into_iter()
+            .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "paygress")
+            .count()
+    };
+    assert_eq!((mine("pods"), mine("services"), mine("secrets")), (0, 0, 0));
+}
+
+async fn wait_gone(sim: &KubeSim, name: &str) {
+    for _ in 0..100 {
+        if sim.object("pods", NS, name).is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pod {name} still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_login_top_up_expiry_late_top_up_and_deletion_after_grace() {
+    let e = env_with(|_, _| {}).await;
+    let offers = e.provider.offers();
+    assert_eq!(offers.backend, BackendKind::Kubernetes);
+    assert_eq!(
+        serde_json::to_value(&offers).unwrap()["backend"],
+        "kubernetes"
+    );
+    let pw = "k8s-pass-123";
+    let r = spawn(&e, 100, pw).await.expect("paid spawn");
+    let (name, expires) = row(&e.provider, &r.pod_npub);
+
+    // The objects: a Pod without hostNetwork with requests = limits from the tier, a NodePort
+    // Service whose port the buyer got, the login only in the Secret.
+    let (pod, svc, secret) = objects(&e.sim, &name);
+    let (pod, svc, secret) = (pod.unwrap(), svc.unwrap(), secret.unwrap());
+    let np = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert_eq!(svc["spec"]["type"], "NodePort");
+    assert_eq!((r.host.as_str(), u64::from(r.node_port)), ("127.0.0.1", np));
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["image"], "ghcr.io/example/paygress-ssh:1");
+    assert_eq!(c["resources"]["limits"]["cpu"], "1000m");
+    assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
+    assert_eq!(c["resources"]["requests"], c["resources"]["limits"]);
+    assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(
+        pod["spec"]["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert!(pod["spec"]["hostNetwork"] != true);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert!(
+        pod["spec"]["activeDeadlineSeconds"].is_null(),
+        "no hard cap unless configured"
+    );
+    assert!(!pod.to_string().contains(pw) && !svc.to_string().contains(pw));
+    assert!(secret["data"]["password"].is_string());
+    assert!(e
+        .sim
+        .object(
+            "networkpolicies.networking.k8s.io",
+            NS,
+            "paygress-workloads"
+        )
+        .is_some());
+    // Readiness came from a watch on the pod, not from polling it.
+    let reqs = e.sim.requests();
+    assert!(
+        reqs.iter()
+            .any(|q| q.contains(&format!("/namespaces/{NS}/pods?"))
+                && q.contains("watch=true")
+                && q.contains(&format!("metadata.name%3D{name}"))),
+        "{reqs:#?}"
+    );
+    assert!(
+        !reqs
+            .iter()
+            .any(|q| q.starts_with(&format!("GET /api/v1/namespaces/{NS}/pods/{name}"))),
+        "{reqs:#?}"
+    );
+
+    // Real ssh into the pod, with the tier's limits on its cgroup.
+    let out = ssh_password(r.node_port, "alice", pw, "whoami; hostname")
+        .await
+        .expect("ssh into the pod");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["alice", name.as_str()]);
+    if e.kubelet_sandbox.cgroup_mode().enforces_memory() {
+        let dirs = e.kubelet_sandbox.cgroup_dirs(&name);
+        let limits: Vec<String> = dirs
+            .iter()
+            .flat_map(|d| ["memory.max", "cpu.max", "memory.limit_in_bytes"].map(|f| d.join(f)))
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .map(|s| s.trim().to_string())
+            .collect();
+        assert!(
+            limits.contains(&(512u64 * 1024 * 1024).to_string()),
+            "{limits:?}"
+        );
+    } else {
+        eprintln!("SKIPPED the cgroup check: no writable cgroup hierarchy on this host");
+    }
+
+    // A top-up moves the deadline (the core's), recorded on the Service.
+    top_up(&e, &r.pod_npub, 10).await;
+    let (_, expires2) = row(&e.provider, &r.pod_npub);
+    assert_eq!(expires2, expires + 100);
+    let svc = e.sim.object("services", NS, &name).unwrap();
+    assert_eq!(
+        svc["metadata"]["annotations"]["paygress.io/expires-at"],
+        expires2.to_string()
+    );
+    assert!(e.provider.reap_at(expires).await.stopped.is_empty());
+
+    // Expiry: the pod goes, the Service (and its port) and the Secret stay.
+    assert_eq!(
+        e.provider.reap_at(expires2).await.stopped,
+        vec![r.pod_npub.clone()]
+    );
+    let (pod, svc, secret) = objects(&e.sim, &name);
+    assert!(pod.is_none() && svc.is_some() && secret.is_some());
+    assert_eq!(
+        e.backend.inspect(&name).await.unwrap().unwrap().state,
+        WorkloadState::Stopped
+    );
+    assert!(ssh_password(r.node_port, "alice", pw, "true")
+        .await
+        .is_err());
+
+    // A late top-up resumes it: a new pod behind the same endpoint.
+    top_up(&e, &r.pod_npub, 10).await;
+    let st = e
+        .provider
+        .status(
+            StatusRequest {
+                pod_npub: r.pod_npub.clone(),
+            },
+            &Caller::Local,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.state, "running");
+    assert_eq!(
+        ssh_password(r.node_port, "alice", pw, "whoami")
+            .await
+            .unwrap()
+            .trim(),
+        "alice"
+    );
+
+    // Expires again, and after the grace period everything is deleted.
+    let (_, expires3) = row(&e.provider, &r.pod_npub);
+    let grace = e.cfg.provider.expiry_grace_seconds;
+    assert_eq!(
+        e.provider.reap_at(expires3 + 1).await.stopped,
+        vec![r.pod_npub.clone()]
+    );
+    assert_eq!(
+        e.provider.reap_at(expires3 + 1 + grace).await.deleted,
+        vec![r.pod_npub.clone()]
+    );
+    assert_eq!(objects(&e.sim, &name), (None, None, None));
+    nothing_left(&e.sim);
+    let _ = e.dir.path();
+}
+
+async fn refused_after_payment(e: &Env, needle: &str) {
+    let err = spawn(e, 100, "refused-pass-123").await.unwrap_err();
+    assert_eq!(err.error_type, ErrorType::PodCreationFailed, "{err:?}");
+    assert!(err.message.contains(needle), "{err:?}");
+    assert!(!err.message.contains("refused-pass-123"));
+    let refund = err.refund_token.clone().expect("a refund token");
+    assert_eq!(e.mint.receive_fresh(refund.expose()).await.unwrap(), 100);
+    nothing_left(&e.sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_refusal_after_payment_is_refunded_and_leaves_nothing() {
+    let e = env_with(|_, _| {}).await;
+    e.sim.set_pod_quota(Some(0));
+    refused_after_payment(&e, "exceeded quota").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_after_payment_is_refunded_and_leaves_nothing() {
+    // This token may do everything but create pods (a Role missing a rule).
+    let e = env_with(|sim, k| {
+        let all = [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ];
+        sim.add_token(
+            "no-pods",
+            "system:serviceaccount:paygress:paygress",
+            vec![
+                Rule::new(&all, &["services", "secrets", "networkpolicies"], &[NS]),
+                Rule::new(&["get", "list", "watch", "delete"], &["pods"], &[NS]),
+            ],
+        );
+        *k = KubernetesConfig {
+            kubeconfig: Some(sim.kubeconfig("no-pods", NS)),
+            ..k.clone()
+        };
+    })
+    .await;
+    refused_after_payment(&e, "403").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_422_after_payment_is_refunded_and_leaves_nothing() {
+    // An operator's typo in the runtime class: the API server rejects the pod.
+    let e = env_with(|_, k| k.runtime_class = Some("Bad_Class".into())).await;
+    refused_after_payment(&e, "spec.runtimeClassName").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_the_api_server_refuses_stop_the_start() {
+    let sim = KubeSim::start(&[NS], None).await;
+    let mut k = k8s_config(&sim, "wrong-token");
+    let err = paygress::backend::kubernetes::KubernetesBackend::connect(k.clone(), NS.into())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    k.kubeconfig = Some(sim.kubeconfig(ADMIN_TOKEN, NS));
+    let err =
+        paygress::backend::kubernetes::KubernetesBackend::connect(k.clone(), "no-such-ns".into())
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("namespaces \"no-such-ns\" not found")
+            || err.to_string().contains("no-such-ns"),
+        "{err}"
+    );
+    k.node_address = None;
+    let err = paygress::backend::kubernetes::KubernetesBackend::connect(k, NS.into())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("node_address"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_provider_readopts_its_pod_and_removes_orphans() {
+    let e = env_with(|_, _| {}).await;
+    let pw = "readopt-pass-123";
+    let r = spawn(&e, 100, pw).await.expect("spawn");
+    let (name, _) = row(&e.provider, &r.pod_npub);
+    let uid = e.sim.object("pods", NS, &name).unwrap()["metadata"]["uid"].clone();
+    // An orphan: a workload of this provider that its store does not know (a crash between
+    // create and the journal).
+    let orphan_spec = paygress::backend::WorkloadSpec {
+        name: "pg-orphan0001".into(),
+        provider_id: e.provider.provider_id().into(),
+        tier: e.cfg.tiers[0].clone(),
+        image: "paygress-debian-12".into(),
+        ssh_username: "bob".into(),
+        ssh_password: Secret::new("orphan-pass-123"),
+        ssh_public_key: None,
+        host_port: None,
+        expires_at: paygress::provider::now_secs() + 600,
+    };
+    e.backend.create(&orphan_spec).await.expect("orphan");
+
+    let Env {
+        provider,
+        backend,
+        cfg,
+        sim,
+        mint,
+        _guard,
+        kubelet_sandbox,
+        dir,
+    } = e;
+    drop(provider);
+    drop(backend);
+    let backend = paygress::backend::from_config(&cfg)
+        .await
+        .expect("backend again");
+    let reopened = Provider::open(cfg.clone(), backend.clone())
+        .await
+        .expect("reopen");
+    let st = reopened
+        .status(
+            StatusRequest {
+                pod_npub: r.pod_npub.clone(),
+            },
+            &Caller::Local,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.state, "running");
+    assert_eq!(
+        sim.object("pods", NS, &name).unwrap()["metadata"]["uid"],
+        uid,
+        "the same pod"
+    );
+    assert_eq!(
+        ssh_password(r.node_port, "alice", pw, "whoami")
+            .await
+            .unwrap()
+            .trim(),
+        "alice"
+    );
+    wait_gone(&sim, "pg-orphan0001").await;
+    assert_eq!(objects(&sim, "pg-orphan0001"), (None, None, None));
+    let listed = backend.list(reopened.provider_id()).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        [name.as_str()]
+    );
+    backend.destroy(&name).await.unwrap();
+    nothing_left(&sim);
+    drop((mint, kubelet_sandbox, dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_optional_hard_cap_ends_the_pod_with_deadline_exceeded() {
+    let e = env_with(|_, k| k.max_pod_lifetime_seconds = Some(3)).await;
+    let pw = "cap-pass-123";
+    let r = spawn(&e, 100, pw).await.expect("spawn");
+    let (name, _) = row(&e.provider, &r.pod_npub);
+    let pod = e.sim.object("pods", NS, &name).unwrap();
+    assert_eq!(pod["spec"]["activeDeadlineSeconds"], 3);
+    let mut phase = Value::Null;
+    for _ in 0..100 {
+        let p = e.sim.object("pods", NS, &name).unwrap();
+        if p["status"]["phase"] == "Failed" {
+            phase = p["status"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(phase["reason"], "DeadlineExceeded", "{phase}");
+    assert_eq!(
+        e.backend.inspect(&name).await.unwrap().unwrap().state,
+        WorkloadState::Stopped
+    );
+    assert!(ssh_password(r.node_port, "alice", pw, "true")
+        .await
+        .is_err());
+    // A top-up does not depend on the cap: the paid time moves and resume makes a new pod.
+    e.backend
+        .resume(&name)
+        .await
+        .expect("resume replaces the ended pod");
+    assert_eq!(
+        ssh_password(r.node_port, "alice", pw, "whoami")
+            .await
+            .unwrap()
+            .trim(),
+        "alice"
+    );
+    e.backend.destroy(&name).await.unwrap();
+    nothing_left(&e.sim);
+}

@@ -607,3 +607,26 @@ async fn watches_expire_bookmark_and_time_out() {
         .unwrap()
         .contains("the object has been modified"));
 }
+
+/// The label selector grammar, each form (what kubectl and the client libraries send).
+#[test]
+fn label_selectors_parse_and_match_like_apimachinery() {
+    use common::kubesim::selector::{labels_match, parse_labels};
+    let o = json!({"metadata": {"labels": {"a": "1", "b": "x"}}});
+    for (s, want) in [
+        ("a=1", true),
+        ("a==1", true),
+        ("a!=1", false),
+        ("a in (1,2)", true),
+        ("a notin (1)", false),
+        ("b", true),
+        ("!c", true),
+        ("!b", false),
+        ("a=1,b=y", false),
+        ("a in (1, 2),b", true),
+    ] {
+        assert_eq!(labels_match(&parse_labels(s).unwrap(), &o), want, "{s}");
+    }
+    assert!(parse_labels("a in 1").is_err());
+    assert!(parse_labels("a b=1").is_err());
+}

@@ -149,28 +149,3 @@ pub fn fields_match(reqs: &[FieldReq], obj: &Value) -> bool {
         (have == want) == *eq
     })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn the_label_grammar() {
-        let o = json!({"metadata": {"labels": {"a": "1", "b": "x"}}});
-        for (s, want) in [
-            ("a=1", true),
-            ("a==1", true),
-            ("a!=1", false),
-            ("a in (1,2)", true),
-            ("a notin (1)", false),
-            ("b", true),
-            ("!c", true),
-            ("!b", false),
-            ("a=1,b=y", false),
-        ] {
-            assert_eq!(labels_match(&parse_labels(s).unwrap(), &o), want, "{s}");
-        }
-        assert!(parse_labels("a in 1").is_err());
-    }
-}
