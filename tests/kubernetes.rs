@@ -489,3 +489,207 @@ async fn the_optional_hard_cap_ends_the_pod_with_deadline_exceeded() {
     e.backend.destroy(&name).await.unwrap();
     nothing_left(&e.sim);
 }
+
+fn manifests_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("provider/kubernetes/manifests")
+}
+
+async fn kubectl(kc: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", kc)
+        .args(args)
+        .arg("--request-timeout=20s")
+        .output()
+        .await
+        .expect("kubectl (tools/test.sh)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `kubectl apply` of provider/kubernetes/manifests to the simulator; every object read back
+/// parses as its k8s-openapi type; the ConfigMap's paygress.toml is a valid Kubernetes-backend
+/// config; a second apply changes nothing; and the Role the manifests bind to the provider's
+/// service account is enough for a paid workload's whole life and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_apply_parse_and_their_role_is_enough() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{
+        ConfigMap, Namespace, PersistentVolumeClaim, Service, ServiceAccount,
+    };
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet_sandbox = Arc::new(
+        SandboxBackend::open(SandboxConfig::default(), &dir.path().join("node"))
+            .await
+            .unwrap(),
+    );
+    let _guard = Cleanup {
+        backend: Some(kubelet_sandbox.clone()),
+    };
+    let sim = KubeSim::start(&[], Some(kubelet_sandbox.clone())).await;
+    let admin = sim.kubeconfig(ADMIN_TOKEN, "default");
+    let m = manifests_dir();
+    let (good, out) = kubectl(
+        &admin,
+        &["apply", "--validate=false", "-f", m.to_str().unwrap()],
+    )
+    .await;
+    assert!(good, "{out}");
+    for made in [
+        "namespace/paygress created",
+        "namespace/user-workloads created",
+        "serviceaccount/paygress created",
+        "role.rbac.authorization.k8s.io/paygress-workloads created",
+        "rolebinding.rbac.authorization.k8s.io/paygress-workloads created",
+        "configmap/paygress-config created",
+        "persistentvolumeclaim/paygress-data created",
+        "deployment.apps/paygress created",
+        "service/paygress-http created",
+    ] {
+        assert!(out.contains(made), "{made}: {out}");
+    }
+    let (good, out) = kubectl(
+        &admin,
+        &["apply", "--validate=false", "-f", m.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        good && out.contains("deployment.apps/paygress unchanged"),
+        "{out}"
+    );
+
+    // Read back as the typed objects.
+    let get = |res: &str, ns: &str, name: &str| {
+        sim.object(res, ns, name)
+            .unwrap_or_else(|| panic!("{res} {name}"))
+    };
+    let _: Namespace = serde_json::from_value(get("namespaces", "", "user-workloads")).unwrap();
+    let _: ServiceAccount =
+        serde_json::from_value(get("serviceaccounts", "paygress", "paygress")).unwrap();
+    let role: Role = serde_json::from_value(get(
+        "roles.rbac.authorization.k8s.io",
+        "user-workloads",
+        "paygress-workloads",
+    ))
+    .unwrap();
+    let _: RoleBinding = serde_json::from_value(get(
+        "rolebindings.rbac.authorization.k8s.io",
+        "user-workloads",
+        "paygress-workloads",
+    ))
+    .unwrap();
+    let _: PersistentVolumeClaim =
+        serde_json::from_value(get("persistentvolumeclaims", "paygress", "paygress-data")).unwrap();
+    let _: Service = serde_json::from_value(get("services", "paygress", "paygress-http")).unwrap();
+    let deploy: Deployment =
+        serde_json::from_value(get("deployments.apps", "paygress", "paygress")).unwrap();
+    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("paygress"));
+    assert_eq!(
+        pod.containers[0].args.as_ref().unwrap()[..2],
+        ["provider".to_string(), "start".to_string()]
+    );
+    let rules = role.rules.unwrap();
+    assert!(
+        rules.iter().all(|r| !r.verbs.iter().any(|v| v == "*")),
+        "no wildcards"
+    );
+    let cm: ConfigMap =
+        serde_json::from_value(get("configmaps", "paygress", "paygress-config")).unwrap();
+    let toml = cm.data.unwrap()["paygress.toml"].clone();
+    let cfg =
+        Config::from_toml_with_env(&toml, &Default::default()).expect("the ConfigMap's config");
+    assert_eq!(cfg.backend.kind, BackendChoice::Kubernetes);
+    assert_eq!(
+        cfg.backend.kubernetes.namespace.as_deref(),
+        Some("user-workloads")
+    );
+    assert!(cfg.backend.kubernetes.kubeconfig.is_none(), "in-cluster");
+
+    // The service account's rights, exactly as bound: a paid workload's whole life works.
+    sim.service_account_token("sa-token", "paygress", "paygress");
+    let sa = sim.kubeconfig("sa-token", "user-workloads");
+    let mut pcfg = common::config(&dir.path().join("provider"), &[&mint.url], RATE, (1, 1));
+    pcfg.backend.kind = BackendChoice::Kubernetes;
+    pcfg.backend.kubernetes = KubernetesConfig {
+        kubeconfig: Some(sa.clone()),
+        ..cfg.backend.kubernetes.clone()
+    };
+    pcfg.backend.kubernetes.node_address = Some("127.0.0.1".into());
+    pcfg.backend.kubernetes.images.clear();
+    let backend = paygress::backend::from_config(&pcfg)
+        .await
+        .expect("connect as the service account");
+    let provider = Provider::open(pcfg.clone(), backend.clone()).await.unwrap();
+    let r = provider
+        .spawn(
+            SpawnRequest {
+                cashu_token: Secret::new(mint.token(100).await),
+                ssh_username: "alice".into(),
+                ssh_password: Some(Secret::new("sa-pass-123")),
+                ..Default::default()
+            },
+            Caller::Local,
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("spawn with the manifests' Role");
+    assert_eq!(
+        ssh_password(r.node_port, "alice", "sa-pass-123", "whoami")
+            .await
+            .unwrap()
+            .trim(),
+        "alice"
+    );
+    let (name, expires) = row(&provider, &r.pod_npub);
+    provider
+        .top_up(TopUpRequest {
+            pod_npub: r.pod_npub.clone(),
+            cashu_token: Secret::new(mint.token(10).await),
+            request_id: None,
+        })
+        .await
+        .expect("top-up with the manifests' Role");
+    assert_eq!(
+        provider.reap_at(expires + 100).await.stopped,
+        vec![r.pod_npub.clone()]
+    );
+    provider
+        .top_up(TopUpRequest {
+            pod_npub: r.pod_npub.clone(),
+            cashu_token: Secret::new(mint.token(10).await),
+            request_id: None,
+        })
+        .await
+        .expect("resume with the manifests' Role");
+    assert!(backend
+        .list(provider.provider_id())
+        .await
+        .unwrap()
+        .iter()
+        .any(|w| w.name == name));
+    backend
+        .destroy(&name)
+        .await
+        .expect("destroy with the manifests' Role");
+    nothing_left(&sim);
+    // And no more than that: nothing outside the workload namespace, no reading secrets.
+    for args in [
+        ["get", "secrets", "-n", "paygress"],
+        ["get", "pods", "-n", "default"],
+        ["get", "secrets", "-n", "user-workloads"],
+        ["get", "configmaps", "-n", "user-workloads"],
+    ] {
+        let (good, out) = kubectl(&sa, &args).await;
+        assert!(!good && out.contains("Forbidden"), "{args:?}: {out}");
+    }
+}

@@ -118,6 +118,46 @@ impl KubeSim {
         );
     }
 
+    /// A token for service account `ns/name` with exactly the rights the stored RoleBindings
+    /// give it (Roles only; API groups are not told apart), as RBAC would: what
+    /// `provider/kubernetes/manifests` grant, checked by using them.
+    pub fn service_account_token(&self, token: &str, ns: &str, name: &str) {
+        let s = self.sim.store.lock();
+        let mut rules = Vec::new();
+        for (key, rb) in s.all("rolebindings.rbac.authorization.k8s.io", None) {
+            let bound = rb["subjects"].as_array().into_iter().flatten().any(|sub| {
+                sub["kind"] == "ServiceAccount" && sub["name"] == name && sub["namespace"] == ns
+            });
+            if !bound || rb["roleRef"]["kind"] != "Role" {
+                continue;
+            }
+            let role_name = rb["roleRef"]["name"].as_str().unwrap_or("");
+            let Some(role) = s.get(&Key::new(
+                "roles.rbac.authorization.k8s.io",
+                &key.ns,
+                role_name,
+            )) else {
+                continue;
+            };
+            for r in role["rules"].as_array().into_iter().flatten() {
+                let strs = |v: &serde_json::Value| -> Vec<String> {
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                };
+                rules.push(Rule {
+                    verbs: strs(&r["verbs"]),
+                    resources: strs(&r["resources"]),
+                    namespaces: vec![key.ns.clone()],
+                });
+            }
+        }
+        drop(s);
+        self.add_token(token, &format!("system:serviceaccount:{ns}:{name}"), rules);
+    }
+
     /// A ResourceQuota of `n` pods per namespace (None: no quota).
     pub fn set_pod_quota(&self, n: Option<usize>) {
         *self.sim.pod_quota.lock().unwrap() = n;
