@@ -693,3 +693,139 @@ async fn the_manifests_apply_parse_and_their_role_is_enough() {
         assert!(!good && out.contains("Forbidden"), "{args:?}: {out}");
     }
 }
+
+/// Removes the test's LXD container however the test ends.
+struct Instance(String);
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("lxc")
+            .args(["delete", "--force", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+async fn lxc(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new("lxc")
+        .args(args)
+        .output()
+        .await
+        .expect("lxc (tools/test.sh installs LXD)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The SSH image's entrypoint (provider/kubernetes/entrypoint.sh), for real: inside the LXD
+/// base image (which has sshd), with the Secret's files where the pod mounts them, run as the
+/// container's process; the buyer logs in over real ssh with the password (shell
+/// metacharacters and all, never run) and the key; root cannot log in; usernames the core
+/// would refuse stop the entrypoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
+    let name = format!("pgk-entry-{:08x}", rand::random::<u32>());
+    let _cleanup = Instance(name.clone());
+    let (good, out) = lxc(&["launch", "paygress-debian-12", &name]).await;
+    assert!(good, "{out}");
+    let entry = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("provider/kubernetes/entrypoint.sh");
+    let (good, out) = lxc(&[
+        "file", "push", "--mode", "0755", entry.to_str().unwrap(),
+        &format!("{name}/usr/local/sbin/paygress-entrypoint"),
+    ])
+    .await;
+    assert!(good, "{out}");
+
+    // The Secret's files, as the backend writes them (no trailing newline on the password).
+    let password = "it's $(touch /tmp/pwned); `id` \"x\" \\ ok";
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(keys.path());
+    let login = tempfile::tempdir().unwrap();
+    let put = |dir: &std::path::Path, files: &[(&str, String)]| {
+        for (f, text) in files {
+            std::fs::write(dir.join(f), text).unwrap();
+        }
+    };
+    put(login.path(), &[
+        ("username", "alice".into()),
+        ("password", password.into()),
+        ("authorized_keys", format!("{public}\n")),
+    ]);
+    for f in ["username", "password", "authorized_keys"] {
+        let (good, out) = lxc(&[
+            "file", "push", "--create-dirs", "--mode", "0400", "--uid", "0", "--gid", "0",
+            login.path().join(f).to_str().unwrap(),
+            &format!("{name}/etc/paygress/login/{f}"),
+        ])
+        .await;
+        assert!(good, "{out}");
+    }
+    // sshd of the image keeps port 22; the entrypoint's sshd listens on 2222, reached through
+    // a proxy device on 127.0.0.1 (as a NodePort would reach the pod's port).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (good, out) = lxc(&[
+        "config", "device", "add", &name, "pgk-ssh", "proxy",
+        &format!("listen=tcp:127.0.0.1:{port}"), "connect=tcp:127.0.0.1:2222",
+    ])
+    .await;
+    assert!(good, "{out}");
+    let mut entrypoint = tokio::process::Command::new("lxc")
+        .args(["exec", &name, "--", "/usr/local/sbin/paygress-entrypoint", "-p", "2222"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut who = Err(String::new());
+    for _ in 0..60 {
+        who = ssh_password(port, "alice", password, "whoami; echo $HOME; test -e /tmp/pwned && echo PWNED || echo clean").await;
+        if who.is_ok() {
+            break;
+        }
+        if let Ok(Some(st)) = entrypoint.try_wait() {
+            let mut err = String::new();
+            use tokio::io::AsyncReadExt;
+            let _ = entrypoint.stderr.take().unwrap().read_to_string(&mut err).await;
+            panic!("the entrypoint ended ({st}): {err}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let who = who.expect("password login through the entrypoint's sshd");
+    assert_eq!(who.lines().collect::<Vec<_>>(), ["alice", "/home/alice", "clean"]);
+    assert_eq!(
+        common::ssh::ssh_key(port, "alice", &key, "echo by-key").await.unwrap().trim(),
+        "by-key"
+    );
+    assert!(ssh_password(port, "root", password, "true").await.is_err());
+    assert!(ssh_password(port, "alice", "wrong-password", "true").await.is_err());
+    let (_, out) = lxc(&["exec", &name, "--", "stat", "-c", "%a %U", "/home/alice/.ssh/authorized_keys"]).await;
+    assert_eq!(out.trim(), "600 alice");
+
+    // Usernames the core refuses stop the entrypoint before anything is made.
+    for bad in ["root", "Alice", "a;b", "-o", "x$(id)", ""] {
+        let dir = tempfile::tempdir().unwrap();
+        put(dir.path(), &[("username", bad.into()), ("password", "pw-123456".into())]);
+        for f in ["username", "password"] {
+            let (good, out) = lxc(&[
+                "file", "push", "--create-dirs", "--mode", "0400",
+                dir.path().join(f).to_str().unwrap(),
+                &format!("{name}/etc/paygress/bad/{f}"),
+            ])
+            .await;
+            assert!(good, "{out}");
+        }
+        let (good, out) = lxc(&[
+            "exec", &name, "--env", "LOGIN_DIR=/etc/paygress/bad", "--",
+            "/usr/local/sbin/paygress-entrypoint", "-p", "2223",
+        ])
+        .await;
+        assert!(!good, "{bad:?} was accepted: {out}");
+        assert!(out.contains("paygress-entrypoint:"), "{out}");
+    }
+    let _ = entrypoint.kill().await;
+}
