@@ -733,9 +733,14 @@ async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
     let _cleanup = Instance(name.clone());
     let (good, out) = lxc(&["launch", "paygress-debian-12", &name]).await;
     assert!(good, "{out}");
-    let entry = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("provider/kubernetes/entrypoint.sh");
+    let entry =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("provider/kubernetes/entrypoint.sh");
     let (good, out) = lxc(&[
-        "file", "push", "--mode", "0755", entry.to_str().unwrap(),
+        "file",
+        "push",
+        "--mode",
+        "0755",
+        entry.to_str().unwrap(),
         &format!("{name}/usr/local/sbin/paygress-entrypoint"),
     ])
     .await;
@@ -751,14 +756,25 @@ async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
             std::fs::write(dir.join(f), text).unwrap();
         }
     };
-    put(login.path(), &[
-        ("username", "alice".into()),
-        ("password", password.into()),
-        ("authorized_keys", format!("{public}\n")),
-    ]);
+    put(
+        login.path(),
+        &[
+            ("username", "alice".into()),
+            ("password", password.into()),
+            ("authorized_keys", format!("{public}\n")),
+        ],
+    );
     for f in ["username", "password", "authorized_keys"] {
         let (good, out) = lxc(&[
-            "file", "push", "--create-dirs", "--mode", "0400", "--uid", "0", "--gid", "0",
+            "file",
+            "push",
+            "--create-dirs",
+            "--mode",
+            "0400",
+            "--uid",
+            "0",
+            "--gid",
+            "0",
             login.path().join(f).to_str().unwrap(),
             &format!("{name}/etc/paygress/login/{f}"),
         ])
@@ -767,15 +783,32 @@ async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
     }
     // sshd of the image keeps port 22; the entrypoint's sshd listens on 2222, reached through
     // a proxy device on 127.0.0.1 (as a NodePort would reach the pod's port).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (good, out) = lxc(&[
-        "config", "device", "add", &name, "pgk-ssh", "proxy",
-        &format!("listen=tcp:127.0.0.1:{port}"), "connect=tcp:127.0.0.1:2222",
+        "config",
+        "device",
+        "add",
+        &name,
+        "pgk-ssh",
+        "proxy",
+        &format!("listen=tcp:127.0.0.1:{port}"),
+        "connect=tcp:127.0.0.1:2222",
     ])
     .await;
     assert!(good, "{out}");
     let mut entrypoint = tokio::process::Command::new("lxc")
-        .args(["exec", &name, "--", "/usr/local/sbin/paygress-entrypoint", "-p", "2222"])
+        .args([
+            "exec",
+            &name,
+            "--",
+            "/usr/local/sbin/paygress-entrypoint",
+            "-p",
+            "2222",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -783,36 +816,71 @@ async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
         .unwrap();
     let mut who = Err(String::new());
     for _ in 0..60 {
-        who = ssh_password(port, "alice", password, "whoami; echo $HOME; test -e /tmp/pwned && echo PWNED || echo clean").await;
+        who = ssh_password(
+            port,
+            "alice",
+            password,
+            "whoami; echo $HOME; test -e /tmp/pwned && echo PWNED || echo clean",
+        )
+        .await;
         if who.is_ok() {
             break;
         }
         if let Ok(Some(st)) = entrypoint.try_wait() {
             let mut err = String::new();
             use tokio::io::AsyncReadExt;
-            let _ = entrypoint.stderr.take().unwrap().read_to_string(&mut err).await;
+            let _ = entrypoint
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .await;
             panic!("the entrypoint ended ({st}): {err}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let who = who.expect("password login through the entrypoint's sshd");
-    assert_eq!(who.lines().collect::<Vec<_>>(), ["alice", "/home/alice", "clean"]);
     assert_eq!(
-        common::ssh::ssh_key(port, "alice", &key, "echo by-key").await.unwrap().trim(),
+        who.lines().collect::<Vec<_>>(),
+        ["alice", "/home/alice", "clean"]
+    );
+    assert_eq!(
+        common::ssh::ssh_key(port, "alice", &key, "echo by-key")
+            .await
+            .unwrap()
+            .trim(),
         "by-key"
     );
     assert!(ssh_password(port, "root", password, "true").await.is_err());
-    assert!(ssh_password(port, "alice", "wrong-password", "true").await.is_err());
-    let (_, out) = lxc(&["exec", &name, "--", "stat", "-c", "%a %U", "/home/alice/.ssh/authorized_keys"]).await;
+    assert!(ssh_password(port, "alice", "wrong-password", "true")
+        .await
+        .is_err());
+    let (_, out) = lxc(&[
+        "exec",
+        &name,
+        "--",
+        "stat",
+        "-c",
+        "%a %U",
+        "/home/alice/.ssh/authorized_keys",
+    ])
+    .await;
     assert_eq!(out.trim(), "600 alice");
 
     // Usernames the core refuses stop the entrypoint before anything is made.
     for bad in ["root", "Alice", "a;b", "-o", "x$(id)", ""] {
         let dir = tempfile::tempdir().unwrap();
-        put(dir.path(), &[("username", bad.into()), ("password", "pw-123456".into())]);
+        put(
+            dir.path(),
+            &[("username", bad.into()), ("password", "pw-123456".into())],
+        );
         for f in ["username", "password"] {
             let (good, out) = lxc(&[
-                "file", "push", "--create-dirs", "--mode", "0400",
+                "file",
+                "push",
+                "--create-dirs",
+                "--mode",
+                "0400",
                 dir.path().join(f).to_str().unwrap(),
                 &format!("{name}/etc/paygress/bad/{f}"),
             ])
@@ -820,8 +888,14 @@ async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
             assert!(good, "{out}");
         }
         let (good, out) = lxc(&[
-            "exec", &name, "--env", "LOGIN_DIR=/etc/paygress/bad", "--",
-            "/usr/local/sbin/paygress-entrypoint", "-p", "2223",
+            "exec",
+            &name,
+            "--env",
+            "LOGIN_DIR=/etc/paygress/bad",
+            "--",
+            "/usr/local/sbin/paygress-entrypoint",
+            "-p",
+            "2223",
         ])
         .await;
         assert!(!good, "{bad:?} was accepted: {out}");
