@@ -140,7 +140,15 @@ fn nothing_left(sim: &KubeSim) {
             .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "paygress")
             .count()
     };
-    assert_eq!((mine("pods"), mine("services"), mine("secrets")), (0, 0, 0));
+    assert_eq!(
+        (
+            mine("pods"),
+            mine("services"),
+            mine("secrets"),
+            mine("persistentvolumeclaims")
+        ),
+        (0, 0, 0, 0)
+    );
 }
 
 async fn wait_gone(sim: &KubeSim, name: &str) {
@@ -309,6 +317,90 @@ async fn refused_after_payment(e: &Env, needle: &str) {
     let refund = err.refund_token.clone().expect("a refund token");
     assert_eq!(e.mint.receive_fresh(refund.expose()).await.unwrap(), 100);
     nothing_left(&e.sim);
+}
+
+/// A tier with a disk gets a PersistentVolumeClaim at /home: expiry deletes the pod but keeps
+/// the claim, a late top-up's new pod finds the buyer's files, deletion removes the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_with_a_disk_keeps_its_home_across_expiry() {
+    let e = env_with(|_, k| k.storage_class = Some("fast".into())).await;
+    let mut cfg = e.cfg.clone();
+    cfg.tiers[0].disk_gb = Some(2);
+    drop(e.provider.clone());
+    let Env {
+        provider,
+        backend,
+        sim,
+        mint,
+        _guard,
+        kubelet_sandbox,
+        dir,
+        ..
+    } = e;
+    drop(provider);
+    let provider = Provider::open(cfg.clone(), backend.clone()).await.unwrap();
+    let e = Env {
+        provider,
+        backend,
+        sim,
+        mint,
+        _guard,
+        kubelet_sandbox,
+        dir,
+        cfg,
+    };
+    let pw = "disk-pass-123";
+    let r = spawn(&e, 100, pw).await.expect("spawn");
+    let (name, expires) = row(&e.provider, &r.pod_npub);
+    let claim = format!("{name}-home");
+    let pvc = e
+        .sim
+        .object("persistentvolumeclaims", NS, &claim)
+        .expect("a claim");
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "2Gi");
+    assert_eq!(pvc["spec"]["storageClassName"], "fast");
+    let pod = e.sim.object("pods", NS, &name).unwrap();
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["resources"]["limits"]["ephemeral-storage"], "2Gi");
+    assert!(c["volumeMounts"].to_string().contains("\"/home\""), "{c}");
+    ssh_password(r.node_port, "alice", pw, "echo kept > ~/f")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        e.provider.reap_at(expires).await.stopped,
+        vec![r.pod_npub.clone()]
+    );
+    assert!(e.sim.object("pods", NS, &name).is_none());
+    assert!(e.sim.object("persistentvolumeclaims", NS, &claim).is_some());
+    top_up(&e, &r.pod_npub, 10).await;
+    assert_eq!(
+        ssh_password(r.node_port, "alice", pw, "cat ~/f")
+            .await
+            .unwrap()
+            .trim(),
+        "kept"
+    );
+
+    let (_, expires2) = row(&e.provider, &r.pod_npub);
+    let grace = e.cfg.provider.expiry_grace_seconds;
+    e.provider.reap_at(expires2 + 1).await;
+    assert_eq!(
+        e.provider.reap_at(expires2 + 1 + grace).await.deleted,
+        vec![r.pod_npub.clone()]
+    );
+    assert!(e.sim.object("persistentvolumeclaims", NS, &claim).is_none());
+    nothing_left(&e.sim);
+}
+
+/// An image the node cannot pull fails the create as soon as the kubelet says so (not after
+/// the ready timeout): refunded, nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_cannot_be_pulled_is_refunded_at_once() {
+    let e = env_with(|sim, _| sim.missing_image("ghcr.io/example/paygress-ssh:1")).await;
+    let t = std::time::Instant::now();
+    refused_after_payment(&e, "ErrImagePull").await;
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,6 +717,8 @@ async fn the_manifests_apply_parse_and_their_role_is_enough() {
     };
     pcfg.backend.kubernetes.node_address = Some("127.0.0.1".into());
     pcfg.backend.kubernetes.images.clear();
+    // A tier with a disk, so the claim rights are exercised too.
+    pcfg.tiers[0].disk_gb = Some(1);
     let backend = paygress::backend::from_config(&pcfg)
         .await
         .expect("connect as the service account");

@@ -23,9 +23,11 @@
 //!   `activeDeadlineSeconds` can only be lowered once set (the API server rejects raising it),
 //!   so it is set only as an optional hard cap on a pod's whole life
 //!   (`max_pod_lifetime_seconds`) and a top-up never depends on it.
-//! - **Stop** deletes the pod and keeps the Service (so the endpoint survives) and the
-//!   Secret; **resume** recreates the pod from the template kept on the Service. **Destroy**
-//!   removes all three. A failed create removes everything it made.
+//! - **Stop** deletes the pod and keeps the Service (so the endpoint survives), the Secret and,
+//!   for a tier with a disk, the PersistentVolumeClaim `<name>-home` mounted at `/home`;
+//!   **resume** recreates the pod from the template kept on the Service. **Destroy** removes
+//!   them all. A failed create removes everything it made. A container that cannot start (an
+//!   image that cannot be pulled, a crash loop) fails the create at once instead of timing out.
 //! - **Re-adoption**: everything carries the labels [`MANAGED_BY`] and [`PROVIDER_LABEL`];
 //!   `list` answers from the Services so a restarted provider finds its workloads (stopped ones
 //!   too) and the core removes orphans.
@@ -41,9 +43,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, Pod, PodSecurityContext, PodSpec, Probe,
+    Capabilities, Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
     ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -204,6 +207,38 @@ fn secret_name(name: &str) -> String {
     format!("{name}-login")
 }
 
+/// The PersistentVolumeClaim holding `/home` of a workload whose tier has a disk.
+fn claim_name(name: &str) -> String {
+    format!("{name}-home")
+}
+
+/// Container waiting reasons that will not clear by themselves: the pod will never be Ready.
+const HOPELESS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+];
+
+/// The first hopeless waiting reason of the pod's containers, with its message.
+fn hopeless(p: &Pod) -> Option<(String, String)> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .find_map(|w| {
+            let r = w.reason.clone()?;
+            HOPELESS
+                .contains(&r.as_str())
+                .then(|| (r, w.message.clone().unwrap_or_default()))
+        })
+}
+
 /// The label value of a provider id (labels are at most 63 characters of `[A-Za-z0-9._-]`).
 fn label_value(s: &str) -> String {
     let v: String = s
@@ -303,6 +338,34 @@ impl KubernetesBackend {
     }
     fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+    fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The claim for `/home` of a tier with a disk: kept across stops, removed with the
+    /// workload.
+    fn claim(&self, spec: &WorkloadSpec, gb: u32) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(claim_name(&spec.name)),
+                labels: Some(Self::labels(&spec.provider_id, &spec.name)),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: self.cfg.storage_class.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity(format!("{gb}Gi")),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }
     }
 
     fn labels(provider_id: &str, name: &str) -> BTreeMap<String, String> {
@@ -455,6 +518,36 @@ impl KubernetesBackend {
             type_: "RuntimeDefault".into(),
             localhost_profile: None,
         };
+        let mut mounts = vec![VolumeMount {
+            name: "login".into(),
+            mount_path: LOGIN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }];
+        let mut volumes = vec![Volume {
+            name: "login".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name(&spec.name)),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        if spec.tier.disk_gb.is_some() {
+            mounts.push(VolumeMount {
+                name: "home".into(),
+                mount_path: "/home".into(),
+                ..Default::default()
+            });
+            volumes.push(Volume {
+                name: "home".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name(&spec.name),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            });
+        }
         Pod {
             metadata: ObjectMeta {
                 name: Some(spec.name.clone()),
@@ -511,23 +604,10 @@ impl KubernetesBackend {
                         period_seconds: Some(2),
                         ..Default::default()
                     }),
-                    volume_mounts: Some(vec![VolumeMount {
-                        name: "login".into(),
-                        mount_path: LOGIN_DIR.into(),
-                        read_only: Some(true),
-                        ..Default::default()
-                    }]),
+                    volume_mounts: Some(mounts),
                     ..Default::default()
                 }],
-                volumes: Some(vec![Volume {
-                    name: "login".into(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(secret_name(&spec.name)),
-                        default_mode: Some(0o400),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
+                volumes: Some(volumes),
                 ..Default::default()
             }),
             status: None,
@@ -613,7 +693,9 @@ impl KubernetesBackend {
                 .iter()
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            matches!(phase, "Failed" | "Succeeded") || (phase == "Running" && is_ready)
+            matches!(phase, "Failed" | "Succeeded")
+                || (phase == "Running" && is_ready)
+                || p.and_then(hopeless).is_some()
         };
         let limit = self.ready_timeout();
         let deadline = tokio::time::Instant::now() + limit;
@@ -631,6 +713,14 @@ impl KubernetesBackend {
             .and_then(|p| p.status.as_ref())
             .and_then(|s| s.phase.clone())
             .unwrap_or_default();
+        if let Some((reason, message)) = pod.as_ref().and_then(hopeless) {
+            let e = format!("kubernetes: pod {name} cannot start: {reason}: {message}");
+            return Err(if reason.contains("Image") {
+                BackendError::ImageMissing(e)
+            } else {
+                BackendError::NotReady(e)
+            });
+        }
         if phase != "Running" {
             let reason = pod
                 .and_then(|p| p.status)
@@ -696,7 +786,15 @@ impl KubernetesBackend {
             Err(e) if !is_not_found(&e) => Err(map_err(&format!("delete secret of {name}"), e)),
             _ => Ok(()),
         };
-        pod.and(svc).and(sec)
+        let claim = match self
+            .claims()
+            .delete(&claim_name(name), &DeleteParams::default())
+            .await
+        {
+            Err(e) if !is_not_found(&e) => Err(map_err(&format!("delete the disk of {name}"), e)),
+            _ => Ok(()),
+        };
+        pod.and(svc).and(sec).and(claim)
     }
 
     async fn make(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError> {
@@ -705,6 +803,12 @@ impl KubernetesBackend {
             .create(&pp, &Self::secret(spec))
             .await
             .map_err(|e| map_err(&format!("create the login secret of {}", spec.name), e))?;
+        if let Some(gb) = spec.tier.disk_gb {
+            self.claims()
+                .create(&pp, &self.claim(spec, gb))
+                .await
+                .map_err(|e| map_err(&format!("create the disk of {}", spec.name), e))?;
+        }
         let pod = self.pod(spec);
         let svc = self
             .services()
@@ -775,12 +879,10 @@ impl Backend for KubernetesBackend {
             }
             Err(e) => {
                 tracing::warn!(workload = %spec.name, "kubernetes create failed, rolling back: {e}");
-                // A 409 on the first object means another workload has the name: leave it be.
-                let theirs = matches!(&e, BackendError::Api(m) if m.contains("create the login secret") && m.contains("already exists"));
-                if !theirs {
-                    if let Err(re) = self.remove_all(&spec.name).await {
-                        tracing::error!(workload = %spec.name, "kubernetes rollback incomplete: {re}");
-                    }
+                // Names are the core's, one per workload: whatever has this one is this
+                // workload's own leftover.
+                if let Err(re) = self.remove_all(&spec.name).await {
+                    tracing::error!(workload = %spec.name, "kubernetes rollback incomplete: {re}");
                 }
                 Err(e)
             }

@@ -38,6 +38,8 @@ struct Running {
     started: u64,
     /// A sandbox workload runs for it (else the container is a status only).
     sandboxed: bool,
+    /// The PersistentVolumeClaim mounted at /home, if any: its sandbox home outlives the pod.
+    claim: Option<String>,
 }
 
 pub struct Kubelet {
@@ -46,6 +48,9 @@ pub struct Kubelet {
     running: HashMap<Key, Running>,
     /// Pods whose start failed, with when to try again.
     backoff: HashMap<Key, u64>,
+    /// Stopped sandbox workloads of deleted pods that had a claim: (pod key → claim). A new pod
+    /// of that name resumes it (home intact); removing the claim removes it.
+    kept: HashMap<Key, String>,
 }
 
 fn quantity_millicores(q: &Value) -> Option<u32> {
@@ -81,6 +86,7 @@ impl Kubelet {
             sandbox,
             running: HashMap::new(),
             backoff: HashMap::new(),
+            kept: HashMap::new(),
         }
     }
 
@@ -122,10 +128,26 @@ impl Kubelet {
         if let Some(r) = self.running.remove(key) {
             if r.sandboxed {
                 if let Some(sb) = &self.sandbox {
-                    let _ = sb.destroy(&key.name).await;
+                    match r.claim {
+                        Some(c) => {
+                            let _ = sb.stop(&key.name).await;
+                            self.kept.insert(key.clone(), c);
+                        }
+                        None => {
+                            let _ = sb.destroy(&key.name).await;
+                        }
+                    }
                 }
             }
         }
+    }
+
+    fn claim_of(pod: &Value) -> Option<String> {
+        pod["spec"]["volumes"]
+            .as_array()?
+            .iter()
+            .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .map(str::to_string)
     }
 
     async fn sync(&mut self) {
@@ -143,6 +165,24 @@ impl Kubelet {
             .collect();
         for k in stale {
             self.kill(&k).await;
+        }
+        // A deleted claim takes the kept home with it.
+        let gone: Vec<Key> = {
+            let s = self.sim.store.lock();
+            self.kept
+                .iter()
+                .filter(|(k, c)| {
+                    s.get(&Key::new("persistentvolumeclaims", &k.ns, c))
+                        .is_none()
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for k in gone {
+            self.kept.remove(&k);
+            if let Some(sb) = &self.sandbox {
+                let _ = sb.destroy(&k.name).await;
+            }
         }
         let now = now_secs();
         for (key, pod) in pods {
@@ -273,6 +313,48 @@ impl Kubelet {
     async fn start(&mut self, key: &Key, uid: &str, pod: &Value) {
         let now = now_secs();
         let mut sandboxed = false;
+        let image = pod["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let missing = self
+            .sim
+            .missing_images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&image);
+        if missing {
+            let msg = format!(
+                "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": not found"
+            );
+            let reason = if self.backoff.contains_key(key) {
+                "ImagePullBackOff"
+            } else {
+                "ErrImagePull"
+            };
+            self.waiting(key, uid, pod, reason, &msg);
+            self.backoff.insert(key.clone(), now + 2);
+            return;
+        }
+        let claim = Self::claim_of(pod);
+        if let Some(c) = &claim {
+            if self
+                .sim
+                .store
+                .lock()
+                .get(&Key::new("persistentvolumeclaims", &key.ns, c))
+                .is_none()
+            {
+                self.waiting(
+                    key,
+                    uid,
+                    pod,
+                    "ContainerCreating",
+                    &format!("persistentvolumeclaim \"{c}\" not found"),
+                );
+                return;
+            }
+        }
         if let (Some(sb), Some(login)) = (&self.sandbox, self.login(key, pod)) {
             let login = match login {
                 Ok(l) => l,
@@ -312,9 +394,16 @@ impl Kubelet {
                 host_port: Some(port),
                 expires_at: now + 86_400 * 365,
             };
-            // Whatever a previous pod of this name left behind goes first.
-            let _ = sb.destroy(&key.name).await;
-            if let Err(e) = sb.create(&spec).await {
+            let started = match self.kept.remove(key) {
+                // The home on the claim is still there: the same sandbox workload again.
+                Some(_) if claim.is_some() => sb.resume(&key.name).await.map(|_| ()),
+                _ => {
+                    // Whatever a previous pod of this name left behind goes first.
+                    let _ = sb.destroy(&key.name).await;
+                    sb.create(&spec).await.map(|_| ())
+                }
+            };
+            if let Err(e) = started {
                 self.waiting(key, uid, pod, "CreateContainerError", &e.to_string());
                 self.backoff.insert(key.clone(), now + 2);
                 return;
@@ -328,6 +417,7 @@ impl Kubelet {
                 uid: uid.to_string(),
                 started: now,
                 sandboxed,
+                claim,
             },
         );
         let pod_ip = self.sim.next_ip("10.244");

@@ -158,6 +158,11 @@ impl KubeSim {
         self.add_token(token, &format!("system:serviceaccount:{ns}:{name}"), rules);
     }
 
+    /// An image the kubelet will fail to pull.
+    pub fn missing_image(&self, image: &str) {
+        self.sim.missing_images.lock().unwrap().push(image.into());
+    }
+
     /// A ResourceQuota of `n` pods per namespace (None: no quota).
     pub fn set_pod_quota(&self, n: Option<usize>) {
         *self.sim.pod_quota.lock().unwrap() = n;

@@ -517,9 +517,21 @@ pub fn service_admit(
                 }
                 let asked = p["nodePort"].as_i64().unwrap_or(0);
                 if asked == 0 {
-                    let pick = (STATIC_BAND_END + 1..=*NODE_PORTS.end())
+                    // Random in the upper band first, like the real allocator; a port some
+                    // other program holds on this host (the simulated node) is skipped, so
+                    // simulators of parallel tests do not collide.
+                    let upper: Vec<u16> = (STATIC_BAND_END + 1..=*NODE_PORTS.end()).collect();
+                    let start = rand::random::<usize>() % upper.len();
+                    let pick = upper[start..]
+                        .iter()
+                        .chain(&upper[..start])
+                        .copied()
                         .chain(*NODE_PORTS.start()..=STATIC_BAND_END)
-                        .find(|n| !taken.contains(n) && !mine.contains(n));
+                        .find(|n| {
+                            !taken.contains(n)
+                                && !mine.contains(n)
+                                && std::net::TcpListener::bind(("127.0.0.1", *n)).is_ok()
+                        });
                     match pick {
                         Some(n) => {
                             p["nodePort"] = json!(n);

@@ -67,6 +67,8 @@ pub struct Sim {
     pub pod_quota: Mutex<Option<usize>>,
     /// Every request as `METHOD path?query`, for tests that look at what a client did.
     pub requests: Mutex<Vec<String>>,
+    /// Images the kubelet cannot pull (ErrImagePull, then ImagePullBackOff).
+    pub missing_images: Mutex<Vec<String>>,
     ips: AtomicU32,
 }
 
@@ -77,6 +79,7 @@ impl Sim {
             tokens: Mutex::new(HashMap::new()),
             pod_quota: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
+            missing_images: Mutex::new(Vec::new()),
             ips: AtomicU32::new(10),
         }
     }
@@ -622,6 +625,21 @@ fn create(
         "deployments" => {
             obj["metadata"]["generation"] = json!(1);
             obj["status"] = json!({});
+        }
+        "persistentvolumeclaims" => {
+            // A provisioner that binds at once (no WaitForFirstConsumer).
+            if obj["spec"]["volumeMode"].is_null() {
+                obj["spec"]["volumeMode"] = json!("Filesystem");
+            }
+            obj["spec"]["volumeName"] = json!(format!(
+                "pvc-{}",
+                obj["metadata"]["uid"].as_str().unwrap_or("")
+            ));
+            obj["status"] = json!({
+                "phase": "Bound",
+                "accessModes": obj["spec"]["accessModes"].clone(),
+                "capacity": {"storage": obj["spec"]["resources"]["requests"]["storage"].clone()},
+            });
         }
         _ => {}
     }
