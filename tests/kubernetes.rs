@@ -201,14 +201,23 @@ async fn spawn_login_top_up_expiry_late_top_up_and_deletion_after_grace() {
     );
     assert!(!pod.to_string().contains(pw) && !svc.to_string().contains(pw));
     assert!(secret["data"]["password"].is_string());
-    assert!(e
+    let np = e
         .sim
         .object(
             "networkpolicies.networking.k8s.io",
             NS,
-            "paygress-workloads"
+            "paygress-workloads",
         )
-        .is_some());
+        .expect("the workloads' NetworkPolicy");
+    let except = np["spec"]["egress"][0]["to"][0]["ipBlock"]["except"].to_string();
+    assert!(
+        except.contains("10.0.0.0/8") && except.contains("169.254.0.0/16"),
+        "{np}"
+    );
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/managed-by"],
+        "paygress"
+    );
     // Readiness came from a watch on the pod, not from polling it.
     let reqs = e.sim.requests();
     assert!(
@@ -996,4 +1005,105 @@ async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
         assert!(out.contains("paygress-entrypoint:"), "{out}");
     }
     let _ = entrypoint.kill().await;
+}
+
+/// The real `paygress-mcp-server` binary with `backend.kind = "kubernetes"` in its config file
+/// connects to the API server named in its kubeconfig, and the official MCP Inspector CLI's
+/// `get_offers` says `kubernetes` (isolation `container`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_get_offers_for_the_kubernetes_backend() {
+    let inspector = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools/e2e/node_modules/.bin/mcp-inspector");
+    assert!(
+        inspector.exists(),
+        "the MCP Inspector is not installed: run tools/test.sh"
+    );
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = KubeSim::start(&[NS], None).await;
+    let mut cfg = common::config(&dir.path().join("provider"), &[&mint.url], RATE, (1, 1));
+    cfg.backend.kind = BackendChoice::Kubernetes;
+    cfg.backend.kubernetes = k8s_config(&sim, ADMIN_TOKEN);
+    let file = dir.path().join("paygress.toml");
+    std::fs::write(&file, toml::to_string(&cfg).expect("config as TOML")).unwrap();
+    let out = tokio::process::Command::new(&inspector)
+        .arg("--cli")
+        .arg(env!("CARGO_BIN_EXE_paygress-mcp-server"))
+        .arg("-e")
+        .arg(format!("PAYGRESS_CONFIG={}", file.display()))
+        .args(["--method", "tools/call", "--tool-name", "get_offers"])
+        .env("MCP_CATALOG_PATH", dir.path().join("catalog.json"))
+        .env("HOME", dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inspector: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let offers = &v["structuredContent"];
+    assert_eq!(offers["backend"], "kubernetes", "{v}");
+    assert_eq!(offers["isolation"], "container", "{v}");
+    // It really asked the API server (the start-up check lists pods in the namespace).
+    assert!(sim
+        .requests()
+        .iter()
+        .any(|r| r.starts_with(&format!("GET /api/v1/namespaces/{NS}/pods?"))));
+}
+
+/// 404 and 409 from the API server, through the trait: stop/resume of a missing workload is
+/// `NotFound`; a create whose pod name is held (an old pod still there) says so and leaves
+/// none of its own objects behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_and_a_held_name_are_clear_errors() {
+    let e = env_with(|_, _| {}).await;
+    let b = &e.backend;
+    assert!(matches!(
+        b.stop("pg-missing").await,
+        Err(paygress::backend::BackendError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.resume("pg-missing").await,
+        Err(paygress::backend::BackendError::NotFound(_))
+    ));
+    b.destroy("pg-missing")
+        .await
+        .expect("destroying what is gone is fine");
+    assert!(b.inspect("pg-missing").await.unwrap().is_none());
+    // A pod of that name already exists.
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&e.sim.ca_pem).unwrap()])
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/api/v1/namespaces/{NS}/pods", e.sim.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "pg-held0001"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let spec = paygress::backend::WorkloadSpec {
+        name: "pg-held0001".into(),
+        provider_id: e.provider.provider_id().into(),
+        tier: e.cfg.tiers[0].clone(),
+        image: "paygress-debian-12".into(),
+        ssh_username: "bob".into(),
+        ssh_password: Secret::new("held-pass-123"),
+        ssh_public_key: None,
+        host_port: None,
+        expires_at: paygress::provider::now_secs() + 600,
+    };
+    let err = b.create(&spec).await.unwrap_err().to_string();
+    assert!(
+        err.contains("pods \"pg-held0001\" already exists") && err.contains("still terminating"),
+        "{err}"
+    );
+    assert!(!err.contains("held-pass-123"));
+    assert!(e.sim.object("services", NS, "pg-held0001").is_none());
+    assert!(e.sim.object("secrets", NS, "pg-held0001-login").is_none());
 }
