@@ -77,6 +77,43 @@ fn node_port_service(name: &str, node_port: Option<u16>) -> Value {
     })
 }
 
+/// `kubectl get RESOURCE… --watch-only --output-watch-events -o json`, running.
+fn watch_events(kc: &Path, what: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", kc)
+        .arg("get")
+        .args(what)
+        .args(["--watch-only", "--output-watch-events", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// What a watching kubectl printed, until a DELETED event (or 10 s); then it is stopped.
+async fn events_until_deleted(w: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = String::new();
+    let mut out = w.stdout.take().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = out.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains("\"DELETED\"") {
+                break;
+            }
+        }
+    })
+    .await;
+    let _ = w.kill().await;
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_creates_gets_lists_watches_and_deletes() {
     let sim = KubeSim::start(&[NS], None).await;
@@ -85,24 +122,9 @@ async fn kubectl_creates_gets_lists_watches_and_deletes() {
     let v: Value = serde_json::from_str(&ok(&kc, &["version", "-o", "json"]).await).unwrap();
     assert_eq!(v["serverVersion"]["minor"], "32");
 
-    // A watch from now on pods labelled app=web, printing every event.
-    let mut watcher = tokio::process::Command::new("kubectl")
-        .env("KUBECONFIG", &kc)
-        .args([
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "--watch-only",
-            "--output-watch-events",
-            "-o",
-            "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // Watches from now on, printing every event: pods labelled app=web, and services.
+    let mut watcher = watch_events(&kc, &["pods", "-l", "app=web"]);
+    let mut svc_watcher = watch_events(&kc, &["services"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let web = manifest(&dir, "web", pod("web", "web", None));
@@ -180,31 +202,22 @@ async fn kubectl_creates_gets_lists_watches_and_deletes() {
     ok(&kc, &["delete", "service", "web"]).await;
     assert_eq!(ok(&kc, &["get", "services", "-o", "name"]).await, "");
 
-    // The watch saw it come, run, and go.
-    let mut seen = String::new();
-    let stdout = watcher.stdout.take().unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        use tokio::io::AsyncReadExt;
-        let mut r = stdout;
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = r.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if seen.contains("\"DELETED\"") {
-                break;
-            }
-        }
-    })
-    .await;
-    let _ = watcher.kill().await;
+    // The watches saw them come (and the pod run) and go.
+    let seen = events_until_deleted(&mut watcher).await;
+    let svc_seen = events_until_deleted(&mut svc_watcher).await;
+    assert!(
+        svc_seen.contains("\"ADDED\"") && svc_seen.contains("\"DELETED\""),
+        "{svc_seen}"
+    );
+    assert!(
+        svc_seen.contains(&format!("\"nodePort\":{np}")),
+        "{svc_seen}"
+    );
     assert!(seen.contains("\"ADDED\""), "{seen}");
     assert!(seen.contains("\"MODIFIED\""), "{seen}");
     assert!(seen.contains("\"DELETED\""), "{seen}");
     assert!(
-        !seen.contains("\"name\": \"db\""),
+        !seen.contains("\"name\":\"db\"") && seen.contains("\"name\":\"web\""),
         "the label selector held: {seen}"
     );
 }
@@ -465,6 +478,17 @@ async fn the_official_python_client_sees_a_real_servers_behaviour() {
     assert_eq!(v["port_range"]["status"], 422);
     assert_eq!(v["services"], json!(["py-svc"]));
     assert_eq!(v["service_deleted_kind"], "V1Service");
+    assert_eq!(v["service_got_same_port"], true);
+    let svc_events: Vec<(String, String, u64)> =
+        serde_json::from_value(v["service_events"].clone()).unwrap();
+    assert_eq!(
+        svc_events,
+        [
+            ("ADDED".to_string(), "py-svc".to_string(), np),
+            ("DELETED".to_string(), "py-svc".to_string(), np)
+        ],
+        "the watch sees py-svc only (py-svc2/3 were refused)"
+    );
     assert_eq!(v["port_reused"], true);
     assert_eq!(v["delete_returned"], "V1Pod");
     let events: Vec<(String, String)> = serde_json::from_value(v["events"].clone()).unwrap();

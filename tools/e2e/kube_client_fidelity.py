@@ -63,6 +63,23 @@ def main():
     t = threading.Thread(target=follow, daemon=True)
     t.start()
 
+    # And one on services labelled app=py.
+    svc_events = []
+    svc_done = threading.Event()
+    svc_rv = v1.list_namespaced_service(ns).metadata.resource_version
+
+    def follow_services():
+        w = watch.Watch()
+        for ev in w.stream(v1.list_namespaced_service, ns, label_selector="app=py",
+                           resource_version=svc_rv, timeout_seconds=20):
+            svc_events.append((ev["type"], ev["object"].metadata.name,
+                               ev["object"].spec.ports[0].node_port))
+            if ev["type"] == "DELETED":
+                w.stop()
+        svc_done.set()
+
+    threading.Thread(target=follow_services, daemon=True).start()
+
     created = v1.create_namespaced_pod(ns, pod("py-a", {"app": "py"}))
     out["created"] = {"uid": bool(created.metadata.uid), "rv": created.metadata.resource_version,
                       "phase": created.status.phase,
@@ -99,7 +116,11 @@ def main():
     out["port_range"] = err(lambda: v1.create_namespaced_service(ns, svc("py-svc3", node_port=80)))
     listed = v1.list_namespaced_service(ns, label_selector="app=py")
     out["services"] = [s.metadata.name for s in listed.items]
+    got_svc = v1.read_namespaced_service("py-svc", ns)
+    out["service_got_same_port"] = got_svc.spec.ports[0].node_port == s1.spec.ports[0].node_port
     deleted_svc = v1.delete_namespaced_service("py-svc", ns)
+    svc_done.wait(25)
+    out["service_events"] = svc_events
     out["service_deleted_kind"] = type(deleted_svc).__name__
     # The freed port can be taken again.
     again = v1.create_namespaced_service(ns, svc("py-svc4", node_port=s1.spec.ports[0].node_port))
