@@ -251,6 +251,32 @@ async fn spawn_login_top_up_expiry_late_top_up_and_deletion_after_grace() {
             limits.contains(&(512u64 * 1024 * 1024).to_string()),
             "{limits:?}"
         );
+        // 1000 millicores: one CPU's worth of each CFS period (cgroup v2).
+        if dirs.iter().any(|d| d.join("cpu.max").exists()) {
+            assert!(limits.contains(&"100000 100000".to_string()), "{limits:?}");
+        }
+        // The buyer's processes run in that cgroup.
+        ssh_password(
+            r.node_port,
+            "alice",
+            pw,
+            "nohup sleep 31337 >/dev/null 2>&1 &",
+        )
+        .await
+        .unwrap();
+        let in_cgroup = dirs.iter().any(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .any(|pid| {
+                    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("31337"))
+                })
+        });
+        assert!(
+            in_cgroup,
+            "the buyer's sleep is not in the pod's cgroup {dirs:?}"
+        );
     } else {
         eprintln!("SKIPPED the cgroup check: no writable cgroup hierarchy on this host");
     }
