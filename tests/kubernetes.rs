@@ -6,7 +6,12 @@
 //! 422) with nothing left behind; re-adoption and orphan removal after a restart; the
 //! optional hard cap (`activeDeadlineSeconds`).
 //!
-//! Needs root (the kubelet's sandbox makes namespaces and cgroups).
+//! Also the deployment side: the SSH image's entrypoint in the LXD base image over real ssh,
+//! `kubectl apply` of provider/kubernetes/manifests and a paid life cycle with exactly their
+//! Role, and the real binary's get_offers with a kubeconfig and with a pod's service account.
+//!
+//! Needs root (the kubelet's sandbox makes namespaces and cgroups; the in-pod test a mount
+//! namespace). Around 1.2k lines: one scenario per test, each walking a whole life cycle.
 
 mod common;
 
@@ -1132,4 +1137,95 @@ async fn not_found_and_a_held_name_are_clear_errors() {
     assert!(!err.contains("held-pass-123"));
     assert!(e.sim.object("services", NS, "pg-held0001").is_none());
     assert!(e.sim.object("secrets", NS, "pg-held0001-login").is_none());
+}
+
+/// In a pod there is no kubeconfig: the binary, with no `backend.kubernetes.kubeconfig` and no
+/// kubeconfig in its HOME, uses the service account the way a pod gets it
+/// (`KUBERNETES_SERVICE_HOST`/`_PORT`, token and CA under
+/// /var/run/secrets/kubernetes.io/serviceaccount). The test gives it those files in a private
+/// mount namespace (a tmpfs on /run, so the host's /run is untouched), with a token the
+/// simulator knows only as the manifests' service account, and asks get_offers through the
+/// official MCP Inspector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pod_the_service_account_is_used() {
+    let inspector = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools/e2e/node_modules/.bin/mcp-inspector");
+    assert!(
+        inspector.exists(),
+        "the MCP Inspector is not installed: run tools/test.sh"
+    );
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = KubeSim::start(&[NS], None).await;
+    sim.add_token(
+        "in-cluster-token",
+        "system:serviceaccount:paygress:paygress",
+        vec![Rule::new(
+            &[
+                "get", "list", "watch", "create", "update", "delete", "patch",
+            ],
+            &["*"],
+            &[NS],
+        )],
+    );
+    // What the kubelet projects into a pod.
+    let sa = dir.path().join("sa");
+    std::fs::create_dir(&sa).unwrap();
+    std::fs::write(sa.join("token"), "in-cluster-token").unwrap();
+    std::fs::write(sa.join("ca.crt"), &sim.ca_pem).unwrap();
+    std::fs::write(sa.join("namespace"), "paygress").unwrap();
+    let mut cfg = common::config(&dir.path().join("provider"), &[&mint.url], RATE, (1, 1));
+    cfg.backend.kind = BackendChoice::Kubernetes;
+    cfg.backend.kubernetes = KubernetesConfig {
+        namespace: Some(NS.into()),
+        node_address: Some("127.0.0.1".into()),
+        ..Default::default()
+    };
+    let file = dir.path().join("paygress.toml");
+    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
+    // The launcher: only paths this test made go into the script, as positional arguments.
+    let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io && \
+                  cp -r \"$1\" /run/secrets/kubernetes.io/serviceaccount && shift && exec \"$@\"";
+    let out = tokio::process::Command::new(&inspector)
+        .arg("--cli")
+        .arg("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "launcher",
+        ])
+        .arg(&sa)
+        .arg(env!("CARGO_BIN_EXE_paygress-mcp-server"))
+        .arg("-e")
+        .arg(format!("PAYGRESS_CONFIG={}", file.display()))
+        .arg("-e")
+        .arg("KUBERNETES_SERVICE_HOST=127.0.0.1")
+        .arg("-e")
+        .arg(format!("KUBERNETES_SERVICE_PORT={}", sim.port))
+        .arg("-e")
+        .arg(format!("HOME={}", dir.path().display()))
+        .args(["--method", "tools/call", "--tool-name", "get_offers"])
+        .env("MCP_CATALOG_PATH", dir.path().join("catalog.json"))
+        .env("HOME", dir.path())
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inspector: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["structuredContent"]["backend"], "kubernetes", "{v}");
+    // The start-up check reached the simulator with the service account's token (the only
+    // credential it had: a failed check stops the start, and get_offers would not answer).
+    assert!(sim
+        .requests()
+        .iter()
+        .any(|r| r.starts_with(&format!("GET /api/v1/namespaces/{NS}/pods?"))));
 }
