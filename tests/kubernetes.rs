@@ -433,14 +433,13 @@ async fn a_tier_with_a_disk_keeps_its_home_across_expiry() {
     nothing_left(&e.sim);
 }
 
-/// An image the node cannot pull fails the create as soon as the kubelet says so (not after
-/// the ready timeout): refunded, nothing left.
+/// An image the node cannot pull fails the create as soon as the kubelet says so, with the
+/// kubelet's reason (a ready timeout would say "was not Ready within"): refunded, nothing
+/// left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_cannot_be_pulled_is_refunded_at_once() {
     let e = env_with(|sim, _| sim.missing_image("ghcr.io/example/paygress-ssh:1")).await;
-    let t = std::time::Instant::now();
-    refused_after_payment(&e, "ErrImagePull").await;
-    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    refused_after_payment(&e, "cannot start: ErrImagePull: Failed to pull image").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
