@@ -359,6 +359,43 @@ async fn refused_after_payment(e: &Env, needle: &str) {
     nothing_left(&e.sim);
 }
 
+/// Readiness rides out what real API servers do to long watches: the server ends each watch
+/// after a second, and the history is compacted in between, so kube-runtime's watcher resumes
+/// from a version that is gone, gets 410 Expired, relists, and still sees the pod become
+/// Ready (after a 3 s "image pull").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_survives_ended_watches_and_410() {
+    let e = env_with(|_, _| {}).await;
+    e.sim.cap_watches(Some(1));
+    e.sim.set_start_delay(3);
+    let stop = CancellationToken::new();
+    let churn = {
+        let stop = stop.clone();
+        let sim = e.sim.sim.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                sim.churn_and_compact();
+            }
+        })
+    };
+    let r = spawn(&e, 100, "watch-pass-123").await;
+    stop.cancel();
+    let _ = churn.await;
+    let r = r.expect("spawn through ended and expired watches");
+    assert!(
+        e.sim.expired_served() >= 1,
+        "no watch was ever answered with 410"
+    );
+    assert_eq!(
+        ssh_password(r.node_port, "alice", "watch-pass-123", "whoami")
+            .await
+            .unwrap()
+            .trim(),
+        "alice"
+    );
+}
+
 /// A tier with a disk gets a PersistentVolumeClaim at /home: expiry deletes the pod but keeps
 /// the claim, a late top-up's new pod finds the buyer's files, deletion removes the claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

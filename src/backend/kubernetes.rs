@@ -16,9 +16,9 @@
 //!   A NetworkPolicy (one per namespace, made at start) lets the pods out to the internet but
 //!   not to private ranges (the cluster's services, the node, the provider) unless the operator
 //!   lists them in `egress_allow`.
-//! - **Readiness from a watch**: `create` waits on a watch of the pod (kube-runtime's
-//!   `await_condition`, no polling of GETs) for Running and Ready, then for an SSH banner on
-//!   the endpoint.
+//! - **Readiness from a watch**: `create` waits on a watch of the pod (kube-runtime's watcher,
+//!   no polling of GETs; it rides out ended watches and 410 Expired by relisting) for Running
+//!   and Ready, then for an SSH banner on the endpoint.
 //! - **Time is the core's**: the paid deadline is an annotation the core's reaper enforces;
 //!   `activeDeadlineSeconds` can only be lowered once set (the API server rejects raising it),
 //!   so it is set only as an optional hard cap on a pod's whole life
@@ -56,7 +56,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{watcher, WatchStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
@@ -699,15 +699,14 @@ impl KubernetesBackend {
         };
         let limit = self.ready_timeout();
         let deadline = tokio::time::Instant::now() + limit;
-        let pod = tokio::time::timeout(limit, await_condition(self.pods(), name, ready))
+        let pod = tokio::time::timeout(limit, self.watch_pod_until(name, ready))
             .await
             .map_err(|_| {
                 BackendError::NotReady(format!(
                     "kubernetes: pod {name} was not Ready within {} s",
                     limit.as_secs()
                 ))
-            })?
-            .map_err(|e| BackendError::Api(format!("kubernetes: watching pod {name}: {e}")))?;
+            })??;
         let phase = pod
             .as_ref()
             .and_then(|p| p.status.as_ref())
@@ -759,16 +758,80 @@ impl KubernetesBackend {
             Err(e) => return Err(map_err(&format!("delete pod {name}"), e)),
         }
         let Some(uid) = uid else { return Ok(()) };
-        tokio::time::timeout(
-            self.ready_timeout(),
-            await_condition(pods, name, conditions::is_deleted(&uid)),
-        )
-        .await
-        .map_err(|_| {
-            BackendError::Api(format!("kubernetes: pod {name} did not terminate in time"))
-        })?
-        .map_err(|e| BackendError::Api(format!("kubernetes: watching pod {name}: {e}")))?;
+        let gone = |p: Option<&Pod>| p.is_none_or(|p| p.metadata.uid.as_ref() != Some(&uid));
+        tokio::time::timeout(self.ready_timeout(), self.watch_pod_until(name, gone))
+            .await
+            .map_err(|_| {
+                BackendError::Api(format!("kubernetes: pod {name} did not terminate in time"))
+            })??;
         Ok(())
+    }
+
+    /// Follow pod `name` on a watch until `done` holds for what the watch shows (`None`: no
+    /// such pod); returns that. kube-runtime's watcher lists, then watches from the list's
+    /// version and resumes after the server ends a watch; when the version it resumes from is
+    /// gone (410 Expired: the history was compacted while it was away) or a connection drops,
+    /// it relists after a backoff. Those are its normal life, not failures (kube-runtime's
+    /// `await_condition` gives up on the first, which would fail a paid spawn over a routine
+    /// compaction); only refused credentials end the wait early.
+    async fn watch_pod_until(
+        &self,
+        name: &str,
+        mut done: impl FnMut(Option<&Pod>) -> bool,
+    ) -> Result<Option<Pod>, BackendError> {
+        use futures::StreamExt;
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = std::pin::pin!(watcher(self.pods(), cfg).default_backoff());
+        let mut current: Option<Pod> = None;
+        let mut listed: Option<Pod> = None;
+        while let Some(ev) = events.next().await {
+            let check = match ev {
+                Ok(watcher::Event::Init) => {
+                    listed = None;
+                    false
+                }
+                Ok(watcher::Event::InitApply(p)) => {
+                    listed = Some(p);
+                    false
+                }
+                Ok(watcher::Event::InitDone) => {
+                    current = listed.take();
+                    true
+                }
+                Ok(watcher::Event::Apply(p)) => {
+                    current = Some(p);
+                    true
+                }
+                Ok(watcher::Event::Delete(_)) => {
+                    current = None;
+                    true
+                }
+                Err(e) => {
+                    let refused = match &e {
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchFailed(kube::Error::Api(s)) => {
+                            s.code == 401 || s.code == 403
+                        }
+                        watcher::Error::WatchError(s) => s.code == 401 || s.code == 403,
+                        _ => false,
+                    };
+                    if refused {
+                        return Err(BackendError::Api(format!(
+                            "kubernetes: not allowed to watch pod {name} (check the provider's Role): {e}"
+                        )));
+                    }
+                    tracing::debug!(pod = %name, "watch interrupted, the watcher resumes: {e}");
+                    false
+                }
+            };
+            if check && done(current.as_ref()) {
+                return Ok(current);
+            }
+        }
+        Err(BackendError::Api(format!(
+            "kubernetes: the watch of pod {name} ended"
+        )))
     }
 
     /// Remove the workload's objects; missing ones are fine.

@@ -51,6 +51,8 @@ pub struct Kubelet {
     /// Stopped sandbox workloads of deleted pods that had a claim: (pod key → claim). A new pod
     /// of that name resumes it (home intact); removing the claim removes it.
     kept: HashMap<Key, String>,
+    /// Pods "pulling their image" (`Sim::start_delay`), by uid, with when they may start.
+    pulling: HashMap<String, u64>,
 }
 
 fn quantity_millicores(q: &Value) -> Option<u32> {
@@ -87,6 +89,7 @@ impl Kubelet {
             running: HashMap::new(),
             backoff: HashMap::new(),
             kept: HashMap::new(),
+            pulling: HashMap::new(),
         }
     }
 
@@ -240,6 +243,24 @@ impl Kubelet {
             }
             if self.backoff.get(&key).is_some_and(|t| *t > now) {
                 continue;
+            }
+            let delay = *self
+                .sim
+                .start_delay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if delay > 0 {
+                match self.pulling.get(&uid).copied() {
+                    None => {
+                        self.pulling.insert(uid.clone(), now + delay);
+                        self.waiting(&key, &uid, &pod, "ContainerCreating", "");
+                        continue;
+                    }
+                    Some(at) if at > now => continue,
+                    Some(_) => {
+                        self.pulling.remove(&uid);
+                    }
+                }
             }
             self.start(&key, &uid, &pod).await;
         }

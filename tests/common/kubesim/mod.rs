@@ -158,6 +158,23 @@ impl KubeSim {
         self.add_token(token, &format!("system:serviceaccount:{ns}:{name}"), rules);
     }
 
+    /// End every watch after `secs` (None: when the client asked).
+    pub fn cap_watches(&self, secs: Option<u64>) {
+        *self.sim.watch_cap.lock().unwrap() = secs;
+    }
+
+    /// Keep scheduled pods in ContainerCreating for `secs` (an image pull).
+    pub fn set_start_delay(&self, secs: u64) {
+        *self.sim.start_delay.lock().unwrap() = secs;
+    }
+
+    /// Watches answered with 410 Expired so far.
+    pub fn expired_served(&self) -> u64 {
+        self.sim
+            .expired_served
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// An image the kubelet will fail to pull.
     pub fn missing_image(&self, image: &str) {
         self.sim.missing_images.lock().unwrap().push(image.into());
@@ -278,6 +295,20 @@ impl Drop for KubeSim {
 }
 
 impl Sim {
+    /// Move the resourceVersion on (a change elsewhere in the cluster) and compact: a watch
+    /// resuming from before now gets 410 Expired.
+    pub fn churn_and_compact(&self) {
+        let mut s = self.store.lock();
+        let key = Key::new("configmaps", "default", "churn");
+        s.put(
+            key,
+            json!({"kind": "ConfigMap", "apiVersion": "v1",
+                "metadata": {"name": "churn", "namespace": "default", "uid": "churn"},
+                "data": {"n": rand::random::<u32>().to_string()}}),
+        );
+        s.compact();
+    }
+
     /// A namespace that exists from the start.
     pub fn seed_namespace(&self, ns: &str) {
         let mut s = self.store.lock();

@@ -69,6 +69,13 @@ pub struct Sim {
     pub requests: Mutex<Vec<String>>,
     /// Images the kubelet cannot pull (ErrImagePull, then ImagePullBackOff).
     pub missing_images: Mutex<Vec<String>>,
+    /// The longest a watch may last whatever the client asks (real servers end watches on
+    /// their own too); `None`: as asked.
+    pub watch_cap: Mutex<Option<u64>>,
+    /// Watches answered with 410 Expired so far.
+    pub expired_served: std::sync::atomic::AtomicU64,
+    /// Seconds the kubelet keeps a scheduled pod in ContainerCreating (an image pull).
+    pub start_delay: Mutex<u64>,
     ips: AtomicU32,
 }
 
@@ -80,6 +87,9 @@ impl Sim {
             pod_quota: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             missing_images: Mutex::new(Vec::new()),
+            watch_cap: Mutex::new(None),
+            expired_served: std::sync::atomic::AtomicU64::new(0),
+            start_delay: Mutex::new(0),
             ips: AtomicU32::new(10),
         }
     }
@@ -846,7 +856,13 @@ async fn watch(
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .unwrap_or(1800)
-        .min(3600);
+        .min(3600)
+        .min(
+            sim.watch_cap
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or(u64::MAX),
+        );
     let from = q
         .get("resourceVersion")
         .filter(|r| !r.is_empty())
@@ -871,6 +887,7 @@ async fn watch(
                 }
             }
             Some(Ok(rv)) if rv < s.compacted() => {
+                sim.expired_served.fetch_add(1, Ordering::Relaxed);
                 let e = st::expired(rv, s.compacted());
                 first.push(json!({"type": "ERROR", "object": e.body}));
                 let _ = tx.try_send(line(&first[0]));
@@ -899,7 +916,8 @@ async fn watch(
             }
         }
         let end = tokio::time::Instant::now() + Duration::from_secs(timeout);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // A bookmark at the start, then every 10 s (a real server: about once a minute).
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(end) => return,
