@@ -761,6 +761,20 @@ async fn the_manifests_apply_parse_and_their_role_is_enough() {
         serde_json::from_value(get("deployments.apps", "paygress", "paygress")).unwrap();
     let pod = deploy.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("paygress"));
+    // The key file is readable by the provider's user (through fsGroup), by no one else.
+    let uid_gid = pod.security_context.as_ref().and_then(|s| s.fs_group);
+    let keys = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "keys")
+        .unwrap();
+    assert_eq!(keys.secret.as_ref().unwrap().default_mode, Some(0o440));
+    assert_eq!(
+        uid_gid,
+        pod.security_context.as_ref().and_then(|s| s.run_as_user)
+    );
     assert_eq!(
         pod.containers[0].args.as_ref().unwrap()[..2],
         ["provider".to_string(), "start".to_string()]
