@@ -206,6 +206,18 @@ async fn spawn_login_top_up_expiry_late_top_up_and_deletion_after_grace() {
     );
     assert!(!pod.to_string().contains(pw) && !svc.to_string().contains(pw));
     assert!(secret["data"]["password"].is_string());
+    // The spawn answer names the fingerprint of the host key in the Secret (the image's
+    // entrypoint serves exactly that key: see the LXD entrypoint test; the simulator's sandbox
+    // serves its own).
+    use base64::Engine;
+    let public = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["ssh_host_ed25519_key.pub"].as_str().unwrap())
+        .unwrap();
+    let fp = russh::keys::PublicKey::from_openssh(String::from_utf8(public).unwrap().trim())
+        .unwrap()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
+    assert_eq!(r.ssh_host_key_fingerprints, vec![fp]);
     let np = e
         .sim
         .object(
@@ -940,15 +952,35 @@ async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
             std::fs::write(dir.join(f), text).unwrap();
         }
     };
+    // The host key, as the backend makes it (OpenSSH format).
+    let host_key =
+        russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
+            .unwrap();
+    let host_fp = host_key
+        .public_key()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
     put(
         login.path(),
         &[
             ("username", "alice".into()),
             ("password", password.into()),
             ("authorized_keys", format!("{public}\n")),
+            (
+                "ssh_host_ed25519_key",
+                host_key
+                    .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+                    .unwrap()
+                    .to_string(),
+            ),
         ],
     );
-    for f in ["username", "password", "authorized_keys"] {
+    for f in [
+        "username",
+        "password",
+        "authorized_keys",
+        "ssh_host_ed25519_key",
+    ] {
         let (good, out) = lxc(&[
             "file",
             "push",
@@ -1035,6 +1067,23 @@ async fn the_ssh_image_entrypoint_logs_the_secret_user_in_over_real_ssh() {
             .trim(),
         "by-key"
     );
+    // sshd offers exactly the host key from the Secret: what a buyer pins from the answer.
+    let scan = tokio::process::Command::new("ssh-keyscan")
+        .args(["-p", &port.to_string(), "127.0.0.1"])
+        .output()
+        .await
+        .unwrap();
+    let scanned: Vec<String> = String::from_utf8_lossy(&scan.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' ').map(|(_, k)| k.to_string()))
+        .collect();
+    assert_eq!(scanned.len(), 1, "{scanned:?}");
+    let seen = russh::keys::PublicKey::from_openssh(&scanned[0])
+        .unwrap()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
+    assert_eq!(seen, host_fp);
     assert!(ssh_password(port, "root", password, "true").await.is_err());
     assert!(ssh_password(port, "alice", "wrong-password", "true")
         .await

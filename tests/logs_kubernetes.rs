@@ -91,6 +91,9 @@ async fn a_kubernetes_flow_at_trace_level_logs_no_secret() {
         })
         .await
         .expect("resume");
+    let secret = sim
+        .object("secrets", "user-workloads", &format!("{}-login", w.name))
+        .expect("the login secret");
     backend.destroy(&w.name).await.unwrap();
 
     let text = capture.text();
@@ -101,6 +104,16 @@ async fn a_kubernetes_flow_at_trace_level_logs_no_secret() {
     assert!(text.len() > 10_000, "TRACE output from the HTTP stack too");
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(password);
+    // The pod's private host key: its body lines.
+    let host_key = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["ssh_host_ed25519_key"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    for line in host_key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!text.contains(line), "the pod's host key is in the logs");
+    }
     for (what, secret) in [
         ("password", password),
         ("password (base64)", b64.as_str()),

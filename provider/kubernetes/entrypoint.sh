@@ -3,7 +3,8 @@
 #
 # It is constant: the buyer's login never reaches a command line, an environment variable or a
 # shell string. The backend puts it in a Secret mounted read-only at $LOGIN_DIR
-# (/etc/paygress/login): `username`, `password`, optionally `authorized_keys`. This script reads
+# (/etc/paygress/login): `username`, `password`, optionally `authorized_keys` and the SSH host key
+# `ssh_host_ed25519_key` the backend made (buyers get its fingerprint). This script reads
 # those files, checks the username against the rule Paygress already enforced, creates the user,
 # sets the password by feeding "user:password" to chpasswd on stdin, installs the key, and
 # runs sshd in the foreground as PID 1's only child.
@@ -57,7 +58,16 @@ fi
 
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
-ssh-keygen -A >/dev/null
+if [ -s "$LOGIN_DIR/ssh_host_ed25519_key" ]; then
+    # The host key the backend made: its fingerprint is in the buyer's spawn answer, so the
+    # first connection can already be checked. It is the only host key sshd offers (any other
+    # an image or its sshd_config brings is removed).
+    rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+    install -m 0600 -o root -g root -- "$LOGIN_DIR/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key
+    set -- -h /etc/ssh/ssh_host_ed25519_key "$@"
+else
+    ssh-keygen -A >/dev/null
+fi
 # The tier's password and key logins; no root login, no forwarding to the cluster's inside.
 exec "$SSHD" -D -e \
     -o PermitRootLogin=no \

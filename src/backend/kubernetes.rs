@@ -9,6 +9,8 @@
 //! - **The login is a Secret** mounted read-only at [`LOGIN_DIR`] and read by the constant
 //!   entrypoint of the SSH image (`provider/kubernetes/entrypoint.sh`): the buyer's username,
 //!   password and key never reach a command line, an environment variable or a shell string.
+//!   The Secret also holds the pod's SSH host key, made here, so the spawn answer names its
+//!   fingerprint and buyers can pin it.
 //! - **Limits from the tier**: requests = limits (cpu millicores, memory MiB, ephemeral storage
 //!   from `disk_gb`), so pods are Guaranteed QoS; `allowPrivilegeEscalation: false`, the
 //!   runtime's default seccomp profile, every capability dropped but the few sshd needs, no
@@ -76,6 +78,9 @@ pub const WORKLOAD_LABEL: &str = "paygress.io/workload";
 pub const EXPIRES_ANNOTATION: &str = "paygress.io/expires-at";
 /// Service annotation: the Pod to recreate on resume (no secret in it).
 pub const POD_ANNOTATION: &str = "paygress.io/pod-template";
+/// The Secret key (and file in [`LOGIN_DIR`]) of the workload's SSH host key, made by the
+/// backend so its fingerprint is known before the first connection.
+pub const HOST_KEY: &str = "ssh_host_ed25519_key";
 /// The NetworkPolicy made for the namespace.
 pub const NETWORK_POLICY: &str = "paygress-workloads";
 
@@ -150,6 +155,9 @@ pub struct KubernetesBackend {
     namespace: String,
     node_address: String,
     cfg: KubernetesConfig,
+    /// Fingerprints of the host key each new workload got, until the spawn answer takes them
+    /// ([`Backend::host_key_fingerprints`]).
+    host_keys: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>>,
 }
 
 impl std::fmt::Debug for KubernetesBackend {
@@ -320,6 +328,7 @@ impl KubernetesBackend {
             namespace,
             node_address,
             cfg,
+            host_keys: Default::default(),
         };
         // Credentials and namespace, checked now rather than after a buyer paid.
         b.pods()
@@ -614,18 +623,37 @@ impl KubernetesBackend {
         }
     }
 
-    fn secret(spec: &WorkloadSpec) -> Secret {
+    /// The login Secret, with an SSH host key made here (so the spawn answer can name its
+    /// fingerprint for buyers to pin): returns the Secret and that fingerprint.
+    fn secret(spec: &WorkloadSpec) -> Result<(Secret, String), BackendError> {
+        let bad =
+            |e: &dyn std::fmt::Display| BackendError::Api(format!("kubernetes: host key: {e}"));
+        let key = russh::keys::PrivateKey::random(
+            &mut rand::rngs::OsRng,
+            russh::keys::Algorithm::Ed25519,
+        )
+        .map_err(|e| bad(&e))?;
+        let private = key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .map_err(|e| bad(&e))?;
+        let public = key.public_key().to_openssh().map_err(|e| bad(&e))?;
+        let fingerprint = key
+            .public_key()
+            .fingerprint(russh::keys::HashAlg::Sha256)
+            .to_string();
         let mut data = BTreeMap::from([
             ("username".to_string(), spec.ssh_username.clone()),
             (
                 "password".to_string(),
                 spec.ssh_password.expose().to_string(),
             ),
+            (HOST_KEY.to_string(), private.to_string()),
+            (format!("{HOST_KEY}.pub"), format!("{public}\n")),
         ]);
         if let Some(k) = &spec.ssh_public_key {
             data.insert("authorized_keys".into(), format!("{}\n", k.trim()));
         }
-        Secret {
+        let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(secret_name(&spec.name)),
                 labels: Some(Self::labels(&spec.provider_id, &spec.name)),
@@ -634,7 +662,8 @@ impl KubernetesBackend {
             string_data: Some(data),
             type_: Some("Opaque".into()),
             ..Default::default()
-        }
+        };
+        Ok((secret, fingerprint))
     }
 
     fn service(spec: &WorkloadSpec, pod: &Pod) -> Result<Service, BackendError> {
@@ -862,8 +891,9 @@ impl KubernetesBackend {
 
     async fn make(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError> {
         let pp = PostParams::default();
+        let (secret, fingerprint) = Self::secret(spec)?;
         self.secrets()
-            .create(&pp, &Self::secret(spec))
+            .create(&pp, &secret)
             .await
             .map_err(|e| map_err(&format!("create the login secret of {}", spec.name), e))?;
         if let Some(gb) = spec.tier.disk_gb {
@@ -889,6 +919,9 @@ impl KubernetesBackend {
             .await
             .map_err(|e| map_err(&format!("create pod {}", spec.name), e))?;
         self.wait_ready(&spec.name, port).await?;
+        if let Ok(mut m) = self.host_keys.lock() {
+            m.insert(spec.name.clone(), vec![fingerprint]);
+        }
         Ok(Endpoint {
             host: Some(self.node_address.clone()),
             port,
@@ -932,6 +965,15 @@ impl Backend for KubernetesBackend {
 
     fn host_port_from_core(&self) -> bool {
         false
+    }
+
+    fn host_key_fingerprints(&self, name: &str) -> Vec<String> {
+        // Taken once, by the spawn answer (which is stored for replays), so the map stays small.
+        self.host_keys
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(name))
+            .unwrap_or_default()
     }
 
     async fn create(&self, spec: &WorkloadSpec) -> Result<Endpoint, BackendError> {
