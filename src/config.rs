@@ -228,6 +228,9 @@ pub struct BackendSection {
     /// Kubernetes namespace for workloads (`POD_NAMESPACE`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// `[backend.kubernetes]`: the Kubernetes backend.
+    #[serde(default)]
+    pub kubernetes: crate::backend::kubernetes::KubernetesConfig,
 }
 
 impl Default for BackendSection {
@@ -237,6 +240,7 @@ impl Default for BackendSection {
             lxd: LxdConfig::default(),
             sandbox: SandboxConfig::default(),
             namespace: default_namespace(),
+            kubernetes: Default::default(),
         }
     }
 }
@@ -513,6 +517,7 @@ impl Config {
         }
         if let Some(v) = env.get("POD_NAMESPACE") {
             self.backend.namespace = v.trim().to_string();
+            self.backend.kubernetes.namespace = Some(v.trim().to_string());
         }
         Ok(())
     }
@@ -683,8 +688,14 @@ impl Config {
                 ));
             }
         }
+        let k8s_namespace = self
+            .backend
+            .kubernetes
+            .namespace
+            .as_ref()
+            .unwrap_or(&self.backend.namespace);
         if self.backend.kind == BackendChoice::Kubernetes
-            && !crate::validate::is_identifier(&self.backend.namespace)
+            && !crate::validate::is_identifier(k8s_namespace)
         {
             return Err(ConfigError::new(
                 "backend.namespace",

@@ -49,6 +49,12 @@ apt_install() {
 apt_install "${want[@]}"
 command -v npm >/dev/null || apt_install npm
 
+# --- kubectl: a real client of the simulated Kubernetes API server (tests/kubesim.rs,
+# tests/kubernetes.rs). These machines ship kubectl 1.32 (package `kubectl`), which the fidelity
+# tests were written against; where none is installed, Debian's kubernetes-client (1.20) is the
+# packaged one (not installed beside 1.32: both own /usr/bin/kubectl).
+command -v kubectl >/dev/null || apt_install kubernetes-client
+
 # --- LXD: the real daemon and a locally built base image (both scripts are idempotent) --------
 bash provider/lxd-setup.sh
 bash provider/build-base-image.sh

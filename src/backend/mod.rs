@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{BackendChoice, Config, Tier};
 use crate::secret::Secret;
 
+pub mod kubernetes;
 pub mod lxd;
 pub mod sandbox;
 
@@ -247,6 +248,17 @@ pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, St
             )
             .await
             .map_err(|e| e.to_string())?;
+            Ok(std::sync::Arc::new(b))
+        }
+        BackendChoice::Kubernetes => {
+            let k = &cfg.backend.kubernetes;
+            let namespace = k
+                .namespace
+                .clone()
+                .unwrap_or_else(|| cfg.backend.namespace.clone());
+            let b = kubernetes::KubernetesBackend::connect(k.clone(), namespace)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(std::sync::Arc::new(b))
         }
         other => Err(format!("backend {other:?} is not available in this build")),

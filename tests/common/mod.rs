@@ -5,6 +5,8 @@ pub mod backend;
 pub mod cvm;
 pub mod faulty;
 pub mod http_demo;
+pub mod kube;
+pub mod kubesim;
 pub mod mint;
 pub mod netns;
 pub mod nginx;
