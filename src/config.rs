@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::lxd::LxdConfig;
+use crate::backend::proxmox::ProxmoxConfig;
 use crate::backend::sandbox::SandboxConfig;
 
 /// A compute tier ("pod spec" on the wire): what a buyer gets and what a second of it costs.
@@ -228,6 +229,9 @@ pub struct BackendSection {
     /// Kubernetes namespace for workloads (`POD_NAMESPACE`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// `[backend.proxmox]`: the Proxmox VE API, its token, TLS pin, templates and network.
+    #[serde(default)]
+    pub proxmox: ProxmoxConfig,
 }
 
 impl Default for BackendSection {
@@ -237,6 +241,7 @@ impl Default for BackendSection {
             lxd: LxdConfig::default(),
             sandbox: SandboxConfig::default(),
             namespace: default_namespace(),
+            proxmox: ProxmoxConfig::default(),
         }
     }
 }
@@ -690,6 +695,14 @@ impl Config {
                 "backend.namespace",
                 "not a valid namespace name",
             ));
+        }
+        if self.backend.kind == BackendChoice::Proxmox {
+            if let Err(problem) = self.backend.proxmox.validate() {
+                let (key, problem) = problem
+                    .split_once(": ")
+                    .unwrap_or(("backend.proxmox", &problem));
+                return Err(ConfigError::new(key, problem));
+            }
         }
         Ok(())
     }

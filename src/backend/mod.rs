@@ -26,6 +26,7 @@ use crate::config::{BackendChoice, Config, Tier};
 use crate::secret::Secret;
 
 pub mod lxd;
+pub mod proxmox;
 pub mod sandbox;
 
 /// Which kind of backend serves workloads; published in offers so buyers can filter on it.
@@ -247,6 +248,12 @@ pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, St
             )
             .await
             .map_err(|e| e.to_string())?;
+            Ok(std::sync::Arc::new(b))
+        }
+        BackendChoice::Proxmox => {
+            let b = proxmox::ProxmoxBackend::connect(cfg.backend.proxmox.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(std::sync::Arc::new(b))
         }
         other => Err(format!("backend {other:?} is not available in this build")),

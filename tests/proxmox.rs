@@ -1,0 +1,586 @@
+//! The Proxmox VE backend through the provider core, against fakepve: a protocol-faithful PVE
+//! API server (PyPI `fakepve`, PVE 9's schema, errors, tasks and LXC/QEMU state) started by
+//! `tools/e2e/fakepve_launch.py` on a free 127.0.0.1 port with an API token, templates and a
+//! self-signed certificate whose fingerprint the backend pins.
+//!
+//! Payments are real (the in-process cdk mint); logins are real OpenSSH clients. fakepve's
+//! guests do not run, so the harness ([`common::proxmox::StandIns`]) stands a real SSH server in
+//! for each guest it reports running, on the guest's own 127.X.Y.Z address, with the credentials
+//! the backend sent to PVE. Where fakepve is lenient (booleans, key validation), the tests read
+//! its request log and assert the exact fields the backend sent.
+//!
+//! Needs root (the stand-in SSH servers are sandbox workloads; `nat` mode makes a network
+//! namespace).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::mint::TestMint;
+use common::proxmox::{
+    form, loopback_block, ssh_key_at, ssh_password_at, Buyer, FakePve, StandIns,
+};
+use paygress::api::{SpawnRequest, SpawnResult, StatusRequest, TopUpRequest};
+use paygress::backend::proxmox::{ProxmoxBackend, ProxmoxConfig};
+use paygress::backend::{Backend, BackendKind, WorkloadState};
+use paygress::config::{BackendChoice, Config};
+use paygress::secret::Secret;
+use paygress::{Caller, Provider, ProviderError};
+use tokio_util::sync::CancellationToken;
+
+/// msat/s of the first tier: 100 sats buy 1000 s.
+const RATE: u64 = 100;
+const PASSWORD: &str = "pve-pass-123";
+
+struct Env {
+    provider: Arc<Provider>,
+    backend: Arc<ProxmoxBackend>,
+    cfg: Config,
+    mint: TestMint,
+    pve: Arc<FakePve>,
+    standins: StandIns,
+    /// Guests' addresses: 127.A.B.10 … 127.A.B.20.
+    block: (u8, u8),
+    dir: tempfile::TempDir,
+}
+
+fn proxmox_config(pve: &FakePve, kind: &str, network: &str) -> ProxmoxConfig {
+    toml::from_str(&format!("{}\n{network}", pve.backend_toml(kind))).expect("proxmox config")
+}
+
+fn static_network(block: (u8, u8)) -> String {
+    format!(
+        "[network]\nmode = \"static\"\npool_start = \"127.{a}.{b}.10\"\npool_end = \"127.{a}.{b}.20\"\n\
+         prefix_len = 32\ngateway = \"127.{a}.{b}.1\"\n",
+        a = block.0,
+        b = block.1
+    )
+}
+
+/// A provider on the Proxmox backend (`kind` lxc or qemu, static addresses on 127.A.B.0/24).
+async fn env(kind: &str) -> Env {
+    let pve = Arc::new(FakePve::start());
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let block = loopback_block();
+    let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
+    cfg.tiers[0].cpu_millicores = 1500;
+    cfg.tiers[0].disk_gb = Some(6);
+    cfg.backend.kind = BackendChoice::Proxmox;
+    cfg.backend.proxmox = proxmox_config(&pve, kind, &static_network(block));
+    let backend = Arc::new(
+        ProxmoxBackend::connect(cfg.backend.proxmox.clone())
+            .await
+            .expect("backend"),
+    );
+    let provider = Provider::open(cfg.clone(), backend.clone())
+        .await
+        .expect("provider");
+    let standins = StandIns::start(
+        pve.clone(),
+        Buyer {
+            username: "alice".into(),
+            password: PASSWORD.into(),
+        },
+        22,
+        dir.path(),
+    );
+    Env {
+        provider,
+        backend,
+        cfg,
+        mint,
+        pve,
+        standins,
+        block,
+        dir,
+    }
+}
+
+async fn spawn(
+    e: &Env,
+    sats: u64,
+    image: Option<&str>,
+    key: Option<String>,
+) -> Result<SpawnResult, ProviderError> {
+    let req = SpawnRequest {
+        cashu_token: Secret::new(e.mint.token(sats).await),
+        ssh_username: "alice".into(),
+        ssh_password: Some(Secret::new(PASSWORD)),
+        ssh_public_key: key,
+        pod_image: image.map(str::to_string),
+        ..Default::default()
+    };
+    e.provider
+        .spawn(req, Caller::Local, None, CancellationToken::new())
+        .await
+}
+
+async fn top_up(e: &Env, pod: &str, sats: u64) {
+    e.provider
+        .top_up(TopUpRequest {
+            pod_npub: pod.to_string(),
+            cashu_token: Secret::new(e.mint.token(sats).await),
+            request_id: None,
+        })
+        .await
+        .expect("top-up");
+}
+
+fn row(p: &Provider, pod: &str) -> (String, u64) {
+    let w = p.store().workload(pod).unwrap().expect("workload row");
+    (w.name, w.expires_at)
+}
+
+/// The fields of every request `method` to a path ending in `suffix`.
+async fn sent(pve: &FakePve, method: &str, suffix: &str) -> Vec<Vec<(String, String)>> {
+    pve.requests()
+        .await
+        .into_iter()
+        .filter(|(m, p, _)| m == method && p.ends_with(suffix))
+        .map(|(_, _, b)| form(&b))
+        .collect()
+}
+
+fn field<'a>(f: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    f.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+}
+
+/// SSH works at the endpoint the buyer got, with the key and with the password.
+async fn login(r: &SpawnResult, key: &std::path::Path) -> String {
+    let mut last = String::new();
+    // The stand-in appears within a poll of the guest starting.
+    for _ in 0..50 {
+        match ssh_key_at(&r.host, r.node_port, "alice", key, "whoami").await {
+            Ok(out) => return out.trim().to_string(),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no login at {}:{}: {last}", r.host, r.node_port);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// LXC: pay → the exact create request (tier limits, booleans as 1/0, `ssh-public-keys`, tags)
+/// → real ssh at the guest's own address → top-up → expiry stop (SSH gone) → late top-up resume
+/// → deletion after grace, with nothing left on the node.
+#[tokio::test]
+async fn lxc_life_cycle_through_the_core_with_real_payments_and_ssh() {
+    let e = env("lxc").await;
+    assert_eq!(e.provider.offers().backend, BackendKind::Proxmox);
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(keys.path());
+    let r = spawn(&e, 100, None, Some(public.clone()))
+        .await
+        .expect("paid spawn");
+    let addr = format!("127.{}.{}.10", e.block.0, e.block.1);
+    assert_eq!((r.host.as_str(), r.node_port), (addr.as_str(), 22), "{r:?}");
+    assert!(
+        r.instructions
+            .iter()
+            .any(|i| i.contains(&format!("ssh -p 22 alice@{addr}"))),
+        "{:?}",
+        r.instructions
+    );
+    assert_eq!(login(&r, &key).await, "alice");
+    assert_eq!(
+        ssh_password_at(&r.host, r.node_port, "alice", PASSWORD, "echo pw")
+            .await
+            .expect("password login")
+            .trim(),
+        "pw"
+    );
+
+    // Exactly what real PVE accepts (fakepve would take `true` or a bad key too).
+    let creates = sent(&e.pve, "POST", "/nodes/pve/lxc").await;
+    assert_eq!(creates.len(), 1);
+    let c = &creates[0];
+    let (name, expires) = row(&e.provider, &r.pod_npub);
+    let id = e.provider.provider_id().to_string();
+    for (k, v) in [
+        ("vmid", "10000"),
+        ("ostemplate", common::proxmox::LXC_TEMPLATE),
+        ("hostname", name.as_str()),
+        ("cores", "2"),
+        ("cpulimit", "1.5"),
+        ("memory", "512"),
+        ("swap", "0"),
+        ("rootfs", "local-lvm:6"),
+        ("unprivileged", "1"),
+        ("ssh-public-keys", public.as_str()),
+        ("password", "***"),
+    ] {
+        assert_eq!(field(c, k), Some(v), "{k} in {c:?}");
+    }
+    assert_eq!(
+        field(c, "net0"),
+        Some(
+            format!(
+                "name=eth0,bridge=vmbr0,ip={addr}/32,gw=127.{}.{}.1",
+                e.block.0, e.block.1
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        field(c, "tags"),
+        Some(format!("paygress;paygress-{id}").as_str())
+    );
+    for (k, v) in c {
+        assert!(!k.contains('_'), "no underscore parameter names: {k}");
+        assert!(v != "true" && v != "false", "booleans as 1/0: {k}={v}");
+    }
+    assert!(
+        field(c, "start").is_none() && field(c, "features").is_none(),
+        "{c:?}"
+    );
+    // No task was left unpolled: every UPID the node handed out was asked about.
+    let polled = e
+        .pve
+        .requests()
+        .await
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && p.contains("/tasks/UPID:") && p.ends_with("/status"))
+        .count();
+    assert!(polled >= 2, "create and start were polled: {polled}");
+
+    // Top-up before the deadline: the old deadline passes harmlessly.
+    top_up(&e, &r.pod_npub, 10).await;
+    let (_, expires2) = row(&e.provider, &r.pod_npub);
+    assert_eq!(expires2, expires + 100);
+    assert!(e.provider.reap_at(expires).await.stopped.is_empty());
+
+    // The deadline: stopped on PVE, SSH gone.
+    assert_eq!(
+        e.provider.reap_at(expires2).await.stopped,
+        vec![r.pod_npub.clone()]
+    );
+    assert_eq!(
+        e.backend.inspect(&name).await.unwrap().unwrap().state,
+        WorkloadState::Stopped
+    );
+    for _ in 0..50 {
+        if e.standins.serving().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ssh_key_at(&r.host, r.node_port, "alice", &key, "true")
+        .await
+        .is_err());
+
+    // A late top-up resumes it at the same address.
+    top_up(&e, &r.pod_npub, 10).await;
+    assert_eq!(login(&r, &key).await, "alice");
+    let st = e
+        .provider
+        .status(
+            StatusRequest {
+                pod_npub: r.pod_npub.clone(),
+            },
+            &Caller::Local,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.state, "running", "{st:?}");
+
+    // Expires again; after the grace period the guest is destroyed with purge.
+    let (_, expires3) = row(&e.provider, &r.pod_npub);
+    let grace = e.cfg.provider.expiry_grace_seconds;
+    assert_eq!(
+        e.provider.reap_at(expires3 + 1).await.stopped,
+        vec![r.pod_npub.clone()]
+    );
+    assert_eq!(
+        e.provider.reap_at(expires3 + 1 + grace).await.deleted,
+        vec![r.pod_npub.clone()]
+    );
+    assert!(e.backend.inspect(&name).await.unwrap().is_none());
+    assert!(
+        e.pve.workloads().await.is_empty(),
+        "nothing left on the node"
+    );
+    let deletes: Vec<String> = e
+        .pve
+        .requests()
+        .await
+        .into_iter()
+        .filter(|(m, _, _)| m == "DELETE")
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(deletes, vec!["/api2/json/nodes/pve/lxc/10000".to_string()]);
+    drop(e.dir);
+}
+
+/// QEMU: a linked clone of the cloud-init template, configured with `ciuser`, `cipassword`,
+/// percent-encoded `sshkeys` and the tier's limits; login with the cloud-init user.
+#[tokio::test]
+async fn qemu_clone_gets_cloud_init_credentials_and_the_tier_limits() {
+    let e = env("qemu").await;
+    assert_eq!(
+        e.provider.offers().isolation,
+        paygress::backend::Isolation::Vm
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(keys.path());
+    let r = spawn(&e, 100, None, Some(public.clone()))
+        .await
+        .expect("spawn");
+    assert_eq!(login(&r, &key).await, "alice");
+    assert_eq!(
+        ssh_password_at(&r.host, r.node_port, "alice", PASSWORD, "echo pw")
+            .await
+            .unwrap()
+            .trim(),
+        "pw"
+    );
+    let (name, expires) = row(&e.provider, &r.pod_npub);
+    let clones = sent(&e.pve, "POST", "/nodes/pve/qemu/9000/clone").await;
+    assert_eq!(
+        clones,
+        vec![vec![
+            ("newid".to_string(), "10000".to_string()),
+            ("name".into(), name.clone()),
+            ("full".into(), "0".into()),
+        ]]
+    );
+    let conf = &sent(&e.pve, "PUT", "/nodes/pve/qemu/10000/config").await[0];
+    let encoded: String = public
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    for (k, v) in [
+        ("cores", "2"),
+        ("cpulimit", "1.5"),
+        ("memory", "512"),
+        ("ciuser", "alice"),
+        ("cipassword", PASSWORD),
+        ("sshkeys", encoded.as_str()),
+    ] {
+        assert_eq!(field(conf, k), Some(v), "{k} in {conf:?}");
+    }
+    let resize = &sent(&e.pve, "PUT", "/nodes/pve/qemu/10000/resize").await[0];
+    assert_eq!(field(resize, "size"), Some("6G"));
+
+    // Expiry stops it, a late top-up starts it again, grace deletes it.
+    assert_eq!(
+        e.provider.reap_at(expires).await.stopped,
+        vec![r.pod_npub.clone()]
+    );
+    top_up(&e, &r.pod_npub, 10).await;
+    assert_eq!(login(&r, &key).await, "alice");
+    let (_, expires2) = row(&e.provider, &r.pod_npub);
+    e.provider.reap_at(expires2 + 1).await;
+    let grace = e.cfg.provider.expiry_grace_seconds;
+    assert_eq!(
+        e.provider.reap_at(expires2 + 1 + grace).await.deleted,
+        vec![r.pod_npub.clone()]
+    );
+    assert!(
+        e.pve.workloads().await.is_empty(),
+        "nothing left on the node"
+    );
+}
+
+/// A template that is not on the storage: PVE accepts the create and fails it inside the task;
+/// the backend rolls back and the core refunds the whole payment.
+#[tokio::test]
+async fn a_task_that_fails_inside_is_rolled_back_and_refunded_in_full() {
+    let e = env("lxc").await;
+    let err = spawn(&e, 100, Some("alpine"), None).await.unwrap_err();
+    assert_eq!(
+        err.error_type,
+        paygress::ErrorType::PodCreationFailed,
+        "{err:?}"
+    );
+    assert!(err.message.contains("alpine"), "{err:?}");
+    let refund = err.refund_token.clone().expect("a refund token");
+    assert_eq!(
+        e.mint.receive_fresh(refund.expose()).await.expect("refund"),
+        100
+    );
+    assert!(e.pve.workloads().await.is_empty(), "nothing left");
+    // The create was answered with a task that failed, and that task was polled.
+    let tasks = e.pve.requests().await;
+    assert!(tasks
+        .iter()
+        .any(|(m, p, _)| m == "GET" && p.contains("vzcreate")));
+}
+
+/// Another client takes the vmid between our look and our create: PVE says so in its own words
+/// and the backend takes the next one.
+#[tokio::test]
+async fn a_vmid_race_is_retried_with_the_next_vmid() {
+    let e = env("lxc").await;
+    e.pve
+        .fail(
+            "POST",
+            "/nodes/pve/lxc",
+            500,
+            "CT 10000 already exists on node 'pve'",
+            1,
+        )
+        .await;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(keys.path());
+    let r = spawn(&e, 100, None, Some(public)).await.expect("spawn");
+    let vmids: Vec<String> = sent(&e.pve, "POST", "/nodes/pve/lxc")
+        .await
+        .iter()
+        .filter_map(|f| field(f, "vmid").map(str::to_string))
+        .collect();
+    assert_eq!(vmids, ["10000", "10001"]);
+    assert_eq!(login(&r, &key).await, "alice");
+    let g = e.pve.workloads().await;
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0]["vmid"], 10001);
+}
+
+/// A server whose certificate is not the pinned one is refused before any token is sent.
+#[tokio::test]
+async fn tls_with_a_wrong_fingerprint_is_refused() {
+    let pve = FakePve::start();
+    let block = loopback_block();
+    let mut c = proxmox_config(&pve, "lxc", &static_network(block));
+    c.fingerprint = Some(
+        "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF"
+            .into(),
+    );
+    let err = ProxmoxBackend::connect(c.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fingerprint"), "{err}");
+    assert!(pve.requests().await.is_empty(), "no request got through");
+    // A CA file that is not the server's: refused too.
+    let other = tempfile::tempdir().unwrap();
+    let ca = other.path().join("ca.pem");
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=other",
+            "-days",
+            "1",
+            "-keyout",
+        ])
+        .arg(other.path().join("k.pem"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    c.fingerprint = None;
+    c.ca_file = Some(ca);
+    assert!(ProxmoxBackend::connect(c.clone()).await.is_err());
+    // fakepve's own certificate as the CA works; so does the right fingerprint.
+    c.ca_file = Some(pve.cert_file.clone());
+    ProxmoxBackend::connect(c.clone())
+        .await
+        .expect("the right CA");
+    // A wrong token: PVE's 401, phrased for the operator, the secret nowhere in it.
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "not-the-secret").unwrap();
+    c.token_secret_file = wrong.path().to_path_buf();
+    let err = ProxmoxBackend::connect(c).await.unwrap_err().to_string();
+    assert!(err.contains("401") && err.contains("token"), "{err}");
+    assert!(!err.contains("not-the-secret"), "{err}");
+}
+
+/// A restart re-adopts the live guest by its tags (SSH still works) and removes an orphan that
+/// carries this provider's tag but that the store never recorded; another provider's guest and
+/// a stranger's are left alone.
+#[tokio::test]
+async fn a_restart_readopts_tagged_guests_and_removes_orphans() {
+    let e = env("lxc").await;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(keys.path());
+    let r = spawn(&e, 100, None, Some(public)).await.expect("spawn");
+    let (name, _) = row(&e.provider, &r.pod_npub);
+    let id = e.provider.provider_id().to_string();
+    e.pve
+        .add_ct(
+            10050,
+            "pg-orphan",
+            "running",
+            serde_json::json!({
+            "tags": format!("paygress;paygress-{id}"), "hostname": "pg-orphan",
+            "net0": format!("name=eth0,bridge=vmbr0,ip=127.{}.{}.19/32", e.block.0, e.block.1)}),
+        )
+        .await;
+    e.pve
+        .add_ct(
+            10051,
+            "pg-other",
+            "running",
+            serde_json::json!({
+            "tags": "paygress;paygress-0123456789ab", "hostname": "pg-other"}),
+        )
+        .await;
+    e.pve
+        .add_ct(
+            10052,
+            "web",
+            "running",
+            serde_json::json!({"hostname": "web"}),
+        )
+        .await;
+
+    let Env {
+        provider,
+        cfg,
+        mint,
+        pve,
+        standins,
+        dir,
+        block: _,
+        backend: _,
+    } = e;
+    drop(provider);
+    let fresh = Arc::new(
+        ProxmoxBackend::connect(cfg.backend.proxmox.clone())
+            .await
+            .unwrap(),
+    );
+    let reopened = Provider::open(cfg.clone(), fresh.clone())
+        .await
+        .expect("reopen");
+    let st = reopened
+        .status(
+            StatusRequest {
+                pod_npub: r.pod_npub.clone(),
+            },
+            &Caller::Local,
+        )
+        .await
+        .expect("status after restart");
+    assert_eq!(st.state, "running", "{st:?}");
+    assert_eq!(login(&r, &key).await, "alice");
+    let left: Vec<u64> = pve
+        .workloads()
+        .await
+        .iter()
+        .filter_map(|g| g["vmid"].as_u64())
+        .collect();
+    assert_eq!(left, vec![10000, 10051, 10052], "only the orphan went");
+    let listed: Vec<String> = fresh
+        .list(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(listed, vec![name]);
+    drop((standins, mint, dir));
+}
