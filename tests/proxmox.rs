@@ -584,3 +584,158 @@ async fn a_restart_readopts_tagged_guests_and_removes_orphans() {
     assert_eq!(listed, vec![name]);
     drop((standins, mint, dir));
 }
+
+/// A network namespace of the test's own: its loopback up, carrying the provider's address
+/// (198.18.N.1) and the guests' (198.18.N.10-20). Removed on drop.
+struct OwnNetns {
+    name: String,
+    n: u8,
+}
+
+impl OwnNetns {
+    fn new() -> OwnNetns {
+        let ns = OwnNetns {
+            name: format!("pgpve{:08x}", rand::random::<u32>()),
+            n: rand::random::<u8>() % 200 + 20,
+        };
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &ns.name]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        for host in std::iter::once(1).chain(10..=20) {
+            let a = format!("198.18.{}.{host}/32", ns.n);
+            ip(&["-n", &ns.name, "addr", "add", &a, "dev", "lo"]);
+        }
+        ns
+    }
+
+    /// Run `f` on a thread (and a runtime whose threads are all) inside the namespace.
+    fn run<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}", self.name);
+        let t = std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace fd we hold; threads it starts
+            // inherit the namespace.
+            assert_eq!(
+                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f);
+        });
+        if let Err(p) = t.join() {
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    /// The ruleset of the `ip paygress` table (empty when there is none), run from inside the
+    /// namespace (`run`).
+    fn paygress_table() -> String {
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "ip", "paygress"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `nat` mode, all inside a network namespace the test makes (the provider, its nft, fakepve,
+/// the mint and the stand-in sshd run on threads and processes inside it): the core reserves a host port,
+/// the backend writes a DNAT rule from it to the guest's SSH in its own nftables table, a real
+/// ssh to provider-address:port gets through it, the rule comes back after the table is lost
+/// and the provider restarts, and it goes when the guest is deleted.
+#[test]
+fn nat_mode_forwards_a_host_port_with_dnat_rules_added_and_removed() {
+    let ns = OwnNetns::new();
+    let n = ns.n;
+    ns.run(async move {
+        let pve = Arc::new(FakePve::start());
+        let mint = TestMint::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let provider_addr = format!("198.18.{n}.1");
+        let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
+        cfg.provider.ssh_host = provider_addr.clone();
+        cfg.backend.kind = BackendChoice::Proxmox;
+        cfg.backend.proxmox = proxmox_config(
+            &pve,
+            "lxc",
+            &format!(
+                "[network]\nmode = \"nat\"\npool_start = \"198.18.{n}.10\"\npool_end = \"198.18.{n}.20\"\n\
+                 prefix_len = 24\ngateway = \"198.18.{n}.1\"\n\
+                 nft_command = [\"nft\"]\n"
+            ),
+        );
+        let backend: Arc<dyn Backend> = paygress::backend::from_config(&cfg).await.expect("backend");
+        assert!(backend.host_port_from_core());
+        let provider = Provider::open(cfg.clone(), backend).await.expect("provider");
+        let _standins = StandIns::start(
+            pve.clone(),
+            Buyer { username: "alice".into(), password: PASSWORD.into() },
+            22,
+            dir.path(),
+        );
+        let keys = tempfile::tempdir().unwrap();
+        let (key, public) = common::ssh::keygen(keys.path());
+        let req = SpawnRequest {
+            cashu_token: Secret::new(mint.token(100).await),
+            ssh_username: "alice".into(),
+            ssh_password: Some(Secret::new(PASSWORD)),
+            ssh_public_key: Some(public),
+            ..Default::default()
+        };
+        let r = provider
+            .spawn(req, Caller::Local, None, CancellationToken::new())
+            .await
+            .expect("spawn");
+        let port = r.node_port;
+        assert_eq!(r.host, provider_addr);
+        assert!((cfg.provider.ssh_port_range_start..=cfg.provider.ssh_port_range_end).contains(&port));
+        let rule = format!("tcp dport {port} dnat to 198.18.{n}.10:22");
+        let table = OwnNetns::paygress_table();
+        assert_eq!(table.matches(&rule).count(), 2, "prerouting and output: {table}");
+        // The buyer's command works: through the DNAT rule to the guest's sshd.
+        assert_eq!(login(&r, &key).await, "alice");
+        let create = &sent(&pve, "POST", "/nodes/pve/lxc").await[0];
+        assert_eq!(field(create, "tags"), Some(format!("paygress;paygress-{};paygress-port-{port}", provider.provider_id()).as_str()));
+
+        // The table is lost (a host reboot); a restarted provider writes it again from its tags.
+        let st = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", "paygress"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(!OwnNetns::paygress_table().contains(&rule));
+        drop(provider);
+        let backend = paygress::backend::from_config(&cfg).await.expect("backend");
+        let provider = Provider::open(cfg.clone(), backend).await.expect("reopen");
+        assert!(OwnNetns::paygress_table().contains(&rule), "rebuilt on re-adoption");
+        assert_eq!(login(&r, &key).await, "alice");
+
+        // Deleted after grace: the rule goes with the guest.
+        let (_, expires) = row(&provider, &r.pod_npub);
+        provider.reap_at(expires + 1).await;
+        let grace = cfg.provider.expiry_grace_seconds;
+        assert_eq!(provider.reap_at(expires + 1 + grace).await.deleted, vec![r.pod_npub.clone()]);
+        let table = OwnNetns::paygress_table();
+        assert!(!table.contains("dnat"), "{table}");
+        assert!(pve.workloads().await.is_empty());
+    });
+}
