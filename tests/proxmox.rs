@@ -441,6 +441,26 @@ async fn a_vmid_race_is_retried_with_the_next_vmid() {
     assert_eq!(g[0]["vmid"], 10001);
 }
 
+/// A token without a privilege: PVE's 403 names it, the buyer is refunded, nothing is left.
+#[tokio::test]
+async fn a_missing_privilege_is_named_and_refunded() {
+    let e = env("lxc").await;
+    e.pve
+        .fail(
+            "POST",
+            "/nodes/pve/lxc",
+            403,
+            "Permission check failed (/vms/10000, VM.Allocate)",
+            1,
+        )
+        .await;
+    let err = spawn(&e, 100, None, None).await.unwrap_err();
+    assert!(err.message.contains("VM.Allocate"), "{err:?}");
+    let refund = err.refund_token.clone().expect("a refund token");
+    assert_eq!(e.mint.receive_fresh(refund.expose()).await.unwrap(), 100);
+    assert!(e.pve.workloads().await.is_empty());
+}
+
 /// A server whose certificate is not the pinned one is refused before any token is sent.
 #[tokio::test]
 async fn tls_with_a_wrong_fingerprint_is_refused() {
@@ -495,6 +515,8 @@ async fn tls_with_a_wrong_fingerprint_is_refused() {
     c.token_secret_file = wrong.path().to_path_buf();
     let err = ProxmoxBackend::connect(c).await.unwrap_err().to_string();
     assert!(err.contains("401") && err.contains("token"), "{err}");
+    // fakepve's status line reason, read from the status line (hyper keeps it).
+    assert!(err.contains("authentication failure"), "{err}");
     assert!(!err.contains("not-the-secret"), "{err}");
 }
 

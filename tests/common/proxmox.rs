@@ -263,6 +263,10 @@ impl Drop for StandIns {
 impl StandIns {
     /// Watch `pve` and serve every running guest on its address and `ssh_port`.
     pub fn start(pve: Arc<FakePve>, buyer: Buyer, ssh_port: u16, dir: &Path) -> StandIns {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("paygress=warn")
+            .with_test_writer()
+            .try_init();
         let served: Arc<Mutex<HashMap<u64, Served>>> = Arc::default();
         let cleanups: Arc<std::sync::Mutex<Vec<super::sandbox::Cleanup>>> = Arc::default();
         let (s2, c2, dir) = (served.clone(), cleanups.clone(), dir.to_path_buf());
@@ -392,7 +396,8 @@ async fn sync(
         cleanups.lock().unwrap().push(super::sandbox::Cleanup {
             backend: Some(backend.clone()),
         });
-        let name = format!("guest-{vmid}");
+        // Unique across tests: sandbox cgroups are host-wide and named by the workload.
+        let name = format!("guest-{vmid}-{:08x}", rand::random::<u32>());
         let spec = WorkloadSpec {
             name: name.clone(),
             provider_id: "standin".into(),

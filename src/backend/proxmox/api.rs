@@ -214,33 +214,11 @@ impl Api {
             .bytes()
             .await
             .map_err(|e| ApiError::Transport(error_chain(&e)))?;
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Ok(body.get("data").cloned().unwrap_or(Value::Null));
         }
-        let mut message = body
-            .get("message")
-            .and_then(Value::as_str)
-            .map(|m| m.trim().to_string())
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| reason.clone());
-        if let Some(errs) = body.get("errors").and_then(Value::as_object) {
-            let detail: Vec<String> = errs
-                .iter()
-                .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("").trim()))
-                .collect();
-            if !detail.is_empty() {
-                message = format!("{message} ({})", detail.join("; "));
-            }
-        }
-        Err(match status.as_u16() {
-            401 => ApiError::Unauthorized(reason),
-            403 => ApiError::Forbidden(message),
-            code => ApiError::Status {
-                status: code,
-                message,
-            },
-        })
+        Err(error_from(status.as_u16(), &reason, &bytes))
     }
 
     /// Poll the task `upid` on `node` until it stops (backoff 100 ms → 2 s) or `timeout`.
@@ -256,20 +234,7 @@ impl Api {
         loop {
             let st = self.get(&path).await?;
             if st.get("status").and_then(Value::as_str) == Some("stopped") {
-                let exit = st
-                    .get("exitstatus")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                return if exit == "OK" || exit.starts_with("WARNINGS") {
-                    Ok(())
-                } else if exit.is_empty() {
-                    Err(ApiError::TaskFailed(
-                        "task stopped without an exit status".into(),
-                    ))
-                } else {
-                    Err(ApiError::TaskFailed(exit))
-                };
+                return exit_status(st.get("exitstatus").and_then(Value::as_str).unwrap_or(""));
             }
             if Instant::now() + delay > deadline {
                 return Err(ApiError::TaskTimeout(upid.to_string()));
@@ -277,6 +242,49 @@ impl Api {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+/// The error for a failed answer: its status, the reason phrase of its status line (PVE puts the
+/// first line of the message there) and its body, which may be empty (401), lack `message`
+/// (servers before libpve-http-server 5.2.0) or carry per-parameter `errors` (400).
+pub fn error_from(status: u16, reason: &str, body: &[u8]) -> ApiError {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let mut message = body
+        .get("message")
+        .and_then(Value::as_str)
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| reason.trim().to_string());
+    if let Some(errs) = body.get("errors").and_then(Value::as_object) {
+        let detail: Vec<String> = errs
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("").trim()))
+            .collect();
+        if !detail.is_empty() {
+            message = format!("{message} ({})", detail.join("; "));
+        }
+    }
+    match status {
+        401 => ApiError::Unauthorized(reason.trim().to_string()),
+        403 => ApiError::Forbidden(message),
+        code => ApiError::Status {
+            status: code,
+            message,
+        },
+    }
+}
+
+/// A stopped task's `exitstatus`: `OK` and `WARNINGS: N` are success, anything else the error.
+pub fn exit_status(exit: &str) -> Result<(), ApiError> {
+    if exit == "OK" || exit.starts_with("WARNINGS") {
+        Ok(())
+    } else if exit.trim().is_empty() {
+        Err(ApiError::TaskFailed(
+            "task stopped without an exit status".into(),
+        ))
+    } else {
+        Err(ApiError::TaskFailed(exit.to_string()))
     }
 }
 
@@ -437,6 +445,48 @@ mod tests {
             segment("UPID:pve:000003E8:x:root@pam!t:"),
             "UPID%3Apve%3A000003E8%3Ax%3Aroot%40pam%21t%3A"
         );
+    }
+
+    #[test]
+    fn errors_read_every_shape_pve_answers_with() {
+        // 401: empty body, the reason in the status line.
+        let e = error_from(401, "Authentication failed!", b"");
+        assert!(matches!(e, ApiError::Unauthorized(_)), "{e}");
+        assert!(e.to_string().contains("token_secret_file"), "{e}");
+        // 403 names the permission.
+        let e = error_from(
+            403,
+            "Permission check failed (/vms/100, VM.Allocate)",
+            br#"{"data":null,"message":"Permission check failed (/vms/100, VM.Allocate)\n"}"#,
+        );
+        assert!(e.to_string().contains("VM.Allocate"), "{e}");
+        // A 500 from an older server: no `message`, only the reason phrase.
+        let e = error_from(
+            500,
+            "CT 100 already exists on node 'pve'",
+            br#"{"data":null}"#,
+        );
+        assert_eq!(e.message(), "CT 100 already exists on node 'pve'");
+        // 400 with per-parameter errors.
+        let e = error_from(
+            400,
+            "Parameter verification failed.",
+            br#"{"data":null,"message":"Parameter verification failed.\n","errors":{"ssh_public_keys":"property is not defined in schema"}}"#,
+        );
+        assert!(
+            e.message()
+                .contains("ssh_public_keys: property is not defined"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn task_exit_statuses_map_to_success_or_the_error_text() {
+        assert!(exit_status("OK").is_ok());
+        assert!(exit_status("WARNINGS: 2").is_ok());
+        let e = exit_status("unable to create CT 100 - volume 'local:vztmpl/x' does not exist");
+        assert!(e.unwrap_err().message().contains("does not exist"));
+        assert!(exit_status("").is_err());
     }
 
     #[test]
