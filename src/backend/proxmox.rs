@@ -1041,7 +1041,7 @@ impl Backend for ProxmoxBackend {
         let owner = format!("{TAG}-{provider_id}");
         let mut out = Vec::new();
         for g in self.listing().await? {
-            if !tags(&g).iter().any(|t| *t == owner) {
+            if !tags(&g).contains(&owner) {
                 continue;
             }
             let (Some(name), Some(vmid)) = (
