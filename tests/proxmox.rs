@@ -412,6 +412,44 @@ async fn a_task_that_fails_inside_is_rolled_back_and_refunded_in_full() {
         .any(|(m, p, _)| m == "GET" && p.contains("vzcreate")));
 }
 
+/// A create task that outlives `task_timeout_seconds`: the backend gives up, waits until PVE
+/// releases the guest's lock, destroys it, and the buyer gets everything back.
+#[tokio::test]
+async fn a_task_that_times_out_is_rolled_back_once_pve_lets_go() {
+    // Creates take 150 PVE seconds = 3 s here; the backend waits 1 s.
+    let pve = Arc::new(FakePve::start_with(&["--create-secs", "150"]));
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
+    cfg.backend.kind = BackendChoice::Proxmox;
+    cfg.backend.proxmox = proxmox_config(&pve, "lxc", &static_network(loopback_block()));
+    cfg.backend.proxmox.task_timeout_seconds = 1;
+    let backend = Arc::new(
+        ProxmoxBackend::connect(cfg.backend.proxmox.clone())
+            .await
+            .unwrap(),
+    );
+    let provider = Provider::open(cfg.clone(), backend).await.unwrap();
+    let req = SpawnRequest {
+        cashu_token: Secret::new(mint.token(100).await),
+        ssh_username: "alice".into(),
+        ..Default::default()
+    };
+    let err = provider
+        .spawn(req, Caller::Local, None, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("did not finish in time"), "{err:?}");
+    let refund = err.refund_token.clone().expect("a refund token");
+    assert_eq!(mint.receive_fresh(refund.expose()).await.unwrap(), 100);
+    assert!(
+        pve.workloads().await.is_empty(),
+        "the late guest was removed"
+    );
+    // Refused while the create task held the lock, retried until PVE let go.
+    assert!(sent(&pve, "DELETE", "/nodes/pve/lxc/10000").await.len() > 1);
+}
+
 /// Another client takes the vmid between our look and our create: PVE says so in its own words
 /// and the backend takes the next one.
 #[tokio::test]

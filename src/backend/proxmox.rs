@@ -577,8 +577,28 @@ impl ProxmoxBackend {
         }
     }
 
-    /// Stop and destroy (purge) a guest; a missing one is fine.
+    /// Stop and destroy (purge) a guest; a missing one is fine. While another task holds the
+    /// guest's lock (a create that outlived our wait), keep trying for a while: the guest must
+    /// not outlive a failed create.
     async fn remove_vmid(&self, vmid: u32) -> Result<(), BackendError> {
+        let deadline = Instant::now() + self.timeout() * 2 + Duration::from_secs(30);
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.remove_once(vmid).await {
+                Err(BackendError::Api(m)) if is_locked(&m) && Instant::now() + delay < deadline => {
+                    tracing::info!(
+                        vmid,
+                        "guest is locked by another task; retrying its removal"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn remove_once(&self, vmid: u32) -> Result<(), BackendError> {
         match self.stop_vmid(vmid).await {
             Ok(()) => {}
             Err(BackendError::Api(m)) if m.contains("does not exist") => return Ok(()),
@@ -829,6 +849,12 @@ fn first_guest_ipv4(list: &Value) -> Option<Ipv4Addr> {
         .flat_map(|i| i["ip-addresses"].as_array().cloned().unwrap_or_default())
         .filter(|a| a["ip-address-type"].as_str() == Some("inet"))
         .find_map(|a| a["ip-address"].as_str()?.parse::<Ipv4Addr>().ok())
+}
+
+/// PVE's wording when a task holds the guest: `CT is locked (create)`, `VM is locked (clone)`,
+/// `can't lock file '/var/lock/lxc/pve-config-100.lock' - got timeout`.
+fn is_locked(message: &str) -> bool {
+    message.contains("is locked") || message.contains("can't lock file")
 }
 
 /// PVE's wording when a vmid is taken: `CT 100 already exists on node 'pve'`,

@@ -63,8 +63,8 @@ impl FakePve {
         FakePve::start_with(&[])
     }
 
-    /// The same, with the launcher's command run under `prefix` (e.g. `ip netns exec NS`).
-    pub fn start_with(prefix: &[&str]) -> FakePve {
+    /// The same, with more launcher options (`--create-secs 150`).
+    pub fn start_with(options: &[&str]) -> FakePve {
         let python = repo().join("tools/e2e/.venv/bin/python");
         assert!(
             python.exists(),
@@ -72,8 +72,7 @@ impl FakePve {
             python.display()
         );
         let dir = tempfile::tempdir().unwrap();
-        let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
-        argv.push(python.display().to_string());
+        let mut argv = vec![python.display().to_string()];
         argv.push(
             repo()
                 .join("tools/e2e/fakepve_launch.py")
@@ -88,6 +87,7 @@ impl FakePve {
             "--qemu-template".into(),
             QEMU_TEMPLATE.to_string(),
         ]);
+        argv.extend(options.iter().map(|s| s.to_string()));
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::piped())

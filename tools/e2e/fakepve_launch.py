@@ -84,6 +84,8 @@ async def main():
                         help='STORAGE:vztmpl/NAME made present (repeatable)')
     parser.add_argument('--qemu-template', type=int, action='append', default=[],
                         help='vmid of a cloud-init template VM to make (repeatable)')
+    parser.add_argument('--create-secs', type=float, default=2,
+                        help='PVE seconds a container create or clone task takes')
     parser.add_argument('--time-scale', type=float, default=0.02,
                         help='real seconds per PVE second (tasks run asynchronously unless 0)')
     args = parser.parse_args()
@@ -92,8 +94,7 @@ async def main():
     pve.time_scale = args.time_scale
     pve.add_node(args.node)
     # Tasks take some PVE seconds, so clients really poll them.
-    for key in ('create', 'clone', 'destroy'):
-        pve.ct_secs[key] = 2
+    pve.ct_secs.update(create=args.create_secs, clone=args.create_secs, destroy=2)
     secret = secrets.token_hex(18)
     pve.apitokens[args.token_id] = secret
     for volid in args.template:
