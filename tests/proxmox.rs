@@ -80,7 +80,6 @@ async fn env(kind: &str) -> Env {
     let standins = StandIns::start(
         pve.clone(),
         Buyer {
-            username: "alice".into(),
             password: PASSWORD.into(),
         },
         22,
@@ -209,11 +208,18 @@ async fn lxc_life_cycle_through_the_core_with_real_payments_and_ssh() {
         ("swap", "0"),
         ("rootfs", "local-lvm:6"),
         ("unprivileged", "1"),
-        ("ssh-public-keys", public.as_str()),
         ("password", "***"),
     ] {
         assert_eq!(field(c, k), Some(v), "{k} in {c:?}");
     }
+    // The buyer's key, then the marker line naming the login user for the template's script.
+    let keys: Vec<&str> = field(c, "ssh-public-keys").unwrap().lines().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], public);
+    assert!(
+        keys[1].starts_with("ssh-ed25519 ") && keys[1].ends_with(" paygress-user=alice"),
+        "{keys:?}"
+    );
     assert_eq!(
         field(c, "net0"),
         Some(
@@ -748,7 +754,7 @@ fn nat_mode_forwards_a_host_port_with_dnat_rules_added_and_removed() {
         let provider = Provider::open(cfg.clone(), backend).await.expect("provider");
         let _standins = StandIns::start(
             pve.clone(),
-            Buyer { username: "alice".into(), password: PASSWORD.into() },
+            Buyer { password: PASSWORD.into() },
             22,
             dir.path(),
         );

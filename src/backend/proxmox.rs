@@ -308,13 +308,15 @@ impl ProxmoxBackend {
         }
     }
 
-    /// The request that makes an LXC guest (sent as is; tests check its bytes).
+    /// The request that makes an LXC guest (sent as is; tests check its bytes). `keys` is the
+    /// `ssh-public-keys` value ([`lxc_keys`]).
     pub fn lxc_create_form(
         &self,
         spec: &WorkloadSpec,
         vmid: u32,
         ostemplate: &str,
         addr: Option<Ipv4Addr>,
+        keys: &str,
     ) -> Form {
         let t = &spec.tier;
         let disk = t.disk_gb.unwrap_or(self.cfg.default_disk_gb);
@@ -337,10 +339,8 @@ impl ProxmoxBackend {
                 ),
             )
             .flag("unprivileged", true)
-            .set("password", spec.ssh_password.expose());
-        if let Some(k) = &spec.ssh_public_key {
-            f = f.set("ssh-public-keys", k);
-        }
+            .set("password", spec.ssh_password.expose())
+            .set("ssh-public-keys", keys);
         if self.cfg.nesting {
             f = f.set("features", "nesting=1");
         }
@@ -383,6 +383,7 @@ impl ProxmoxBackend {
         template: &str,
         addr: Option<Ipv4Addr>,
     ) -> Result<u32, (Option<u32>, BackendError)> {
+        let keys = lxc_keys(spec).map_err(|e| (None, e))?;
         let mut used = self.used_vmids().await.map_err(|e| (None, e))?;
         for _ in 0..VMID_TRIES {
             let Some(vmid) = (self.cfg.vmid_min..=self.cfg.vmid_max).find(|v| !used.contains(v))
@@ -400,7 +401,7 @@ impl ProxmoxBackend {
                     self.api
                         .post(
                             &format!("/nodes/{node}/lxc"),
-                            &self.lxc_create_form(spec, vmid, template, addr),
+                            &self.lxc_create_form(spec, vmid, template, addr, &keys),
                         )
                         .await
                 }
@@ -794,6 +795,30 @@ impl ProxmoxBackend {
             _ => None,
         }
     }
+}
+
+/// The comment that names the login user on the marker key line of an LXC guest.
+pub const LOGIN_MARK: &str = "paygress-user=";
+
+/// An LXC guest's `ssh-public-keys`: the buyer's key (if any) and a marker line — a fresh key
+/// whose private half is thrown away, commented `paygress-user=NAME`. PVE's API installs keys
+/// and password for root only; the template's constant first-boot script
+/// (`provider/proxmox/paygress-login.sh`) reads the name from that line, creates the user with
+/// root's keys and password hash, and locks root. PVE validates every line with ssh-keygen, so
+/// the name rides in a real key's comment.
+fn lxc_keys(spec: &WorkloadSpec) -> Result<String, BackendError> {
+    let key =
+        russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
+            .map_err(|e| BackendError::Api(format!("cannot make the marker key: {e}")))?;
+    let mut public = key.public_key().clone();
+    public.set_comment(format!("{LOGIN_MARK}{}", spec.ssh_username));
+    let marker = public
+        .to_openssh()
+        .map_err(|e| BackendError::Api(format!("cannot encode the marker key: {e}")))?;
+    Ok(match &spec.ssh_public_key {
+        Some(k) => format!("{}\n{marker}", k.trim()),
+        None => marker,
+    })
 }
 
 /// Whole CPUs for `cores`: the tier's share rounded up, at least one.

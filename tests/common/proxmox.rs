@@ -232,11 +232,10 @@ pub fn form(body: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The credentials a stand-in cannot learn from PVE (LXC's API sets them for root only, and
-/// fakepve redacts the password in its log).
+/// What a stand-in cannot learn from fakepve: an LXC guest's password (fakepve redacts it in
+/// its log).
 #[derive(Clone)]
 pub struct Buyer {
-    pub username: String,
     pub password: String,
 }
 
@@ -364,8 +363,10 @@ async fn sync(
                 key,
             )
         } else {
-            // The key the backend sent in the create request of this vmid.
-            let key = requests
+            // The keys the backend sent in the create request of this vmid: the buyer's, and
+            // the marker line naming the login user (what the template's first-boot script
+            // reads).
+            let keys = requests
                 .iter()
                 .filter(|(m, p, _)| m == "POST" && p.ends_with(&format!("/nodes/{}/lxc", pve.node)))
                 .map(|(_, _, b)| form(b))
@@ -374,8 +375,17 @@ async fn sync(
                     f.into_iter()
                         .find(|(k, _)| k == "ssh-public-keys")
                         .map(|(_, v)| v)
-                });
-            (buyer.username.clone(), buyer.password.clone(), key)
+                })
+                .unwrap_or_default();
+            let user = keys
+                .lines()
+                .find_map(|l| l.split_once(" paygress-user=").map(|(_, u)| u.to_string()))
+                .unwrap_or_default();
+            let key = keys
+                .lines()
+                .find(|l| !l.contains(" paygress-user="))
+                .map(str::to_string);
+            (user, buyer.password.clone(), key)
         };
         let sdir = dir.join(format!("standin-{vmid}-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&sdir).unwrap();
