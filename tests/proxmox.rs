@@ -146,18 +146,22 @@ fn field<'a>(f: &'a [(String, String)], k: &str) -> Option<&'a str> {
     f.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
 }
 
-/// SSH works at the endpoint the buyer got, with the key and with the password.
+/// SSH works at the endpoint the buyer got (with the key); who logged in.
 async fn login(r: &SpawnResult, key: &std::path::Path) -> String {
+    login_at(&r.host, r.node_port, key).await
+}
+
+async fn login_at(host: &str, port: u16, key: &std::path::Path) -> String {
     let mut last = String::new();
-    // The stand-in appears within a poll of the guest starting.
+    // The stand-in (or sshd) appears within a moment of the guest starting.
     for _ in 0..50 {
-        match ssh_key_at(&r.host, r.node_port, "alice", key, "whoami").await {
+        match ssh_key_at(host, port, "alice", key, "whoami").await {
             Ok(out) => return out.trim().to_string(),
             Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("no login at {}:{}: {last}", r.host, r.node_port);
+    panic!("no login at {host}:{port}: {last}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -804,4 +808,124 @@ fn nat_mode_forwards_a_host_port_with_dnat_rules_added_and_removed() {
         assert!(!table.contains("dnat"), "{table}");
         assert!(pve.workloads().await.is_empty());
     });
+}
+
+fn lxc(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut c = std::process::Command::new("lxc")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lxc");
+    let mut input = c.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "lxc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The LXC template's first-boot script (`provider/proxmox/paygress-login.sh`) in a real Debian
+/// container (the real LXD daemon and the project's base image stand in for a PVE template), on
+/// exactly the `ssh-public-keys` the backend sent and a root password set as PVE sets it: the
+/// buyer's user exists, logs in over real ssh with the buyer's key and password, and root is
+/// locked.
+#[tokio::test]
+async fn the_lxc_template_script_makes_the_buyers_login_from_what_the_backend_sent() {
+    let e = env("lxc").await;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(keys.path());
+    spawn(&e, 100, None, Some(public)).await.expect("spawn");
+    let creates = sent(&e.pve, "POST", "/nodes/pve/lxc").await;
+    let sent_keys = field(&creates[0], "ssh-public-keys").unwrap().to_string();
+
+    let name = format!("pgpve-login-{:08x}", rand::random::<u32>());
+    let _guard = common::LxdCleanup(name.clone());
+    lxc(&["launch", "paygress-debian-12", &name], None);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/provider/proxmox/paygress-login.sh"
+    );
+    lxc(
+        &[
+            "file",
+            "push",
+            "--mode",
+            "0755",
+            script,
+            &format!("{name}/usr/local/sbin/paygress-login"),
+        ],
+        None,
+    );
+    let file = keys.path().join("authorized_keys");
+    std::fs::write(&file, format!("{sent_keys}\n")).unwrap();
+    lxc(
+        &[
+            "file",
+            "push",
+            "-p",
+            "--mode",
+            "0600",
+            file.to_str().unwrap(),
+            &format!("{name}/root/.ssh/authorized_keys"),
+        ],
+        None,
+    );
+    lxc(
+        &["exec", &name, "--", "chpasswd"],
+        Some(&format!("root:{PASSWORD}\n")),
+    );
+    lxc(
+        &["exec", &name, "--", "/usr/local/sbin/paygress-login"],
+        None,
+    );
+    // A second boot changes nothing.
+    lxc(
+        &["exec", &name, "--", "/usr/local/sbin/paygress-login"],
+        None,
+    );
+    assert_eq!(
+        lxc(&["exec", &name, "--", "id", "-un", "alice"], None).trim(),
+        "alice"
+    );
+    let status = lxc(&["exec", &name, "--", "passwd", "--status", "root"], None);
+    assert_eq!(
+        status.split_whitespace().nth(1),
+        Some("L"),
+        "root locked: {status}"
+    );
+
+    let port = common::free_port_block(1).0;
+    lxc(
+        &[
+            "config",
+            "device",
+            "add",
+            &name,
+            "ssh",
+            "proxy",
+            &format!("listen=tcp:127.0.0.1:{port}"),
+            "connect=tcp:127.0.0.1:22",
+        ],
+        None,
+    );
+    assert_eq!(login_at("127.0.0.1", port, &key).await, "alice");
+    assert_eq!(
+        ssh_password_at("127.0.0.1", port, "alice", PASSWORD, "echo pw")
+            .await
+            .unwrap()
+            .trim(),
+        "pw"
+    );
+    assert!(ssh_password_at("127.0.0.1", port, "root", PASSWORD, "true")
+        .await
+        .is_err());
 }
