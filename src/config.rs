@@ -703,6 +703,18 @@ impl Config {
                     .unwrap_or(("backend.proxmox", &problem));
                 return Err(ConfigError::new(key, problem));
             }
+            // An offered image without a template would be paid for and then refunded.
+            if let Some(img) = self
+                .images
+                .allowed
+                .iter()
+                .find(|i| !self.backend.proxmox.templates.contains_key(*i))
+            {
+                return Err(ConfigError::new(
+                    "backend.proxmox.templates",
+                    format!("no template for the allowed image {img:?}"),
+                ));
+            }
         }
         Ok(())
     }

@@ -929,3 +929,48 @@ async fn the_lxc_template_script_makes_the_buyers_login_from_what_the_backend_se
         .await
         .is_err());
 }
+
+/// `[backend.proxmox]` in a config file: loaded, checked at load time (trust, templates for
+/// every offered image), and `from_config` builds the backend that offers `proxmox`.
+#[tokio::test]
+async fn a_config_file_with_backend_proxmox_loads_and_is_checked() {
+    let pve = FakePve::start();
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[provider]\ndata_dir = {dir:?}\n[payments]\nwhitelisted_mints = [{mint:?}]\n\
+         [images]\nallowed = [\"paygress-debian-12\", \"alpine\"]\n\
+         [[tiers]]\nid = \"basic\"\nname = \"Basic\"\ncpu_millicores = 500\nmemory_mb = 256\n\
+         rate_msats_per_sec = 10\n[backend]\nkind = \"proxmox\"\n",
+        dir = dir.path().display().to_string(),
+        mint = mint.url,
+    );
+    let section = pve
+        .backend_toml("lxc")
+        .replace("[templates]", "[backend.proxmox.templates]");
+    let full =
+        format!("{text}[backend.proxmox]\n{section}[backend.proxmox.network]\nmode = \"dhcp\"\n");
+    let env = std::collections::BTreeMap::new();
+    let cfg = Config::from_toml_with_env(&full, &env).expect("config");
+    let backend = paygress::backend::from_config(&cfg).await.expect("backend");
+    assert_eq!(backend.kind(), BackendKind::Proxmox);
+    assert!(
+        !backend.host_port_from_core(),
+        "dhcp: the guest's own address"
+    );
+    let provider = Provider::open(cfg, backend).await.unwrap();
+    let offers = provider.offers();
+    assert_eq!(offers.backend, BackendKind::Proxmox);
+    assert_eq!(serde_json::to_value(&offers).unwrap()["backend"], "proxmox");
+
+    let e = Config::from_toml_with_env(&full.replace("\"alpine\" = ", "\"other\" = "), &env)
+        .unwrap_err();
+    assert_eq!(e.key, "backend.proxmox.templates", "{e}");
+    let no_pin = full
+        .lines()
+        .filter(|l| !l.starts_with("fingerprint"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let e = Config::from_toml_with_env(&no_pin, &env).unwrap_err();
+    assert_eq!(e.key, "backend.proxmox.fingerprint", "{e}");
+}
