@@ -974,3 +974,73 @@ async fn a_config_file_with_backend_proxmox_loads_and_is_checked() {
     let e = Config::from_toml_with_env(&no_pin, &env).unwrap_err();
     assert_eq!(e.key, "backend.proxmox.fingerprint", "{e}");
 }
+
+/// `dhcp` mode: the guest takes an address by DHCP (here the harness plays the DHCP server), the
+/// backend reads it from `/lxc/{vmid}/interfaces`, and the buyer's ssh goes there.
+#[tokio::test]
+async fn dhcp_mode_reads_the_guest_address_from_the_api() {
+    let pve = Arc::new(FakePve::start());
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let block = loopback_block();
+    let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
+    cfg.backend.kind = BackendChoice::Proxmox;
+    cfg.backend.proxmox = proxmox_config(&pve, "lxc", "[network]\nmode = \"dhcp\"\n");
+    let backend = Arc::new(
+        ProxmoxBackend::connect(cfg.backend.proxmox.clone())
+            .await
+            .unwrap(),
+    );
+    assert!(!backend.host_port_from_core());
+    let provider = Provider::open(cfg.clone(), backend).await.unwrap();
+    let _standins = StandIns::start(
+        pve.clone(),
+        Buyer {
+            password: PASSWORD.into(),
+        },
+        22,
+        dir.path(),
+    );
+    // The DHCP server: every running guest asking for DHCP gets 127.A.B.(40 + n).
+    let leases = pve.clone();
+    let dhcp = tokio::spawn(async move {
+        loop {
+            for g in leases.workloads().await {
+                let net0 = g["config"]["net0"].as_str().unwrap_or_default().to_string();
+                if g["status"] == "running" && net0.contains("ip=dhcp") {
+                    let vmid = g["vmid"].as_u64().unwrap();
+                    let ip =
+                        std::net::Ipv4Addr::new(127, block.0, block.1, 40 + (vmid % 100) as u8);
+                    leases.lease(vmid, ip).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(keys.path());
+    let req = SpawnRequest {
+        cashu_token: Secret::new(mint.token(100).await),
+        ssh_username: "alice".into(),
+        ssh_password: Some(Secret::new(PASSWORD)),
+        ssh_public_key: Some(public),
+        ..Default::default()
+    };
+    let r = provider
+        .spawn(req, Caller::Local, None, CancellationToken::new())
+        .await
+        .expect("spawn");
+    assert_eq!(
+        (r.host.clone(), r.node_port),
+        (format!("127.{}.{}.40", block.0, block.1), 22)
+    );
+    let c = &sent(&pve, "POST", "/nodes/pve/lxc").await[0];
+    assert_eq!(field(c, "net0"), Some("name=eth0,bridge=vmbr0,ip=dhcp"));
+    assert_eq!(login(&r, &key).await, "alice");
+    assert!(pve
+        .requests()
+        .await
+        .iter()
+        .any(|(m, p, _)| m == "GET" && p.ends_with("/lxc/10000/interfaces")));
+    dhcp.abort();
+}

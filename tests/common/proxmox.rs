@@ -176,6 +176,18 @@ impl FakePve {
         assert!(r.status().is_success());
     }
 
+    /// Play DHCP server: give the running container `vmid` the address `ip`.
+    pub async fn lease(&self, vmid: u64, ip: std::net::Ipv4Addr) {
+        let r = self
+            .http
+            .post(format!("{}/lease", self.control))
+            .json(&serde_json::json!({"vmid": vmid, "ip": ip.to_string()}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
     /// Put a container on the node behind the backend's back.
     pub async fn add_ct(&self, vmid: u32, hostname: &str, status: &str, config: Value) {
         let r = self

@@ -7,7 +7,7 @@ It prints one JSON line (url, token id, token file, certificate file, SHA-256 fi
 control URL) and serves until its stdin closes.
 
 The control endpoint (plain HTTP on 127.0.0.1, for the test that started it) exposes fakepve's
-request log, its guests, and its failure injection, so tests can assert the exact bytes the
+request log, its guests, its failure injection and a stand-in for a DHCP server (fakepve has none), so tests can assert the exact bytes the
 backend sent where fakepve is more lenient than real PVE.
 """
 
@@ -65,7 +65,15 @@ def control_app(pve):
         pve.store_file(v['storage'], v['name'], 1024 * 1024, content='vztmpl')
         return web.json_response({})
 
+    async def lease(request):
+        """A DHCP lease for a running container: its net0 gets the address (what its interfaces show)."""
+        v = await request.json()
+        ct = pve.ct(int(v['vmid']))
+        ct.config['net0'] = ct.config['net0'].replace('ip=dhcp', 'ip={0}/32'.format(v['ip']))
+        return web.json_response({})
+
     app = web.Application()
+    app.router.add_post('/lease', lease)
     app.router.add_get('/requests', requests)
     app.router.add_get('/guests', guests)
     app.router.add_post('/fail', fail)
