@@ -1044,3 +1044,28 @@ async fn dhcp_mode_reads_the_guest_address_from_the_api() {
         .any(|(m, p, _)| m == "GET" && p.ends_with("/lxc/10000/interfaces")));
     dhcp.abort();
 }
+
+/// Nothing secret in the logs at trace level, through a spawn, a failed spawn and a destroy: not
+/// the API token's secret, not the buyer's password.
+#[tokio::test(flavor = "current_thread")]
+async fn no_token_secret_or_password_reaches_the_logs() {
+    let cap = common::Capture::default();
+    let writer = cap.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let e = env("lxc").await;
+    let secret = std::fs::read_to_string(&e.pve.token_file).unwrap();
+    let r = spawn(&e, 100, None, None).await.expect("spawn");
+    let _ = spawn(&e, 100, Some("alpine"), None).await.unwrap_err();
+    let (_, expires) = row(&e.provider, &r.pod_npub);
+    e.provider
+        .reap_at(expires + 1 + e.cfg.provider.expiry_grace_seconds)
+        .await;
+    let text = cap.text();
+    assert!(text.contains("proxmox guest ready"), "the capture works");
+    assert!(!text.contains(secret.trim()), "the token secret was logged");
+    assert!(!text.contains(PASSWORD), "the password was logged");
+}
