@@ -475,7 +475,7 @@ impl ProxmoxBackend {
         ))
     }
 
-    /// Start a guest and wait until its SSH port answers; the endpoint buyers use.
+    /// Start a guest and wait until its sshd sends its banner; the endpoint buyers use.
     async fn start_and_wait(&self, name: &str, g: Guest) -> Result<Endpoint, BackendError> {
         let path = self.guest_path(g.vmid);
         match self
@@ -498,12 +498,7 @@ impl ProxmoxBackend {
         let port = self.cfg.network.ssh_port;
         let mut delay = Duration::from_millis(100);
         loop {
-            let probe = tokio::time::timeout(
-                Duration::from_secs(3),
-                tokio::net::TcpStream::connect((addr, port)),
-            )
-            .await;
-            if matches!(probe, Ok(Ok(_))) {
+            if ssh_banner(addr, port).await {
                 break;
             }
             if Instant::now() + delay > deadline {
@@ -795,6 +790,21 @@ impl ProxmoxBackend {
             _ => None,
         }
     }
+}
+
+/// Whether an SSH server answers at `addr:port` (its banner, not just an open port).
+async fn ssh_banner(addr: Ipv4Addr, port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect((addr, port)).await.ok()?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(&buf == b"SSH-")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), probe).await,
+        Ok(Some(true))
+    )
 }
 
 /// The comment that names the login user on the marker key line of an LXC guest.
