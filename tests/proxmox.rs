@@ -1069,3 +1069,36 @@ async fn no_token_secret_or_password_reaches_the_logs() {
     assert!(!text.contains(secret.trim()), "the token secret was logged");
     assert!(!text.contains(PASSWORD), "the password was logged");
 }
+
+/// Three buyers at once: each gets a vmid and an address of its own, and each logs in.
+#[tokio::test]
+async fn concurrent_spawns_get_their_own_vmids_and_addresses() {
+    let e = Arc::new(env("lxc").await);
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(keys.path());
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (e, public) = (e.clone(), public.clone());
+        tasks.push(tokio::spawn(async move {
+            spawn(&e, 100, None, Some(public)).await.expect("spawn")
+        }));
+    }
+    let mut hosts = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(login(&r, &key).await, "alice");
+        hosts.push(r.host);
+    }
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    let mut vmids: Vec<u64> = e
+        .pve
+        .workloads()
+        .await
+        .iter()
+        .filter_map(|g| g["vmid"].as_u64())
+        .collect();
+    vmids.sort();
+    assert_eq!(vmids, vec![10000, 10001, 10002]);
+}

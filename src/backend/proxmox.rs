@@ -376,26 +376,31 @@ impl ProxmoxBackend {
         )
     }
 
-    /// Make the guest (not started) under a free vmid, retrying when another client takes it.
-    async fn make(
+    /// Ask PVE to make the guest under a free vmid, retrying when another client takes it
+    /// first; returns the vmid and the task's UPID. Nothing exists on the node when it fails.
+    async fn submit(
         &self,
         spec: &WorkloadSpec,
         template: &str,
         addr: Option<Ipv4Addr>,
-    ) -> Result<u32, (Option<u32>, BackendError)> {
-        let keys = lxc_keys(spec).map_err(|e| (None, e))?;
-        let mut used = self.used_vmids().await.map_err(|e| (None, e))?;
+    ) -> Result<(u32, String), BackendError> {
+        let keys = lxc_keys(spec)?;
+        let mut used = self.used_vmids().await?;
+        used.extend(
+            self.guests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|g| g.vmid),
+        );
+        let node = api::segment(&self.cfg.node);
         for _ in 0..VMID_TRIES {
             let Some(vmid) = (self.cfg.vmid_min..=self.cfg.vmid_max).find(|v| !used.contains(v))
             else {
-                return Err((
-                    None,
-                    BackendError::Capacity(
-                        "no free vmid in backend.proxmox.vmid_min..=vmid_max".into(),
-                    ),
+                return Err(BackendError::Capacity(
+                    "no free vmid in backend.proxmox.vmid_min..=vmid_max".into(),
                 ));
             };
-            let node = api::segment(&self.cfg.node);
             let answer = match self.cfg.kind {
                 GuestKind::Lxc => {
                     self.api
@@ -417,62 +422,65 @@ impl ProxmoxBackend {
                         .await
                 }
             };
-            let upid = match answer {
+            match answer {
                 Err(e) if is_taken(&e) => {
                     tracing::info!(vmid, "vmid taken meanwhile; trying the next one");
                     used.push(vmid);
-                    continue;
                 }
-                Err(e) => return Err((None, api_err(e))),
-                Ok(v) => api::upid(&v).map_err(|e| (None, api_err(e)))?,
-            };
-            // From here on the guest may exist: failures roll back this vmid.
-            if let Err(e) = self
-                .api
-                .wait_task(&self.cfg.node, &upid, self.timeout())
-                .await
-            {
-                let msg = e.message();
-                let err = if msg.contains("does not exist") && msg.contains(template) {
+                Err(e) => return Err(api_err(e)),
+                Ok(v) => return Ok((vmid, api::upid(&v).map_err(api_err)?)),
+            }
+        }
+        Err(BackendError::Capacity(
+            "vmids kept being taken by other clients".into(),
+        ))
+    }
+
+    /// Wait for the create task, then (QEMU) configure the clone: cloud-init and limits.
+    async fn finish(
+        &self,
+        spec: &WorkloadSpec,
+        template: &str,
+        g: Guest,
+        upid: &str,
+    ) -> Result<(), BackendError> {
+        if let Err(e) = self
+            .api
+            .wait_task(&self.cfg.node, upid, self.timeout())
+            .await
+        {
+            let msg = e.message();
+            return Err(
+                if msg.contains("does not exist") && msg.contains(template) {
                     BackendError::ImageMissing(format!("{} ({msg})", spec.image))
                 } else {
                     api_err(e)
-                };
-                return Err((Some(vmid), err));
-            }
-            if self.cfg.kind == GuestKind::Qemu {
-                let path = self.guest_path(vmid);
+                },
+            );
+        }
+        if self.cfg.kind == GuestKind::Qemu {
+            let path = self.guest_path(g.vmid);
+            self.api
+                .put(
+                    &format!("{path}/config"),
+                    &self.qemu_config_form(spec, g.addr),
+                )
+                .await
+                .map_err(api_err)?;
+            if let Some(gb) = spec.tier.disk_gb {
                 let r = self
                     .api
                     .put(
-                        &format!("{path}/config"),
-                        &self.qemu_config_form(spec, addr),
+                        &format!("{path}/resize"),
+                        &Form::new()
+                            .set("disk", &self.cfg.qemu_disk)
+                            .set("size", format!("{gb}G")),
                     )
                     .await;
-                if let Err(e) = r {
-                    return Err((Some(vmid), api_err(e)));
-                }
-                if let Some(gb) = spec.tier.disk_gb {
-                    let r = self
-                        .api
-                        .put(
-                            &format!("{path}/resize"),
-                            &Form::new()
-                                .set("disk", &self.cfg.qemu_disk)
-                                .set("size", format!("{gb}G")),
-                        )
-                        .await;
-                    if let Err(e) = self.task(r).await {
-                        return Err((Some(vmid), api_err(e)));
-                    }
-                }
+                self.task(r).await.map_err(api_err)?;
             }
-            return Ok(vmid);
         }
-        Err((
-            None,
-            BackendError::Capacity("vmids kept being taken by other clients".into()),
-        ))
+        Ok(())
     }
 
     /// Start a guest and wait until its sshd sends its banner; the endpoint buyers use.
@@ -648,43 +656,38 @@ impl Backend for ProxmoxBackend {
                 "nat mode needs a host port from the core".into(),
             ));
         }
-        let alloc = self.alloc.lock().await;
-        let addr = match self.cfg.network.mode {
-            NetworkMode::Dhcp => None,
-            _ => Some(self.free_address()?),
+        // Choosing the address and the vmid and asking PVE for the guest happen one create at
+        // a time; the long part (the task, the boot) runs concurrently.
+        let host_port = spec.host_port.filter(|_| self.nat.is_some());
+        let (guest, upid) = {
+            let _alloc = self.alloc.lock().await;
+            let addr = match self.cfg.network.mode {
+                NetworkMode::Dhcp => None,
+                _ => Some(self.free_address()?),
+            };
+            let (vmid, upid) = self.submit(spec, &template, addr).await?;
+            let guest = Guest {
+                vmid,
+                addr,
+                host_port,
+            };
+            self.remember(&spec.name, Some(guest));
+            (guest, upid)
         };
-        let made = self.make(spec, &template, addr).await;
-        let vmid = match made {
-            Ok(v) => v,
-            Err((vmid, e)) => {
-                drop(alloc);
-                if let Some(v) = vmid {
-                    if let Err(r) = self.remove_vmid(v).await {
-                        tracing::error!(vmid = v, "rollback of a failed create failed: {r}");
-                    }
-                }
-                return Err(e);
-            }
-        };
-        let guest = Guest {
-            vmid,
-            addr,
-            host_port: spec.host_port.filter(|_| self.nat.is_some()),
-        };
-        self.remember(&spec.name, Some(guest));
-        drop(alloc);
-        let result = match self.sync_nat().await {
-            Ok(()) => self.start_and_wait(&spec.name, guest).await,
-            Err(e) => Err(e),
-        };
+        let result = async {
+            self.finish(spec, &template, guest, &upid).await?;
+            self.sync_nat().await?;
+            self.start_and_wait(&spec.name, guest).await
+        }
+        .await;
         match result {
             Ok(ep) => {
-                tracing::info!(name = %spec.name, vmid, "proxmox guest ready");
+                tracing::info!(name = %spec.name, vmid = guest.vmid, "proxmox guest ready");
                 Ok(ep)
             }
             Err(e) => {
-                if let Err(r) = self.remove_vmid(vmid).await {
-                    tracing::error!(vmid, "rollback of a failed create failed: {r}");
+                if let Err(r) = self.remove_vmid(guest.vmid).await {
+                    tracing::error!(vmid = guest.vmid, "rollback of a failed create failed: {r}");
                 }
                 self.remember(&spec.name, None);
                 if let Err(r) = self.sync_nat().await {
