@@ -4,11 +4,14 @@
 //! - **Only the API's own fields carry credentials.** LXC gets `password` and `ssh-public-keys`
 //!   (with hyphens: the underscore spelling is an unknown parameter and a 400); QEMU gets
 //!   cloud-init's `ciuser`, `cipassword` and `sshkeys` (percent-encoded inside the value, then
-//!   form-encoded again on the wire). No buyer string is ever put into a command.
+//!   form-encoded again on the wire). No buyer string is ever put into a command. PVE sets an
+//!   LXC guest's credentials for root only, so the login user's name rides on an extra key line
+//!   for the template's constant first-boot script ([`LOGIN_MARK`]).
 //! - **Every mutation is a task.** The POST answers with a UPID; the backend polls it until it
 //!   stops and treats any exit status but `OK` / `WARNINGS: N` as a failure. A create that fails
 //!   anywhere — inside the task (a missing template), on start, or because SSH never answers — is
-//!   rolled back (stop, destroy with purge), so a failed create leaves nothing on the node.
+//!   rolled back (stop, wait until stopped, destroy with purge; retried while a task that
+//!   outlived our wait still holds the guest's lock), so a failed create leaves nothing behind.
 //! - **vmids race.** Another client can take a vmid between our look and our create; PVE then
 //!   answers `CT 100 already exists on node …` and the backend tries the next free one.
 //! - **Reaching SSH.** PVE has no port-forward API. `network.mode` says how buyers get in:
@@ -65,8 +68,8 @@ pub struct ProxmoxBackend {
     api: Api,
     nat: Option<Nat>,
     guests: StdMutex<HashMap<String, Guest>>,
-    /// Held while a vmid and an address are chosen and the guest is made, so two creates
-    /// never pick the same ones.
+    /// Held while a vmid and an address are chosen and the create is submitted, so two creates
+    /// never pick the same ones (the task and the boot run outside it).
     alloc: Mutex<()>,
 }
 
