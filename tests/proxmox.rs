@@ -42,6 +42,8 @@ struct Env {
     standins: StandIns,
     /// Guests' addresses: 127.A.B.10 … 127.A.B.20.
     block: (u8, u8),
+    /// Where the guests' sshd listens.
+    ssh_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -49,13 +51,20 @@ fn proxmox_config(pve: &FakePve, kind: &str, network: &str) -> ProxmoxConfig {
     toml::from_str(&format!("{}\n{network}", pve.backend_toml(kind))).expect("proxmox config")
 }
 
-fn static_network(block: (u8, u8)) -> String {
+/// Static addresses from 127.A.B.10-20; the guests' sshd on `ssh_port` (a free port rather than
+/// 22, which the machine's own sshd may hold on every address).
+fn static_network(block: (u8, u8), ssh_port: u16) -> String {
     format!(
         "[network]\nmode = \"static\"\npool_start = \"127.{a}.{b}.10\"\npool_end = \"127.{a}.{b}.20\"\n\
-         prefix_len = 32\ngateway = \"127.{a}.{b}.1\"\n",
+         prefix_len = 32\ngateway = \"127.{a}.{b}.1\"\nssh_port = {ssh_port}\n",
         a = block.0,
         b = block.1
     )
+}
+
+/// A port free on every address right now, for the guests' sshd stand-ins.
+fn guest_ssh_port() -> u16 {
+    common::free_port_block(1).0
 }
 
 /// A provider on the Proxmox backend (`kind` lxc or qemu, static addresses on 127.A.B.0/24).
@@ -68,7 +77,8 @@ async fn env(kind: &str) -> Env {
     cfg.tiers[0].cpu_millicores = 1500;
     cfg.tiers[0].disk_gb = Some(6);
     cfg.backend.kind = BackendChoice::Proxmox;
-    cfg.backend.proxmox = proxmox_config(&pve, kind, &static_network(block));
+    let ssh_port = guest_ssh_port();
+    cfg.backend.proxmox = proxmox_config(&pve, kind, &static_network(block, ssh_port));
     let backend = Arc::new(
         ProxmoxBackend::connect(cfg.backend.proxmox.clone())
             .await
@@ -82,7 +92,7 @@ async fn env(kind: &str) -> Env {
         Buyer {
             password: PASSWORD.into(),
         },
-        22,
+        ssh_port,
         dir.path(),
     );
     Env {
@@ -93,6 +103,7 @@ async fn env(kind: &str) -> Env {
         pve,
         standins,
         block,
+        ssh_port,
         dir,
     }
 }
@@ -179,11 +190,15 @@ async fn lxc_life_cycle_through_the_core_with_real_payments_and_ssh() {
         .await
         .expect("paid spawn");
     let addr = format!("127.{}.{}.10", e.block.0, e.block.1);
-    assert_eq!((r.host.as_str(), r.node_port), (addr.as_str(), 22), "{r:?}");
+    assert_eq!(
+        (r.host.as_str(), r.node_port),
+        (addr.as_str(), e.ssh_port),
+        "{r:?}"
+    );
     assert!(
         r.instructions
             .iter()
-            .any(|i| i.contains(&format!("ssh -p 22 alice@{addr}"))),
+            .any(|i| i.contains(&format!("ssh -p {} alice@{addr}", e.ssh_port))),
         "{:?}",
         r.instructions
     );
@@ -432,7 +447,7 @@ async fn a_task_that_times_out_is_rolled_back_once_pve_lets_go() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
     cfg.backend.kind = BackendChoice::Proxmox;
-    cfg.backend.proxmox = proxmox_config(&pve, "lxc", &static_network(loopback_block()));
+    cfg.backend.proxmox = proxmox_config(&pve, "lxc", &static_network(loopback_block(), 22));
     cfg.backend.proxmox.task_timeout_seconds = 1;
     let backend = Arc::new(
         ProxmoxBackend::connect(cfg.backend.proxmox.clone())
@@ -514,7 +529,7 @@ async fn a_missing_privilege_is_named_and_refunded() {
 async fn tls_with_a_wrong_fingerprint_is_refused() {
     let pve = FakePve::start();
     let block = loopback_block();
-    let mut c = proxmox_config(&pve, "lxc", &static_network(block));
+    let mut c = proxmox_config(&pve, "lxc", &static_network(block, 22));
     c.fingerprint = Some(
         "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF"
             .into(),
@@ -616,6 +631,7 @@ async fn a_restart_readopts_tagged_guests_and_removes_orphans() {
         dir,
         block: _,
         backend: _,
+        ssh_port: _,
     } = e;
     drop(provider);
     let fresh = Arc::new(
@@ -983,9 +999,14 @@ async fn dhcp_mode_reads_the_guest_address_from_the_api() {
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
     let block = loopback_block();
+    let ssh_port = guest_ssh_port();
     let mut cfg = common::config(dir.path(), &[&mint.url], RATE, common::free_port_block(4));
     cfg.backend.kind = BackendChoice::Proxmox;
-    cfg.backend.proxmox = proxmox_config(&pve, "lxc", "[network]\nmode = \"dhcp\"\n");
+    cfg.backend.proxmox = proxmox_config(
+        &pve,
+        "lxc",
+        &format!("[network]\nmode = \"dhcp\"\nssh_port = {ssh_port}\n"),
+    );
     let backend = Arc::new(
         ProxmoxBackend::connect(cfg.backend.proxmox.clone())
             .await
@@ -998,7 +1019,7 @@ async fn dhcp_mode_reads_the_guest_address_from_the_api() {
         Buyer {
             password: PASSWORD.into(),
         },
-        22,
+        ssh_port,
         dir.path(),
     );
     // The DHCP server: every running guest asking for DHCP gets 127.A.B.(40 + n).
@@ -1032,7 +1053,7 @@ async fn dhcp_mode_reads_the_guest_address_from_the_api() {
         .expect("spawn");
     assert_eq!(
         (r.host.clone(), r.node_port),
-        (format!("127.{}.{}.40", block.0, block.1), 22)
+        (format!("127.{}.{}.40", block.0, block.1), ssh_port)
     );
     let c = &sent(&pve, "POST", "/nodes/pve/lxc").await[0];
     assert_eq!(field(c, "net0"), Some("name=eth0,bridge=vmbr0,ip=dhcp"));
