@@ -992,9 +992,16 @@ async fn a_config_file_with_backend_proxmox_loads_and_is_checked() {
 }
 
 /// `dhcp` mode: the guest takes an address by DHCP (here the harness plays the DHCP server), the
-/// backend reads it from `/lxc/{vmid}/interfaces`, and the buyer's ssh goes there.
+/// backend reads it from `/lxc/{vmid}/interfaces` (LXC) or the QEMU guest agent, and the buyer's
+/// ssh goes there.
 #[tokio::test]
 async fn dhcp_mode_reads_the_guest_address_from_the_api() {
+    for kind in ["lxc", "qemu"] {
+        dhcp_round(kind).await;
+    }
+}
+
+async fn dhcp_round(kind: &str) {
     let pve = Arc::new(FakePve::start());
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -1004,7 +1011,7 @@ async fn dhcp_mode_reads_the_guest_address_from_the_api() {
     cfg.backend.kind = BackendChoice::Proxmox;
     cfg.backend.proxmox = proxmox_config(
         &pve,
-        "lxc",
+        kind,
         &format!("[network]\nmode = \"dhcp\"\nssh_port = {ssh_port}\n"),
     );
     let backend = Arc::new(
@@ -1027,8 +1034,10 @@ async fn dhcp_mode_reads_the_guest_address_from_the_api() {
     let dhcp = tokio::spawn(async move {
         loop {
             for g in leases.workloads().await {
-                let net0 = g["config"]["net0"].as_str().unwrap_or_default().to_string();
-                if g["status"] == "running" && net0.contains("ip=dhcp") {
+                let net = g["config"]["net0"].as_str().unwrap_or_default().to_string()
+                    + g["config"]["ipconfig0"].as_str().unwrap_or_default();
+                if g["status"] == "running" && net.contains("ip=dhcp") && g["agent_ipv4"].is_null()
+                {
                     let vmid = g["vmid"].as_u64().unwrap();
                     let ip =
                         std::net::Ipv4Addr::new(127, block.0, block.1, 40 + (vmid % 100) as u8);
@@ -1055,14 +1064,17 @@ async fn dhcp_mode_reads_the_guest_address_from_the_api() {
         (r.host.clone(), r.node_port),
         (format!("127.{}.{}.40", block.0, block.1), ssh_port)
     );
-    let c = &sent(&pve, "POST", "/nodes/pve/lxc").await[0];
-    assert_eq!(field(c, "net0"), Some("name=eth0,bridge=vmbr0,ip=dhcp"));
+    if kind == "lxc" {
+        let c = &sent(&pve, "POST", "/nodes/pve/lxc").await[0];
+        assert_eq!(field(c, "net0"), Some("name=eth0,bridge=vmbr0,ip=dhcp"));
+    } else {
+        let c = &sent(&pve, "PUT", "/nodes/pve/qemu/10000/config").await[0];
+        assert_eq!(field(c, "ipconfig0"), Some("ip=dhcp"));
+    }
     assert_eq!(login(&r, &key).await, "alice");
-    assert!(pve
-        .requests()
-        .await
-        .iter()
-        .any(|(m, p, _)| m == "GET" && p.ends_with("/lxc/10000/interfaces")));
+    assert!(pve.requests().await.iter().any(|(m, p, _)| m == "GET"
+        && (p.ends_with("/lxc/10000/interfaces")
+            || p.ends_with("/qemu/10000/agent/network-get-interfaces"))));
     dhcp.abort();
 }
 

@@ -888,7 +888,8 @@ fn first_guest_ipv4(list: &Value) -> Option<Ipv4Addr> {
         .iter()
         .filter(|i| i["name"].as_str() != Some("lo"))
         .flat_map(|i| i["ip-addresses"].as_array().cloned().unwrap_or_default())
-        .filter(|a| a["ip-address-type"].as_str() == Some("inet"))
+        // PVE's LXC list says `inet`, the QEMU guest agent `ipv4`.
+        .filter(|a| matches!(a["ip-address-type"].as_str(), Some("inet" | "ipv4")))
         .find_map(|a| a["ip-address"].as_str()?.parse::<Ipv4Addr>().ok())
 }
 
@@ -930,6 +931,11 @@ mod tests {
                                               {"ip-address-type": "inet", "ip-address": "10.0.0.9"}]}
         ]);
         assert_eq!(first_guest_ipv4(&list), Some(Ipv4Addr::new(10, 0, 0, 9)));
+        // The QEMU guest agent's shape.
+        let agent: Value = serde_json::json!([
+            {"name": "eth0", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "10.0.0.7", "prefix": 24}]}
+        ]);
+        assert_eq!(first_guest_ipv4(&agent), Some(Ipv4Addr::new(10, 0, 0, 7)));
     }
 
     #[test]

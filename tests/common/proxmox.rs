@@ -309,6 +309,10 @@ pub fn in_test_range(a: Ipv4Addr) -> bool {
 }
 
 fn guest_addr(g: &Value) -> Option<Ipv4Addr> {
+    // A VM's DHCP address, as its guest agent reports it.
+    if let Some(a) = g["agent_ipv4"].as_str() {
+        return a.parse().ok();
+    }
     let key = if g["type"] == "qemu" {
         "ipconfig0"
     } else {

@@ -36,8 +36,12 @@ def write_secret(path, text):
 
 
 def guest_view(kind, guest):
-    return {'type': kind, 'vmid': guest.vmid, 'node': guest.node, 'status': guest.status,
+    view = {'type': kind, 'vmid': guest.vmid, 'node': guest.node, 'status': guest.status,
             'template': bool(guest.template), 'config': dict(guest.config)}
+    agent = getattr(guest, 'agent', None)
+    if agent and agent.get('interfaces'):
+        view['agent_ipv4'] = agent['interfaces'][-1]['ip-addresses'][0]['ip-address']
+    return view
 
 
 def control_app(pve):
@@ -66,10 +70,16 @@ def control_app(pve):
         return web.json_response({})
 
     async def lease(request):
-        """A DHCP lease for a running container: its net0 gets the address (what its interfaces show)."""
+        """A DHCP lease for a running guest: a container's net0 gets the address (what its
+        interfaces show); a VM's guest agent starts answering with it."""
         v = await request.json()
         ct = pve.ct(int(v['vmid']))
-        ct.config['net0'] = ct.config['net0'].replace('ip=dhcp', 'ip={0}/32'.format(v['ip']))
+        if ct is not None:
+            ct.config['net0'] = ct.config['net0'].replace('ip=dhcp', 'ip={0}/32'.format(v['ip']))
+        else:
+            pve.vm(int(v['vmid'])).agent = {'interfaces': [
+                {'name': 'lo', 'ip-addresses': [{'ip-address': '127.0.0.1', 'ip-address-type': 'ipv4', 'prefix': 8}]},
+                {'name': 'eth0', 'ip-addresses': [{'ip-address': v['ip'], 'ip-address-type': 'ipv4', 'prefix': 32}]}]}
         return web.json_response({})
 
     app = web.Application()
