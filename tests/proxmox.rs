@@ -1135,3 +1135,27 @@ async fn concurrent_spawns_get_their_own_vmids_and_addresses() {
     vmids.sort();
     assert_eq!(vmids, vec![10000, 10001, 10002]);
 }
+
+/// A QEMU clone the provider never got to configure (it stopped between the clone and the
+/// config, so the clone has no tags) is still found by name within the backend's vmid range and
+/// removed; a VM of the same name outside the range is not the backend's and stays.
+#[tokio::test]
+async fn an_untagged_clone_in_the_vmid_range_is_still_removed() {
+    let pve = FakePve::start();
+    let c = proxmox_config(&pve, "qemu", &static_network(loopback_block(), 22));
+    let b = ProxmoxBackend::connect(c).await.unwrap();
+    pve.add_vm(10007, "pg-abandoned", "stopped", serde_json::json!({}))
+        .await;
+    pve.add_vm(500, "pg-elsewhere", "running", serde_json::json!({}))
+        .await;
+    assert!(b.inspect("pg-abandoned").await.unwrap().is_some());
+    b.destroy("pg-abandoned").await.unwrap();
+    b.destroy("pg-elsewhere").await.unwrap();
+    let left: Vec<u64> = pve
+        .workloads()
+        .await
+        .iter()
+        .filter_map(|g| g["vmid"].as_u64())
+        .collect();
+    assert_eq!(left, vec![500]);
+}

@@ -204,16 +204,21 @@ impl ProxmoxBackend {
     }
 
     /// Find a guest by workload name: from memory, else from the node's list (after a restart).
+    /// A guest counts when it carries the Paygress tag, or — a QEMU clone whose config (and so
+    /// its tags) was never written because the provider stopped in between — when its vmid lies
+    /// in the backend's own range.
     async fn find(&self, name: &str) -> Result<Option<Guest>, BackendError> {
         if let Some(g) = self.known(name) {
             return Ok(Some(g));
         }
         for g in self.listing().await? {
-            if g["name"].as_str() == Some(name) && tags(&g).iter().any(|t| t == TAG) {
-                let Some(vmid) = api::lenient_u64(&g["vmid"]).and_then(|n| u32::try_from(n).ok())
-                else {
-                    continue;
-                };
+            let Some(vmid) = api::lenient_u64(&g["vmid"]).and_then(|n| u32::try_from(n).ok())
+            else {
+                continue;
+            };
+            let ours = tags(&g).iter().any(|t| t == TAG)
+                || (self.cfg.vmid_min..=self.cfg.vmid_max).contains(&vmid);
+            if g["name"].as_str() == Some(name) && ours {
                 let guest = self.read_guest(vmid, &g).await?;
                 self.remember(name, Some(guest));
                 return Ok(Some(guest));

@@ -188,6 +188,21 @@ impl FakePve {
         assert!(r.status().is_success());
     }
 
+    /// Put a VM on the node behind the backend's back.
+    pub async fn add_vm(&self, vmid: u32, name: &str, status: &str, config: Value) {
+        let r = self
+            .http
+            .post(format!("{}/vm", self.control))
+            .json(
+                &serde_json::json!({"vmid": vmid, "name": name, "node": self.node,
+                                     "status": status, "config": config}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
     /// Put a container on the node behind the backend's back.
     pub async fn add_ct(&self, vmid: u32, hostname: &str, status: &str, config: Value) {
         let r = self

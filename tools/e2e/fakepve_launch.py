@@ -64,6 +64,12 @@ def control_app(pve):
                    config=v.get('config', {}))
         return web.json_response({})
 
+    async def add_vm(request):
+        v = await request.json()
+        pve.add_vm(int(v['vmid']), v['name'], node=v['node'], status=v.get('status', 'stopped'),
+                   config=v.get('config', {}))
+        return web.json_response({})
+
     async def add_template(request):
         v = await request.json()
         pve.store_file(v['storage'], v['name'], 1024 * 1024, content='vztmpl')
@@ -88,6 +94,7 @@ def control_app(pve):
     app.router.add_get('/guests', guests)
     app.router.add_post('/fail', fail)
     app.router.add_post('/ct', add_ct)
+    app.router.add_post('/vm', add_vm)
     app.router.add_post('/template', add_template)
     return app
 
