@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::lxd::LxdConfig;
+use crate::backend::proxmox::ProxmoxConfig;
 use crate::backend::sandbox::SandboxConfig;
 
 /// A compute tier ("pod spec" on the wire): what a buyer gets and what a second of it costs.
@@ -231,6 +232,9 @@ pub struct BackendSection {
     /// `[backend.kubernetes]`: the Kubernetes backend.
     #[serde(default)]
     pub kubernetes: crate::backend::kubernetes::KubernetesConfig,
+    /// `[backend.proxmox]`: the Proxmox VE API, its token, TLS pin, templates and network.
+    #[serde(default)]
+    pub proxmox: ProxmoxConfig,
 }
 
 impl Default for BackendSection {
@@ -241,6 +245,7 @@ impl Default for BackendSection {
             sandbox: SandboxConfig::default(),
             namespace: default_namespace(),
             kubernetes: Default::default(),
+            proxmox: ProxmoxConfig::default(),
         }
     }
 }
@@ -701,6 +706,26 @@ impl Config {
                 "backend.namespace",
                 "not a valid namespace name",
             ));
+        }
+        if self.backend.kind == BackendChoice::Proxmox {
+            if let Err(problem) = self.backend.proxmox.validate() {
+                let (key, problem) = problem
+                    .split_once(": ")
+                    .unwrap_or(("backend.proxmox", &problem));
+                return Err(ConfigError::new(key, problem));
+            }
+            // An offered image without a template would be paid for and then refunded.
+            if let Some(img) = self
+                .images
+                .allowed
+                .iter()
+                .find(|i| !self.backend.proxmox.templates.contains_key(*i))
+            {
+                return Err(ConfigError::new(
+                    "backend.proxmox.templates",
+                    format!("no template for the allowed image {img:?}"),
+                ));
+            }
         }
         Ok(())
     }

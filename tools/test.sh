@@ -28,6 +28,10 @@ commands+=(/usr/sbin/nginx curl jq)
 # tmux: tests/buyer_wallet.rs runs `wallet fund` on a real terminal and reads the QR code back.
 want+=(tmux)
 commands+=(tmux)
+# Proxmox (tests/proxmox.rs): `ip` makes the nat test's network namespace (nft is above); fakepve,
+# the PVE API server the tests run against, is pinned in tools/e2e/requirements.txt (venv below).
+want+=(iproute2)
+commands+=(ip)
 if [ "${1:-}" = --print-deps ]; then
   printf 'package %s\n' "${want[@]}"
   # npm ships inside some nodejs builds and as its own package in Debian's.

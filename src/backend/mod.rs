@@ -27,6 +27,7 @@ use crate::secret::Secret;
 
 pub mod kubernetes;
 pub mod lxd;
+pub mod proxmox;
 pub mod sandbox;
 
 /// Which kind of backend serves workloads; published in offers so buyers can filter on it.
@@ -261,6 +262,11 @@ pub async fn from_config(cfg: &Config) -> Result<std::sync::Arc<dyn Backend>, St
                 .map_err(|e| e.to_string())?;
             Ok(std::sync::Arc::new(b))
         }
-        other => Err(format!("backend {other:?} is not available in this build")),
+        BackendChoice::Proxmox => {
+            let b = proxmox::ProxmoxBackend::connect(cfg.backend.proxmox.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(std::sync::Arc::new(b))
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod mint;
 pub mod netns;
 pub mod nginx;
 pub mod nutshell;
+pub mod proxmox;
 pub mod sandbox;
 pub mod seller;
 pub mod ssh;
