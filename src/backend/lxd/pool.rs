@@ -433,7 +433,8 @@ impl LxdBackend {
     ) -> Result<(), BackendError> {
         let inst = m.instance.as_str();
         let path = format!("/1.0/instances/{inst}");
-        let deadline = Instant::now() + self.ready_timeout();
+        let t0 = Instant::now();
+        let deadline = t0 + self.ready_timeout();
         // 1. Sold from now on.
         let marks = json!({ "config": {
             KEY_PROVIDER: spec.provider_id,
@@ -465,7 +466,8 @@ impl LxdBackend {
             });
         }
 
-        // 3. The login, meanwhile; 4. our banner on the host port.
+        // 3. The login and 4. our banner on the host port, meanwhile.
+        let t_sold = Instant::now();
         let login = async {
             if let Some(key) = &spec.ssh_public_key {
                 let mut line = key.trim().as_bytes().to_vec();
@@ -484,20 +486,34 @@ impl LxdBackend {
                     "creating the login user failed (exit {code})"
                 )));
             }
-            wait_for_ssh(&self.check_host, port, Some(&m.nonce), deadline).await
+            Ok::<_, BackendError>(t_sold.elapsed())
         };
-        tokio::pin!(login);
+        let answering = async {
+            let b = wait_for_ssh(&self.check_host, port, Some(&m.nonce), deadline).await?;
+            Ok::<_, BackendError>((b, t_sold.elapsed()))
+        };
+        tokio::pin!(login, answering);
         let mut device_ok = false;
-        let banner = loop {
+        let (mut user_ms, mut banner) = (None, None);
+        while user_ms.is_none() || banner.is_none() {
             tokio::select! {
                 r = &mut rx, if !device_ok => match r {
                     Ok(Ok(())) => device_ok = true,
                     Ok(Err(e)) => return Err(map_start_error(&e, port, "SSH forward")),
                     Err(_) => return Err(BackendError::Api("the SSH forward request was lost".into())),
                 },
-                r = &mut login => break r?,
+                r = &mut login, if user_ms.is_none() => user_ms = Some(r?),
+                r = &mut answering, if banner.is_none() => banner = Some(r?),
             }
-        };
+        }
+        let (banner, banner_t) = banner.unwrap_or((Banner::Anonymous, Duration::ZERO));
+        tracing::debug!(
+            instance = inst,
+            mark_ms = (t_sold - t0).as_millis() as u64,
+            user_ms = user_ms.unwrap_or_default().as_millis() as u64,
+            banner_ms = banner_t.as_millis() as u64,
+            "LXD warm claim"
+        );
         if banner == Banner::Anonymous && !device_ok {
             // Without our nonce the banner proves nothing until LXD confirms the device.
             match rx.await {
