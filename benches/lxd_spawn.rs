@@ -387,6 +387,26 @@ fn main() {
         (mint, warm_lxd, warm, cold, money)
     });
 
+    // The pool's cost: what LXD counts for each idle member (its cgroup: processes and cache).
+    let idle = rt.block_on(async {
+        warm_lxd.wait_pool_full(Duration::from_secs(300)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        warm_lxd.pool_status().members
+    });
+    let mut idle_mib = Vec::new();
+    for m in &idle {
+        let path = format!("/1.0/instances/{m}/state");
+        if let Ok(out) = Command::new("lxc")
+            .args(["query", "--force-local", &path])
+            .output()
+        {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(b) = v["memory"]["usage"].as_u64() {
+                idle_mib.push(b as f64 / 1048576.0);
+            }
+        }
+    }
+
     let pool_name = pool.clone().unwrap_or_else(|| "profile default".into());
     println!(
         "LXD spawn → first SSH login, {n} rounds, image {image}, storage {pool_name}, tier 1 vCPU / 512 MiB, warm_pool {warm_n}"
@@ -394,7 +414,14 @@ fn main() {
     println!();
     println!(
         "{:>5} | {:>11} {:>11} {:>9} | {:>11} {:>11} | {:>9} | {:>10}",
-        "round", "warm:answer", "warm:login", "ssh-only", "cold:answer", "cold:login", "cli:login", "money-path"
+        "round",
+        "warm:answer",
+        "warm:login",
+        "ssh-only",
+        "cold:answer",
+        "cold:login",
+        "cli:login",
+        "money-path"
     );
     let (mut w_ans, mut w_login, mut w_ssh) = (Vec::new(), Vec::new(), Vec::new());
     let (mut c_ans, mut c_login, mut x_login, mut m_ans) =
@@ -424,7 +451,8 @@ fn main() {
             })
         };
         let run_cli = || {
-            cli(&image, pool.as_deref(), round).unwrap_or_else(|e| panic!("cli, round {round}: {e}"))
+            cli(&image, pool.as_deref(), round)
+                .unwrap_or_else(|e| panic!("cli, round {round}: {e}"))
         };
         // Rotate the order, so no side always follows another's delete.
         let (w, c, x) = match round % 3 {
@@ -486,6 +514,14 @@ fn main() {
     let (w, _) = stats(&w_login);
     let (c, _) = stats(&c_login);
     let (x, _) = stats(&x_login);
+    if !idle_mib.is_empty() {
+        let mean = idle_mib.iter().sum::<f64>() / idle_mib.len() as f64;
+        println!(
+            "{:<52} {mean:>7.1}MiB  (over {} members, LXD's memory usage)",
+            "idle pool member",
+            idle_mib.len()
+        );
+    }
     println!();
     println!("ratio warm/cli (medians): {:.3}  (target ≤ 0.10)", w / x);
     println!("ratio cold/cli (medians): {:.2}  (target ≤ 0.50)", c / x);

@@ -14,9 +14,7 @@ use std::time::Duration;
 use common::mint::TestMint;
 use common::ssh::ssh_password;
 use paygress::api::SpawnRequest;
-use paygress::backend::lxd::{
-    LxdBackend, LxdConfig, KEY_POOL, KEY_PROVIDER, KEY_WORKLOAD,
-};
+use paygress::backend::lxd::{LxdBackend, LxdConfig, KEY_POOL, KEY_PROVIDER, KEY_WORKLOAD};
 use paygress::backend::{Backend, WorkloadSpec};
 use paygress::config::{Config, Tier};
 use paygress::secret::Secret;
@@ -142,8 +140,7 @@ const FULL: Duration = Duration::from_secs(400);
 async fn twenty_concurrent_spawns_never_share_a_member() {
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg: Config =
-        common::config(dir.path(), &[&mint.url], 1, common::free_port_block(40));
+    let mut cfg: Config = common::config(dir.path(), &[&mint.url], 1, common::free_port_block(40));
     cfg.tiers.truncate(1);
     cfg.images.allowed = vec![IMAGE.into()];
     let lxd = LxdBackend::new(LxdConfig {
@@ -192,11 +189,24 @@ async fn twenty_concurrent_spawns_never_share_a_member() {
         sold.push((i, r, instance));
     }
     let instances: BTreeSet<&String> = sold.iter().map(|s| &s.2).collect();
-    assert_eq!(instances.len(), 20, "two buyers share an instance: {sold:?}", sold = sold.iter().map(|s| &s.2).collect::<Vec<_>>());
-    let warm: Vec<&String> = sold.iter().map(|s| &s.2).filter(|i| members.contains(*i)).collect();
+    assert_eq!(
+        instances.len(),
+        20,
+        "two buyers share an instance: {sold:?}",
+        sold = sold.iter().map(|s| &s.2).collect::<Vec<_>>()
+    );
+    let warm: Vec<&String> = sold
+        .iter()
+        .map(|s| &s.2)
+        .filter(|i| members.contains(*i))
+        .collect();
     assert_eq!(warm.len(), 16, "each member is sold exactly once: {warm:?}");
     // Sold members are the core's workloads now, never pool members.
-    assert!(lxd.pool_status().members.iter().all(|m| !instances.contains(m)));
+    assert!(lxd
+        .pool_status()
+        .members
+        .iter()
+        .all(|m| !instances.contains(m)));
 
     let logins = sold.iter().map(|(i, r, instance)| async move {
         let own = ssh_password(
@@ -208,7 +218,11 @@ async fn twenty_concurrent_spawns_never_share_a_member() {
         .await
         .unwrap_or_else(|e| panic!("login {i} into {instance}: {e}"));
         assert_eq!(own.trim(), r.ssh_username, "accounts in {instance}");
-        (r.node_port, r.ssh_username.clone(), r.ssh_password.expose().to_string())
+        (
+            r.node_port,
+            r.ssh_username.clone(),
+            r.ssh_password.expose().to_string(),
+        )
     });
     let creds = futures::future::join_all(logins).await;
     // Someone else's password never opens a container.
@@ -238,7 +252,10 @@ async fn no_pool_member_holds_credentials_and_sold_ones_never_return() {
     let first: BTreeSet<String> = b.pool_status().members.into_iter().collect();
     for m in &first {
         assert_eq!(leftovers_in(m), "", "in pool member {m}");
-        assert!(b.list(&provider).await.unwrap().is_empty(), "members are not sold");
+        assert!(
+            b.list(&provider).await.unwrap().is_empty(),
+            "members are not sold"
+        );
     }
 
     // A buyer with a password and a key; then the workload ends.
@@ -261,7 +278,13 @@ async fn no_pool_member_holds_credentials_and_sold_ones_never_return() {
     assert_eq!(cfg.get(KEY_WORKLOAD), Some(&s.name));
     assert_eq!(cfg.get(KEY_PROVIDER), Some(&provider));
     assert!(!cfg.contains_key(KEY_POOL));
-    let listed: Vec<String> = b.list(&provider).await.unwrap().into_iter().map(|w| w.name).collect();
+    let listed: Vec<String> = b
+        .list(&provider)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
     assert_eq!(listed, vec![s.name.clone()]);
     b.destroy(&s.name).await.expect("destroy");
     assert!(lxc(&["info", &sold]).is_err(), "the sold container is gone");
@@ -274,7 +297,10 @@ async fn no_pool_member_holds_credentials_and_sold_ones_never_return() {
         assert_eq!(leftovers_in(m), "", "in pool member {m}");
     }
     b.stop_warm_pool().await;
-    assert!(instances_with(KEY_POOL, &provider).is_empty(), "shutdown removes the members");
+    assert!(
+        instances_with(KEY_POOL, &provider).is_empty(),
+        "shutdown removes the members"
+    );
 }
 
 /// A restarted provider re-adopts its members (same instances, no new ones made, nothing taken
@@ -283,8 +309,7 @@ async fn no_pool_member_holds_credentials_and_sold_ones_never_return() {
 async fn restart_readopts_members_or_removes_them() {
     let mint = TestMint::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg: Config =
-        common::config(dir.path(), &[&mint.url], 1, common::free_port_block(4));
+    let mut cfg: Config = common::config(dir.path(), &[&mint.url], 1, common::free_port_block(4));
     cfg.tiers.truncate(1);
     cfg.images.allowed = vec![IMAGE.into()];
 
@@ -309,7 +334,11 @@ async fn restart_readopts_members_or_removes_them() {
     let adopted: BTreeSet<String> = b.pool_status().members.into_iter().collect();
     assert_eq!(adopted, before, "the same members, ready at once");
     assert_eq!(b.pool_status().making, 0);
-    assert_eq!(instances_with(KEY_POOL, &id), before, "nothing removed or added");
+    assert_eq!(
+        instances_with(KEY_POOL, &id),
+        before,
+        "nothing removed or added"
+    );
     // And they still sell.
     let t = cfg.tiers[0].clone();
     let s = spec(&id, &t, "bob", "after-restart-pass");
@@ -337,11 +366,16 @@ async fn restart_readopts_members_or_removes_them() {
         left.intersection(&before).next().is_none(),
         "stale members removed: {left:?}"
     );
-    assert!(c.wait_pool_full(FULL).await, "a new member of the new shape");
+    assert!(
+        c.wait_pool_full(FULL).await,
+        "a new member of the new shape"
+    );
     let fresh = c.pool_status().members;
     assert_eq!(fresh.len(), 1);
     assert_eq!(
-        lxc(&["config", "get", &fresh[0], "limits.memory"]).unwrap().trim(),
+        lxc(&["config", "get", &fresh[0], "limits.memory"])
+            .unwrap()
+            .trim(),
         "384MiB"
     );
     c.stop_warm_pool().await;
@@ -385,7 +419,13 @@ async fn a_drained_pool_falls_back_to_the_cold_path() {
         );
     }
     // Both are ordinary workloads of the provider; the pool's next member is a new one.
-    let mut listed: Vec<String> = b.list(&provider).await.unwrap().into_iter().map(|w| w.name).collect();
+    let mut listed: Vec<String> = b
+        .list(&provider)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
     listed.sort();
     let mut want = vec![s1.name.clone(), s2.name.clone()];
     want.sort();
@@ -436,8 +476,20 @@ async fn pool_members_keep_the_isolation_of_cold_workloads() {
     assert_eq!(c, w);
     assert_eq!(w[2].as_deref(), Some("77"));
     assert_eq!(w[3].as_deref(), Some("true"));
-    let cold_map = lxc(&["config", "get", &b.instance_name(&cold.name).await, "volatile.idmap.base"]).unwrap();
-    let warm_map = lxc(&["config", "get", &b.instance_name(&warm.name).await, "volatile.idmap.base"]).unwrap();
+    let cold_map = lxc(&[
+        "config",
+        "get",
+        &b.instance_name(&cold.name).await,
+        "volatile.idmap.base",
+    ])
+    .unwrap();
+    let warm_map = lxc(&[
+        "config",
+        "get",
+        &b.instance_name(&warm.name).await,
+        "volatile.idmap.base",
+    ])
+    .unwrap();
     assert_ne!(cold_map.trim(), warm_map.trim(), "id ranges of their own");
     b.stop_warm_pool().await;
 }

@@ -10,7 +10,6 @@ use tokio::io::AsyncReadExt;
 
 use crate::backend::BackendError;
 
-
 /// What the SSH banner on the host port said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Banner {

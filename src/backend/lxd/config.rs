@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::egress;
 
-
 /// `[backend.lxd]` settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,4 +214,3 @@ pub(super) fn is_safe_token(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
-

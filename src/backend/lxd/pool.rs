@@ -211,7 +211,10 @@ impl LxdBackend {
         let leftovers = match self.pool_members(provider_id).await {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!("LXD warm pool: cannot list earlier members: {}", e.message());
+                tracing::warn!(
+                    "LXD warm pool: cannot list earlier members: {}",
+                    e.message()
+                );
                 Vec::new()
             }
         };
@@ -229,21 +232,32 @@ impl LxdBackend {
                 && adopted.get(shape).map_or(0, VecDeque::len) < want;
             if fits && running && !nonce.is_empty() && ssh_port_of(&inst).is_none() {
                 let host_keys = self.read_host_keys(&name).await;
-                adopted.entry(shape.to_string()).or_default().push_back(Member {
-                    instance: name,
-                    nonce,
-                    host_keys,
-                });
+                adopted
+                    .entry(shape.to_string())
+                    .or_default()
+                    .push_back(Member {
+                        instance: name,
+                        nonce,
+                        host_keys,
+                    });
             } else {
                 if let Err(e) = self.remove(&name).await {
-                    tracing::warn!(name, "LXD warm pool: cannot remove a stale member: {}", e.message());
+                    tracing::warn!(
+                        name,
+                        "LXD warm pool: cannot remove a stale member: {}",
+                        e.message()
+                    );
                 }
                 removed += 1;
             }
         }
         let n_adopted: usize = adopted.values().map(VecDeque::len).sum();
         if n_adopted + removed > 0 {
-            tracing::info!(adopted = n_adopted, removed, "LXD warm pool: members of an earlier run");
+            tracing::info!(
+                adopted = n_adopted,
+                removed,
+                "LXD warm pool: members of an earlier run"
+            );
         }
         {
             let mut st = self.pool.state();
@@ -384,7 +398,9 @@ impl LxdBackend {
                 .await
                 .map_err(|e| e.api("waiting for sshd"))?;
             if code != 0 {
-                return Err(BackendError::NotReady("sshd did not listen in the warm container".into()));
+                return Err(BackendError::NotReady(
+                    "sshd did not listen in the warm container".into(),
+                ));
             }
             Ok(())
         }
@@ -392,7 +408,11 @@ impl LxdBackend {
         match r {
             Ok(()) => {
                 let host_keys = self.read_host_keys(&name).await;
-                tracing::debug!(name, ms = t0.elapsed().as_millis() as u64, "LXD warm pool: member ready");
+                tracing::debug!(
+                    name,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "LXD warm pool: member ready"
+                );
                 Ok(Member {
                     instance: name,
                     nonce,
@@ -450,7 +470,8 @@ impl LxdBackend {
 
         // 2. The SSH forward, answered in the background.
         self.settle_begin(inst);
-        let device = json!({ "devices": { SSH_DEVICE: proxy_device(&self.cfg.ssh_listen_address, port) } });
+        let device =
+            json!({ "devices": { SSH_DEVICE: proxy_device(&self.cfg.ssh_listen_address, port) } });
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         {
             let me = self.clone();
@@ -523,6 +544,109 @@ impl LxdBackend {
             }
         }
         Ok(())
+    }
+
+    /// The instance behind a workload name: the name itself, unless it is a sold warm container
+    /// (whose instance keeps its own name; see [`pool`]).
+    pub(super) async fn resolve(&self, name: &str) -> String {
+        if let Some(i) = self.names.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return i;
+        }
+        // Not seen by this process yet (after a restart, before the first `list`).
+        if let Ok(Some(_)) = self.instance(name).await {
+            return name.to_string();
+        }
+        if let Ok(all) = self.get("/1.0/instances?recursion=1").await {
+            let found = all.as_array().and_then(|a| {
+                a.iter()
+                    .find(|i| config_value(i, KEY_WORKLOAD) == Some(name))
+                    .and_then(|i| i.get("name")?.as_str())
+                    .filter(|n| is_valid_instance_name(n))
+                    .map(String::from)
+            });
+            if let Some(inst) = found {
+                self.map_name(name, &inst);
+                return inst;
+            }
+        }
+        name.to_string()
+    }
+
+    pub(super) fn map_name(&self, workload: &str, instance: &str) {
+        if let Ok(mut m) = self.names.lock() {
+            m.insert(workload.to_string(), instance.to_string());
+        }
+    }
+
+    pub(super) fn forget_name(&self, workload: &str) {
+        if let Ok(mut m) = self.names.lock() {
+            m.remove(workload);
+        }
+        if let Ok(mut k) = self.host_keys.lock() {
+            k.remove(workload);
+        }
+    }
+
+    /// `instance` has an update running that LXD will not let another overlap with.
+    pub(super) fn settle_begin(&self, instance: &str) {
+        if let Ok(mut s) = self.settling.lock() {
+            s.insert(instance.to_string(), None);
+        }
+    }
+
+    /// Record a deadline for a settling instance, to be written when it settles; whether it was.
+    pub(super) fn settle_later(&self, instance: &str, expires_at: u64) -> bool {
+        match self.settling.lock() {
+            Ok(mut s) => match s.get_mut(instance) {
+                Some(pending) => {
+                    *pending = Some(expires_at);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// The running update ended: write any deadline recorded meanwhile, then let others in.
+    pub(super) async fn settle_end(&self, instance: &str) {
+        loop {
+            let pending = match self.settling.lock() {
+                Ok(mut s) => match s.get_mut(instance).and_then(Option::take) {
+                    Some(at) => Some(at),
+                    None => {
+                        s.remove(instance);
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            let Some(at) = pending else { return };
+            let body = json!({ "config": { KEY_EXPIRES_AT: at.to_string() } });
+            let path = format!("/1.0/instances/{instance}");
+            if let Err(e) = self
+                .call_wait(hyper::Method::PATCH, &path, Some(&body), self.timeout())
+                .await
+            {
+                tracing::warn!(instance, "cannot record the deadline mark: {}", e.message());
+            }
+        }
+    }
+
+    /// Wait (bounded) until `instance` has no update of ours running.
+    pub(super) async fn wait_settled(&self, instance: &str) {
+        let until = Instant::now() + self.timeout();
+        while Instant::now() < until {
+            let busy = self
+                .settling
+                .lock()
+                .map(|s| s.contains_key(instance))
+                .unwrap_or(false);
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stop refilling and remove every member (the provider is shutting down).
@@ -598,5 +722,58 @@ mod tests {
         };
         assert_ne!(a, shape_key(&instance_body(&t, "img", &egress, "", None)));
         assert!(is_valid_instance_name(&new_member_name()));
+    }
+
+    /// A member is made with the cold body minus the name, the ownership marks and the SSH
+    /// forward: the same limits, task limit, id map, egress network and root disk quota.
+    #[test]
+    fn members_are_made_like_cold_workloads() {
+        let t = Tier {
+            id: "basic".into(),
+            name: "Basic".into(),
+            description: String::new(),
+            cpu_millicores: 2000,
+            memory_mb: 512,
+            disk_gb: Some(3),
+            rate_msats_per_sec: 1,
+        };
+        let cfg = LxdConfig {
+            egress_network: Some("wl0".into()),
+            pids_max: 99,
+            ..LxdConfig::default()
+        };
+        let root = RootPool {
+            name: "default".into(),
+            enforces_size: true,
+        };
+        let spec = WorkloadSpec {
+            name: "pg-x".into(),
+            provider_id: "p".into(),
+            tier: t.clone(),
+            image: "img".into(),
+            ssh_username: "alice".into(),
+            ssh_password: crate::secret::Secret::new("pw"),
+            ssh_public_key: None,
+            host_port: Some(30000),
+            expires_at: 1,
+        };
+        let mut cold = create_body(&spec, &cfg, "n1", Some(&root));
+        let member = instance_body(&t, "img", &cfg, "n1", Some(&root));
+        let o = cold.as_object_mut().unwrap();
+        o.remove("name");
+        let c = o.get_mut("config").unwrap().as_object_mut().unwrap();
+        c.remove(KEY_PROVIDER);
+        c.remove(KEY_EXPIRES_AT);
+        o.get_mut("devices")
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .remove(SSH_DEVICE);
+        assert_eq!(cold, member);
+        assert_eq!(member["devices"]["eth0"]["network"], "wl0");
+        assert_eq!(member["devices"]["root"]["size"], "3GB");
+        assert_eq!(member["config"]["limits.processes"], "99");
+        assert_eq!(member["config"]["security.idmap.isolated"], "true");
+        assert!(member["devices"].get(SSH_DEVICE).is_none());
     }
 }

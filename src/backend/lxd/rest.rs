@@ -54,7 +54,6 @@ impl LxdError {
     }
 }
 
-
 /// Largest response body read from LXD (a `recursion=1` listing of many instances fits easily).
 pub(super) const MAX_BODY: usize = 32 * 1024 * 1024;
 
@@ -480,7 +479,11 @@ impl LxdBackend {
     }
 
     /// Wait for an operation to end, at most `limit`; its metadata on success.
-    pub(super) async fn wait_operation(&self, op: &str, limit: Duration) -> Result<Value, LxdError> {
+    pub(super) async fn wait_operation(
+        &self,
+        op: &str,
+        limit: Duration,
+    ) -> Result<Value, LxdError> {
         let secs = limit.as_secs().max(1);
         // Operation paths come from LXD and were checked by `parse_envelope`; no project suffix.
         let path = format!("{op}/wait?timeout={secs}");
@@ -525,10 +528,13 @@ impl LxdBackend {
         }
     }
 
-
     /// Ask LXD to change the power state; the operation path, or `None` when there was nothing
     /// to do (already in that state).
-    pub(super) async fn state_change(&self, name: &str, body: Value) -> Result<Option<String>, LxdError> {
+    pub(super) async fn state_change(
+        &self,
+        name: &str,
+        body: Value,
+    ) -> Result<Option<String>, LxdError> {
         match self
             .call(
                 hyper::Method::PUT,
@@ -545,7 +551,12 @@ impl LxdBackend {
     }
 
     /// Change the power state and wait for it; "already in that state" is success.
-    pub(super) async fn change_state(&self, name: &str, body: Value, limit: Duration) -> Result<(), LxdError> {
+    pub(super) async fn change_state(
+        &self,
+        name: &str,
+        body: Value,
+        limit: Duration,
+    ) -> Result<(), LxdError> {
         let Some(op) = self.state_change(name, body).await? else {
             return Ok(());
         };
@@ -670,5 +681,4 @@ impl LxdBackend {
             }
         }
     }
-
 }
