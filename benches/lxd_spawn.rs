@@ -20,6 +20,7 @@
 //! Run: `cargo bench --bench lxd_spawn -- 10` (or `LXD_BENCH_N=10`). Image: `LXD_BENCH_IMAGE`
 //! (default paygress-debian-12). Pool size: `LXD_BENCH_WARM` (default 2). Storage pool:
 //! `LXD_BENCH_POOL` (default: the default profile's) — used by all sides.
+//! `LXD_BENCH_IDMAP_ISOLATED=0`: both LXD providers without `security.idmap.isolated`.
 //! Needs root, LXD set up (`provider/lxd-setup.sh`), the image (`provider/build-base-image.sh`),
 //! `lxc`, `ssh` and `sshpass`.
 
@@ -366,9 +367,12 @@ fn main() {
     }
     let _cleanup = CleanupOnExit;
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // LXD_BENCH_IDMAP_ISOLATED=0 measures without per-container id ranges.
+    let idmap_isolated = std::env::var("LXD_BENCH_IDMAP_ISOLATED").as_deref() != Ok("0");
     let lxd = |warm_pool: u32| LxdConfig {
         storage_pool: pool.clone(),
         warm_pool,
+        idmap_isolated,
         ..LxdConfig::default()
     };
     let (mint, warm_lxd, warm, cold, money) = rt.block_on(async {
