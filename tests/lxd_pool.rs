@@ -493,3 +493,28 @@ async fn pool_members_keep_the_isolation_of_cold_workloads() {
     assert_ne!(cold_map.trim(), warm_map.trim(), "id ranges of their own");
     b.stop_warm_pool().await;
 }
+
+/// An image on offer that LXD lacks makes no member, and does not keep the pool from filling
+/// the others (the missing one comes first, so it is tried first and keeps failing).
+#[tokio::test]
+async fn a_shape_that_cannot_be_made_does_not_starve_the_others() {
+    let provider = format!("prov-pool-{}", suffix());
+    let _guard = Cleanup(provider.clone());
+    let t = tier(256);
+    let b = pooled(1);
+    let images = ["pgt-no-such-image".to_string(), IMAGE.to_string()];
+    b.start_warm_pool(&provider, std::slice::from_ref(&t), &images)
+        .await;
+    let until = std::time::Instant::now() + FULL;
+    let ready = loop {
+        let st = b.pool_status();
+        let n = |img: &str| st.ready.iter().find(|r| r.1 == img).map_or(0, |r| r.2);
+        if n(IMAGE) == 1 || std::time::Instant::now() > until {
+            break (n(IMAGE), n("pgt-no-such-image"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready, (1, 0));
+    b.stop_warm_pool().await;
+    assert!(instances_with(KEY_POOL, &provider).is_empty());
+}

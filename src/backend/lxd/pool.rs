@@ -293,8 +293,11 @@ impl LxdBackend {
 
     /// Keep every shape at `warm_pool` members, one member at a time.
     async fn refill_loop(&self) {
-        let mut backoff = Duration::from_secs(1);
+        // Shapes whose last member failed (an image LXD lacks, a full disk): when to try again
+        // and the backoff, so one failing shape never starves the others.
+        let mut failing: HashMap<String, (Instant, Duration)> = HashMap::new();
         loop {
+            let now = Instant::now();
             let next = {
                 let mut st = self.pool.state();
                 if !st.running {
@@ -304,6 +307,7 @@ impl LxdBackend {
                 let short = st
                     .shapes
                     .iter()
+                    .filter(|s| failing.get(&s.key).is_none_or(|(at, _)| *at <= now))
                     .find(|s| {
                         st.ready.get(&s.key).map_or(0, VecDeque::len)
                             + st.making.get(&s.key).copied().unwrap_or(0)
@@ -316,7 +320,19 @@ impl LxdBackend {
                 short.map(|s| (s, st.provider_id.clone()))
             };
             let Some((shape, provider_id)) = next else {
-                self.pool.wake.notified().await;
+                // Nothing to make now: wait for a sale, or for the next retry of a failing shape.
+                let soonest = failing
+                    .values()
+                    .map(|(at, _)| *at)
+                    .filter(|at| *at > now)
+                    .min();
+                match soonest {
+                    Some(at) => tokio::select! {
+                        _ = tokio::time::sleep(at - now) => {}
+                        _ = self.pool.wake.notified() => {}
+                    },
+                    None => self.pool.wake.notified().await,
+                }
                 continue;
             };
             let made = self.make_member(&shape, &provider_id).await;
@@ -335,19 +351,27 @@ impl LxdBackend {
                 }
             };
             match keep {
-                None => backoff = Duration::from_secs(1),
+                None => {
+                    failing.remove(&shape.key);
+                }
                 // Made while the pool was stopping: not kept.
                 Some(Ok(m)) => {
                     let _ = self.remove(&m.instance).await;
                     return;
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(tier = %shape.tier.id, image = %shape.image, "LXD warm pool: cannot make a member (retrying in {}s): {e}", backoff.as_secs());
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.pool.wake.notified() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    let backoff = failing
+                        .get(&shape.key)
+                        .map_or(Duration::from_secs(1), |(_, b)| {
+                            (*b * 2).min(Duration::from_secs(60))
+                        });
+                    tracing::warn!(
+                        tier = %shape.tier.id,
+                        image = %shape.image,
+                        "LXD warm pool: cannot make a member (retrying in {}s): {e}",
+                        backoff.as_secs()
+                    );
+                    failing.insert(shape.key.clone(), (Instant::now() + backoff, backoff));
                 }
             }
         }
