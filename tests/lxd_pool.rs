@@ -267,6 +267,23 @@ async fn no_pool_member_holds_credentials_and_sold_ones_never_return() {
     b.create(&s).await.expect("warm spawn");
     let sold = b.instance_name(&s.name).await;
     assert!(first.contains(&sold), "served from the pool");
+    // The spawn answer's host key fingerprints are the member's own keys.
+    let fps = b.host_key_fingerprints(&s.name);
+    let ed = lxc(&[
+        "exec",
+        &sold,
+        "--",
+        "ssh-keygen",
+        "-lf",
+        "/etc/ssh/ssh_host_ed25519_key.pub",
+    ])
+    .expect("ssh-keygen");
+    let ed_fp = ed
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string();
+    assert!(fps.contains(&ed_fp), "{fps:?} vs {ed_fp}");
     assert_eq!(
         common::ssh::ssh_key(port, "alice", &key_path, "whoami")
             .await
