@@ -424,6 +424,12 @@ fn check_username(u: &str) -> Result<(), BackendError> {
 // The backend
 // ---------------------------------------------------------------------------------------------
 
+/// Held while an instance with an isolated id map is being recorded: LXD picks its free host id
+/// range when it creates the instance, and two creates at once can pick the same one (the second
+/// then fails to start). One for the process, not per backend: two backends on the same daemon
+/// (a warm pool's refill and another provider's cold create, or parallel tests) race alike.
+static IDMAP_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The LXD backend. Cheap to clone: every clone shares the same state (the refill task of the
 /// warm pool holds one).
 #[derive(Clone)]
@@ -436,10 +442,6 @@ pub struct LxdBackend {
     local: bool,
     /// The root disk's storage pool (looked up once).
     root_pool: Arc<OnceCell<Option<RootPool>>>,
-    /// Held while an instance with an isolated id map is being recorded: LXD picks its free host
-    /// id range when it creates the instance, and two creates at once can pick the same one (the
-    /// second then fails to start).
-    idmap_lock: Arc<tokio::sync::Mutex<()>>,
     /// SSH host key fingerprints read from each new container, until the spawn answer takes
     /// them ([`Backend::host_key_fingerprints`]).
     host_keys: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>>,
@@ -501,7 +503,6 @@ impl LxdBackend {
             check_host: check_host.into(),
             cfg: Arc::new(cfg),
             root_pool: Default::default(),
-            idmap_lock: Default::default(),
             host_keys: Default::default(),
             names: Default::default(),
             settling: Default::default(),
@@ -552,10 +553,10 @@ impl LxdBackend {
     }
 
     /// `POST /1.0/instances`, serialised with other creates until LXD has recorded the new
-    /// instance's id map when id maps are isolated (see `idmap_lock`).
+    /// instance's id map when id maps are isolated (see [`IDMAP_LOCK`]).
     async fn post_instance(&self, name: &str, body: &Value) -> Result<Answer, LxdError> {
         let idmap_guard = match self.cfg.idmap_isolated {
-            true => Some(self.idmap_lock.lock().await),
+            true => Some(IDMAP_LOCK.lock().await),
             false => None,
         };
         let posted = self
