@@ -50,6 +50,10 @@
 //! operation and refuses other state changes on the instance ("busy"). Every mutating call
 //! (extend, stop, resume, destroy) therefore retries while LXD says busy, within its timeout.
 //!
+//! With `warm_pool` set, a spawn first tries a booted, unsold container from the pool and only
+//! sets the login and adds the SSH forward (see [`pool`]); this section is the cold path, taken
+//! when the pool is empty or disabled.
+//!
 //! The rest of spawn time is the storage pool's: on `dir` every container is a full unpack of the
 //! image (0.2-2 s for the 120 MB base image, depending on the machine), on btrfs or zfs it is a
 //! snapshot (~0.1 s). `storage_pool` puts the root disk on a pool of the operator's choice; tier
@@ -66,6 +70,9 @@
 //!
 //! [`Backend::list`] returns only instances whose `user.paygress.provider` is this provider, so a
 //! restarted provider re-adopts its own instances and leaves everything else on the host alone.
+//! A sold warm container keeps its own instance name (LXD renames only stopped containers), so
+//! it carries the core's name in `user.paygress.workload`, every call maps the name to the
+//! instance, and `list` reports the core's name.
 //!
 //! Every request has a timeout, and nothing read from the daemon or the network is trusted enough
 //! to `unwrap()`.
