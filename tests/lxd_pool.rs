@@ -368,6 +368,18 @@ async fn restart_readopts_members_or_removes_them() {
             .trim(),
         "bob"
     );
+    // Another process (a restart right after this sale) finds the sold container by the core's
+    // name, with nothing in memory, and removes it.
+    let sold = b.instance_name(&s.name).await;
+    let fresh = pooled(0);
+    let seen = fresh
+        .inspect(&s.name)
+        .await
+        .unwrap()
+        .expect("found by its name");
+    assert_eq!(seen.name, s.name);
+    fresh.destroy(&s.name).await.expect("destroy");
+    assert!(lxc(&["info", &sold]).is_err(), "the sold container is gone");
     b.detach_warm_pool();
     drop(provider);
 
