@@ -547,3 +547,27 @@ async fn a_shape_that_cannot_be_made_does_not_starve_the_others() {
     b.stop_warm_pool().await;
     assert!(instances_with(KEY_POOL, &provider).is_empty());
 }
+
+/// A provider that shuts down (its reaper ends, as when the server stops) removes its members.
+#[tokio::test]
+async fn shutdown_removes_the_members() {
+    let mint = TestMint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg: Config = common::config(dir.path(), &[&mint.url], 1, common::free_port_block(4));
+    cfg.tiers.truncate(1);
+    cfg.images.allowed = vec![IMAGE.into()];
+    let b = pooled(1);
+    let provider = Provider::open(cfg, Arc::new(b.clone()))
+        .await
+        .expect("provider");
+    let id = provider.provider_id().to_string();
+    let _guard = Cleanup(id.clone());
+    assert!(b.wait_pool_full(FULL).await, "pool never filled");
+    assert_eq!(instances_with(KEY_POOL, &id).len(), 1);
+    let shutdown = CancellationToken::new();
+    let reaper = provider.start_reaper(shutdown.clone());
+    shutdown.cancel();
+    reaper.await.expect("reaper");
+    assert!(instances_with(KEY_POOL, &id).is_empty());
+    assert_eq!(b.pool_status().total_ready(), 0);
+}
