@@ -330,6 +330,15 @@ impl Provider {
         });
         let report = Box::pin(provider.recover()).await;
         tracing::info!(?report, "provider state recovered");
+        // Recovery has settled what was sold; what is left warm and unsold is the pool's.
+        provider
+            .backend
+            .start_warm_pool(
+                &provider.provider_id,
+                &provider.cfg.tiers,
+                &provider.cfg.images.allowed,
+            )
+            .await;
         Ok(provider)
     }
 

@@ -3,14 +3,11 @@
 //! LXD is what most providers run on a VPS or a bare-metal box: one daemon, full system
 //! containers (systemd, sshd, a real `free` and `nproc` thanks to lxcfs), cheap enough to make one
 //! per buyer. This module talks to LXD's REST API directly — never the `lxc` command line — over
-//! two transports:
+//! the local unix socket or HTTPS with a client certificate (see [`rest`]).
 //!
-//! - the local unix socket (`/var/lib/lxd/unix.socket`), with a bare hyper HTTP/1 client over a
-//!   tokio `UnixStream`: one short connection per request, nothing pooled, nothing to go stale;
-//! - HTTPS with a client certificate for a remote LXD (`url = "https://host:8443"`), with reqwest
-//!   on rustls. LXD servers use self-signed certificates, so the server certificate is either
-//!   *pinned* (the default, like `lxc remote add` does) or checked against a CA
-//!   (`server_cert_is_ca = true`).
+//! Parts: [`config`] (the settings), [`rest`] (transports, envelope, the calls), [`banner`] (SSH
+//! readiness), [`egress`] (the network ACL), [`pool`] (the warm pool). This file is the workload
+//! lifecycle behind the [`Backend`] trait.
 //!
 //! # Making a workload
 //!
@@ -53,6 +50,10 @@
 //! operation and refuses other state changes on the instance ("busy"). Every mutating call
 //! (extend, stop, resume, destroy) therefore retries while LXD says busy, within its timeout.
 //!
+//! With `warm_pool` set, a spawn first tries a booted, unsold container from the pool and only
+//! sets the login and adds the SSH forward (see [`pool`]); this section is the cold path, taken
+//! when the pool is empty or disabled.
+//!
 //! The rest of spawn time is the storage pool's: on `dir` every container is a full unpack of the
 //! image (0.2-2 s for the 120 MB base image, depending on the machine), on btrfs or zfs it is a
 //! snapshot (~0.1 s). `storage_pool` puts the root disk on a pool of the operator's choice; tier
@@ -69,233 +70,37 @@
 //!
 //! [`Backend::list`] returns only instances whose `user.paygress.provider` is this provider, so a
 //! restarted provider re-adopts its own instances and leaves everything else on the host alone.
+//! A sold warm container keeps its own instance name (LXD renames only stopped containers), so
+//! it carries the core's name in `user.paygress.workload`, every call maps the name to the
+//! instance, and `list` reports the core's name.
 //!
 //! Every request has a timeout, and nothing read from the daemon or the network is trusted enough
 //! to `unwrap()`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hyper::body::Bytes;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
 use super::{
     Backend, BackendError, BackendKind, Endpoint, WorkloadInfo, WorkloadSpec, WorkloadState,
 };
+use crate::config::Tier;
 
+mod banner;
+mod config;
 mod egress;
+mod pool;
+mod rest;
 
-// ---------------------------------------------------------------------------------------------
-// Configuration
-// ---------------------------------------------------------------------------------------------
-
-/// `[backend.lxd]` settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LxdConfig {
-    /// Local unix socket of the LXD daemon (used when `url` is not set).
-    #[serde(default = "default_socket")]
-    pub socket: PathBuf,
-    /// A remote LXD, `https://host:8443`. When set, the unix socket is not used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// PEM client certificate the remote LXD trusts (`lxc config trust add`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key of `client_cert`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<PathBuf>,
-    /// PEM server certificate of the remote LXD: pinned (exact match) by default, or a CA that
-    /// signed it when `server_cert_is_ca` is true.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_cert: Option<PathBuf>,
-    /// Treat `server_cert` as a CA (name and chain checked) instead of a pinned certificate.
-    #[serde(default)]
-    pub server_cert_is_ca: bool,
-    /// LXD project the instances live in.
-    #[serde(default = "default_project")]
-    pub project: String,
-    /// Profiles applied to every instance (they supply the root disk and the network).
-    #[serde(default = "default_profiles")]
-    pub profiles: Vec<String>,
-    /// Storage pool for the root disk, overriding the profiles' (e.g. a btrfs or zfs pool, where
-    /// a new container is a copy-on-write snapshot of the image instead of a full unpack).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_pool: Option<String>,
-    /// Host address the SSH proxy device listens on.
-    #[serde(default = "default_listen")]
-    pub ssh_listen_address: String,
-    /// Where to read the SSH banner from when checking readiness. Default: 127.0.0.1 for a local
-    /// LXD listening on a wildcard or loopback address, the listen address otherwise, and the
-    /// URL's host for a remote LXD.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssh_check_host: Option<String>,
-    /// Allow nested containers (`security.nesting`). Off unless the operator needs it.
-    #[serde(default)]
-    pub nesting: bool,
-    /// Most processes one container may run (`limits.processes`): a fork bomb stays inside.
-    #[serde(default = "default_pids_max")]
-    pub pids_max: u32,
-    /// Give every container a host id range of its own (`security.idmap.isolated`), so root in
-    /// one container is not the same host uid as root in another.
-    #[serde(default = "default_true")]
-    pub idmap_isolated: bool,
-    /// A managed bridge dedicated to workloads: their `eth0` goes on it, and the backend puts an
-    /// egress ACL on it (no host, link-local or private destinations; see `egress`). Unset: the
-    /// profiles' network, with no egress policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress_network: Option<String>,
-    /// More destinations (CIDRs) the egress ACL rejects.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub egress_deny: Vec<String>,
-    /// Timeout of each ordinary LXD request.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout_seconds: u64,
-    /// How long create/resume may wait for the container to answer SSH.
-    #[serde(default = "default_ready_timeout")]
-    pub ready_timeout_seconds: u64,
-    /// How long a clean stop may take before the container is stopped by force.
-    #[serde(default = "default_stop_timeout")]
-    pub stop_timeout_seconds: u64,
-}
-
-fn default_socket() -> PathBuf {
-    "/var/lib/lxd/unix.socket".into()
-}
-fn default_project() -> String {
-    "default".into()
-}
-fn default_profiles() -> Vec<String> {
-    vec!["default".into()]
-}
-fn default_listen() -> String {
-    "0.0.0.0".into()
-}
-fn default_pids_max() -> u32 {
-    512
-}
-fn default_true() -> bool {
-    true
-}
-fn default_request_timeout() -> u64 {
-    30
-}
-fn default_ready_timeout() -> u64 {
-    90
-}
-fn default_stop_timeout() -> u64 {
-    10
-}
-
-impl Default for LxdConfig {
-    fn default() -> Self {
-        LxdConfig {
-            socket: default_socket(),
-            url: None,
-            client_cert: None,
-            client_key: None,
-            server_cert: None,
-            server_cert_is_ca: false,
-            project: default_project(),
-            profiles: default_profiles(),
-            storage_pool: None,
-            ssh_listen_address: default_listen(),
-            ssh_check_host: None,
-            nesting: false,
-            pids_max: default_pids_max(),
-            idmap_isolated: true,
-            egress_network: None,
-            egress_deny: Vec::new(),
-            request_timeout_seconds: default_request_timeout(),
-            ready_timeout_seconds: default_ready_timeout(),
-            stop_timeout_seconds: default_stop_timeout(),
-        }
-    }
-}
-
-impl LxdConfig {
-    /// Check the settings that the type system cannot; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        if !is_safe_token(&self.project) {
-            return Err(format!(
-                "backend.lxd.project: {:?} is not a valid LXD project name",
-                self.project
-            ));
-        }
-        if self.profiles.iter().any(|p| !is_safe_token(p)) {
-            return Err(
-                "backend.lxd.profiles: profile names may hold only letters, digits, '-' and '_'"
-                    .into(),
-            );
-        }
-        if self
-            .storage_pool
-            .as_deref()
-            .is_some_and(|p| !is_safe_token(p))
-        {
-            return Err(
-                "backend.lxd.storage_pool: pool names may hold only letters, digits, '-' and '_'"
-                    .into(),
-            );
-        }
-        if self
-            .egress_network
-            .as_deref()
-            .is_some_and(|n| !is_safe_token(n) || n.len() > 15)
-        {
-            return Err(
-                "backend.lxd.egress_network: a network name of at most 15 letters, digits, '-' \
-                 and '_'"
-                    .into(),
-            );
-        }
-        egress::denied(&self.egress_deny)?;
-        if self.pids_max == 0 {
-            return Err("backend.lxd.pids_max: must be greater than 0".into());
-        }
-        if self.ssh_listen_address.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!(
-                "backend.lxd.ssh_listen_address: {:?} is not an IP address",
-                self.ssh_listen_address
-            ));
-        }
-        if self.request_timeout_seconds == 0 || self.ready_timeout_seconds == 0 {
-            return Err("backend.lxd: timeouts must be greater than 0".into());
-        }
-        if let Some(url) = &self.url {
-            let u = reqwest::Url::parse(url).map_err(|e| format!("backend.lxd.url: {e}"))?;
-            if u.scheme() != "https" || u.host_str().is_none() {
-                return Err("backend.lxd.url: must be https://HOST[:PORT]".into());
-            }
-            for (key, v) in [
-                ("client_cert", &self.client_cert),
-                ("client_key", &self.client_key),
-                ("server_cert", &self.server_cert),
-            ] {
-                if v.is_none() {
-                    return Err(format!(
-                        "backend.lxd.{key}: required for a remote LXD (url is set)"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// LXD project, profile and pool names as this backend accepts them: safe in a URL unescaped.
-fn is_safe_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+use banner::{wait_for_ssh, Banner};
+use config::is_safe_token;
+pub use config::LxdConfig;
+pub use pool::{PoolStatus, KEY_POOL, KEY_POOL_SHAPE};
+use rest::{https_client, Answer, LxdError, Transport};
 
 /// Instance names as the core makes them: `[a-z0-9-]`, starting with a letter, at most 63.
 fn is_valid_instance_name(s: &str) -> bool {
@@ -309,39 +114,6 @@ fn is_valid_instance_name(s: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Errors inside the module
 // ---------------------------------------------------------------------------------------------
-
-/// What went wrong talking to LXD, before it is given a meaning as a [`BackendError`].
-#[derive(Debug, Clone)]
-enum LxdError {
-    /// The daemon could not be reached or did not answer in time.
-    Transport(String),
-    /// LXD answered with an error (HTTP-level or an operation that failed).
-    Lxd { code: u16, message: String },
-    /// LXD answered something this module does not understand.
-    Protocol(String),
-}
-
-impl LxdError {
-    fn is_not_found(&self) -> bool {
-        matches!(self, LxdError::Lxd { code: 404, .. })
-    }
-    fn message(&self) -> &str {
-        match self {
-            LxdError::Transport(m) | LxdError::Protocol(m) => m,
-            LxdError::Lxd { message, .. } => message,
-        }
-    }
-    fn contains(&self, needle: &str) -> bool {
-        self.message().to_ascii_lowercase().contains(needle)
-    }
-    /// LXD refuses a state change while another one runs ("Instance is busy running a ...").
-    fn is_busy(&self) -> bool {
-        self.contains("busy")
-    }
-    fn api(&self, what: &str) -> BackendError {
-        BackendError::Api(format!("LXD {what}: {}", self.message()))
-    }
-}
 
 /// LXD's way of saying a state change had nothing to do.
 fn is_already(e: &LxdError) -> bool {
@@ -396,370 +168,6 @@ fn scrub(e: BackendError, secret: &str) -> BackendError {
 // Transport: unix socket (hyper) or HTTPS with a client certificate (reqwest + rustls)
 // ---------------------------------------------------------------------------------------------
 
-/// Largest response body read from LXD (a `recursion=1` listing of many instances fits easily).
-const MAX_BODY: usize = 32 * 1024 * 1024;
-
-enum Transport {
-    Unix(PathBuf),
-    Https {
-        client: reqwest::Client,
-        base: String,
-    },
-}
-
-struct Request<'a> {
-    method: hyper::Method,
-    /// Path and query, e.g. `/1.0/instances?recursion=1`.
-    path: &'a str,
-    headers: Vec<(&'static str, String)>,
-    body: Option<(Vec<u8>, &'static str)>,
-    timeout: Duration,
-}
-
-impl Transport {
-    async fn send(&self, req: Request<'_>) -> Result<(u16, Bytes), LxdError> {
-        let timeout = req.timeout;
-        let what = format!("{} {}", req.method, strip_query(req.path));
-        match tokio::time::timeout(timeout, self.send_inner(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(LxdError::Transport(format!(
-                "{what}: no answer within {}s",
-                timeout.as_secs()
-            ))),
-        }
-    }
-
-    async fn send_inner(&self, req: Request<'_>) -> Result<(u16, Bytes), LxdError> {
-        match self {
-            Transport::Unix(socket) => {
-                use http_body_util::{BodyExt, Full, Limited};
-                let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
-                    LxdError::Transport(format!("cannot connect to {}: {e}", socket.display()))
-                })?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(|e| LxdError::Transport(format!("HTTP handshake: {e}")))?;
-                let conn = tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                let mut b = hyper::Request::builder()
-                    .method(req.method)
-                    .uri(req.path)
-                    .header(hyper::header::HOST, "lxd");
-                for (k, v) in &req.headers {
-                    b = b.header(*k, v.as_str());
-                }
-                let body = match req.body {
-                    Some((bytes, ctype)) => {
-                        b = b.header(hyper::header::CONTENT_TYPE, ctype);
-                        Full::new(Bytes::from(bytes))
-                    }
-                    None => Full::new(Bytes::new()),
-                };
-                let request = b
-                    .body(body)
-                    .map_err(|e| LxdError::Protocol(format!("building request: {e}")))?;
-                let result = async {
-                    let resp = sender
-                        .send_request(request)
-                        .await
-                        .map_err(|e| LxdError::Transport(format!("request failed: {e}")))?;
-                    let status = resp.status().as_u16();
-                    let body = Limited::new(resp.into_body(), MAX_BODY)
-                        .collect()
-                        .await
-                        .map_err(|e| LxdError::Transport(format!("reading response: {e}")))?
-                        .to_bytes();
-                    Ok((status, body))
-                }
-                .await;
-                conn.abort();
-                result
-            }
-            Transport::Https { client, base } => {
-                let url = format!("{base}{}", req.path);
-                let mut b = client.request(req.method, &url).timeout(req.timeout);
-                for (k, v) in &req.headers {
-                    b = b.header(*k, v.as_str());
-                }
-                if let Some((bytes, ctype)) = req.body {
-                    b = b.header(reqwest::header::CONTENT_TYPE, ctype).body(bytes);
-                }
-                let resp = b.send().await.map_err(|e| {
-                    LxdError::Transport(format!("{}: {}", strip_query(req.path), error_chain(&e)))
-                })?;
-                let status = resp.status().as_u16();
-                if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-                    return Err(LxdError::Protocol("response too large".into()));
-                }
-                let body = resp.bytes().await.map_err(|e| {
-                    LxdError::Transport(format!("reading response: {}", error_chain(&e)))
-                })?;
-                if body.len() > MAX_BODY {
-                    return Err(LxdError::Protocol("response too large".into()));
-                }
-                Ok((status, body))
-            }
-        }
-    }
-}
-
-fn strip_query(path: &str) -> &str {
-    path.split('?').next().unwrap_or(path)
-}
-
-/// An error with its causes, for TLS failures whose top level says only "error sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Build the HTTPS client for a remote LXD: client certificate, server certificate pinned or
-/// checked against a CA, ring as the crypto provider.
-fn https_client(cfg: &LxdConfig) -> Result<reqwest::Client, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    // The process may already have a provider (the lead binary installs one); that is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-
-    let need = |p: &Option<PathBuf>, key: &str| {
-        p.clone()
-            .ok_or_else(|| format!("backend.lxd.{key}: required for a remote LXD"))
-    };
-    let cert_path = need(&cfg.client_cert, "client_cert")?;
-    let key_path = need(&cfg.client_key, "client_key")?;
-    let server_path = need(&cfg.server_cert, "server_cert")?;
-
-    let read_certs = |p: &PathBuf, key: &str| -> Result<Vec<CertificateDer<'static>>, String> {
-        let certs = CertificateDer::pem_file_iter(p)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                format!(
-                    "backend.lxd.{key}: cannot read PEM certificates from {}: {e}",
-                    p.display()
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(format!(
-                "backend.lxd.{key}: no certificate in {}",
-                p.display()
-            ));
-        }
-        Ok(certs)
-    };
-    let client_certs = read_certs(&cert_path, "client_cert")?;
-    let server_certs = read_certs(&server_path, "server_cert")?;
-    // The key's content never goes into a message, only the path.
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| {
-        format!(
-            "backend.lxd.client_key: cannot read a PEM private key from {}",
-            key_path.display()
-        )
-    })?;
-
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
-    let builder = if cfg.server_cert_is_ca {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in server_certs {
-            roots.add(c).map_err(|e| {
-                format!("backend.lxd.server_cert: not a usable CA certificate: {e}")
-            })?;
-        }
-        builder.with_root_certificates(roots)
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServerCert {
-                pinned: server_certs,
-                provider,
-            }))
-    };
-    let mut tls = builder
-        .with_client_auth_cert(client_certs, key)
-        .map_err(|e| format!("backend.lxd.client_key: does not fit client_cert: {e}"))?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .map_err(|e| format!("HTTPS client: {}", error_chain(&e)))
-}
-
-/// Accepts exactly the pinned server certificate(s), as `lxc remote add` does for LXD's
-/// self-signed certificates; the handshake signatures are still verified.
-#[derive(Debug)]
-struct PinnedServerCert {
-    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedServerCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if self
-            .pinned
-            .iter()
-            .any(|p| p.as_ref() == end_entity.as_ref())
-        {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "LXD server certificate does not match the pinned server_cert".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// LXD's REST envelope and operations
-// ---------------------------------------------------------------------------------------------
-
-/// Every LXD answer: `{type: sync|async|error, error_code, error, operation, metadata}`.
-#[derive(Debug, Deserialize)]
-struct Envelope {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    error_code: u16,
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    operation: String,
-    #[serde(default)]
-    metadata: Value,
-}
-
-/// What a successful call returned: a result now, or an operation to wait for.
-#[derive(Debug)]
-enum Answer {
-    Sync(Value),
-    Async(String),
-}
-
-fn parse_envelope(status: u16, body: &[u8]) -> Result<Answer, LxdError> {
-    let env: Envelope = serde_json::from_slice(body).map_err(|_| {
-        let code = if status >= 400 { status } else { 502 };
-        LxdError::Lxd {
-            code,
-            message: format!("unexpected answer (HTTP {status}, not LXD JSON)"),
-        }
-    })?;
-    if env.kind == "error" || status >= 400 {
-        let code = if env.error_code != 0 {
-            env.error_code
-        } else {
-            status.max(400)
-        };
-        let message = if env.error.is_empty() {
-            format!("HTTP {status}")
-        } else {
-            env.error
-        };
-        return Err(LxdError::Lxd { code, message });
-    }
-    match env.kind.as_str() {
-        "async" => {
-            if !is_valid_operation_path(&env.operation) {
-                return Err(LxdError::Protocol(format!(
-                    "bad operation path {:?}",
-                    env.operation
-                )));
-            }
-            Ok(Answer::Async(env.operation))
-        }
-        _ => Ok(Answer::Sync(env.metadata)),
-    }
-}
-
-/// `/1.0/operations/<uuid>`: anything else is not used to build a URL.
-fn is_valid_operation_path(p: &str) -> bool {
-    match p.strip_prefix("/1.0/operations/") {
-        Some(id) => {
-            !id.is_empty()
-                && id.len() <= 64
-                && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
-        }
-        None => false,
-    }
-}
-
-/// Check a finished operation (the metadata of `GET /1.0/operations/{id}/wait`).
-fn operation_result(op: &Value) -> Result<Value, LxdError> {
-    let status = op.get("status").and_then(Value::as_str).unwrap_or("");
-    let code = op.get("status_code").and_then(Value::as_u64).unwrap_or(0);
-    match status {
-        "Success" => Ok(op.get("metadata").cloned().unwrap_or(Value::Null)),
-        "Failure" | "Cancelled" => {
-            let err = op.get("err").and_then(Value::as_str).unwrap_or("");
-            let message = if err.is_empty() {
-                format!("operation {}", status.to_lowercase())
-            } else {
-                err.to_string()
-            };
-            Err(LxdError::Lxd {
-                code: u16::try_from(code).unwrap_or(400).max(400),
-                message,
-            })
-        }
-        other => Err(LxdError::Transport(format!(
-            "operation still {:?} when the wait ended",
-            other
-        ))),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Pure parts: request bodies and status mapping
 // ---------------------------------------------------------------------------------------------
@@ -770,6 +178,9 @@ pub const KEY_PROVIDER: &str = "user.paygress.provider";
 pub const KEY_EXPIRES_AT: &str = "user.paygress.expires_at";
 /// Config key holding the banner nonce (see the module docs; not a secret).
 pub const KEY_NONCE: &str = "user.paygress.nonce";
+/// Config key of a sold warm-pool container: the core's name for the workload (LXD cannot
+/// rename a running container, so the backend maps the name; see [`pool`]).
+pub const KEY_WORKLOAD: &str = "user.paygress.workload";
 /// Name of the SSH proxy device.
 pub const SSH_DEVICE: &str = "ssh";
 /// Where the public key is staged (root-only) before the user script installs it.
@@ -813,9 +224,13 @@ struct RootPool {
     enforces_size: bool,
 }
 
-/// The body of `POST /1.0/instances`: the whole workload in one request.
-fn create_body(
-    spec: &WorkloadSpec,
+/// What every instance of a tier and image is made with, cold or warm: the image, the limits,
+/// the isolation settings, the network and the root disk. No name, no ownership marks and no SSH
+/// forward: a cold create adds them in the same request ([`create_body`]), a warm pool member
+/// gets its pool marks instead and the rest when it is sold (see [`pool`]).
+fn instance_body(
+    tier: &Tier,
+    image: &str,
     cfg: &LxdConfig,
     nonce: &str,
     root: Option<&RootPool>,
@@ -823,12 +238,12 @@ fn create_body(
     let mut config = Map::new();
     config.insert(
         "limits.cpu".into(),
-        cpu_limit(spec.tier.cpu_millicores).to_string().into(),
+        cpu_limit(tier.cpu_millicores).to_string().into(),
     );
     // The tier's memory is in MiB; LXD's "MB" would be decimal and short the buyer ~5%.
     config.insert(
         "limits.memory".into(),
-        format!("{}MiB", spec.tier.memory_mb.max(1)).into(),
+        format!("{}MiB", tier.memory_mb.max(1)).into(),
     );
     config.insert("security.privileged".into(), "false".into());
     config.insert("limits.processes".into(), cfg.pids_max.to_string().into());
@@ -838,20 +253,11 @@ fn create_body(
     if cfg.nesting {
         config.insert("security.nesting".into(), "true".into());
     }
-    config.insert(KEY_PROVIDER.into(), spec.provider_id.clone().into());
-    config.insert(KEY_EXPIRES_AT.into(), spec.expires_at.to_string().into());
-    config.insert(KEY_NONCE.into(), nonce.into());
+    if !nonce.is_empty() {
+        config.insert(KEY_NONCE.into(), nonce.into());
+    }
 
     let mut devices = Map::new();
-    devices.insert(
-        SSH_DEVICE.into(),
-        json!({
-            "type": "proxy",
-            "listen": proxy_listen(&cfg.ssh_listen_address, spec.host_port.unwrap_or_default()),
-            "connect": "tcp:127.0.0.1:22",
-            "bind": "host",
-        }),
-    );
     if let Some(net) = &cfg.egress_network {
         devices.insert(
             "eth0".into(),
@@ -861,7 +267,7 @@ fn create_body(
     // A root device of our own only when it says something the profile's does not: another
     // pool, or a size the pool can enforce (`dir` cannot: the size is skipped there).
     if let Some(root) = root {
-        let size = spec.tier.disk_gb.filter(|_| root.enforces_size);
+        let size = tier.disk_gb.filter(|_| root.enforces_size);
         if cfg.storage_pool.is_some() || size.is_some() {
             let mut dev = json!({ "type": "disk", "path": "/", "pool": root.name });
             if let Some(gb) = size {
@@ -871,13 +277,44 @@ fn create_body(
         }
     }
     json!({
-        "name": spec.name,
         "type": "container",
-        "source": { "type": "image", "alias": spec.image },
+        "source": { "type": "image", "alias": image },
         "profiles": cfg.profiles,
         "config": config,
         "devices": devices,
     })
+}
+
+/// The SSH proxy device: the host port to the container's own `127.0.0.1:22`.
+fn proxy_device(listen_address: &str, port: u16) -> Value {
+    json!({
+        "type": "proxy",
+        "listen": proxy_listen(listen_address, port),
+        "connect": "tcp:127.0.0.1:22",
+        "bind": "host",
+    })
+}
+
+/// The body of `POST /1.0/instances` for a cold create: the whole workload in one request.
+fn create_body(
+    spec: &WorkloadSpec,
+    cfg: &LxdConfig,
+    nonce: &str,
+    root: Option<&RootPool>,
+) -> Value {
+    let mut body = instance_body(&spec.tier, &spec.image, cfg, nonce, root);
+    body["name"] = spec.name.clone().into();
+    if let Some(config) = body.get_mut("config").and_then(Value::as_object_mut) {
+        config.insert(KEY_PROVIDER.into(), spec.provider_id.clone().into());
+        config.insert(KEY_EXPIRES_AT.into(), spec.expires_at.to_string().into());
+    }
+    if let Some(devices) = body.get_mut("devices").and_then(Value::as_object_mut) {
+        devices.insert(
+            SSH_DEVICE.into(),
+            proxy_device(&cfg.ssh_listen_address, spec.host_port.unwrap_or_default()),
+        );
+    }
+    body
 }
 
 /// The body of the `exec` that makes the login user.
@@ -936,9 +373,12 @@ fn ssh_port_of(instance: &Value) -> Option<u16> {
         .find_map(port_of)
 }
 
-/// An instance object (`GET /1.0/instances/{name}`) → what the core sees.
+/// An instance object (`GET /1.0/instances/{name}`) → what the core sees: a sold warm container
+/// under the core's name for it.
 fn workload_info(instance: &Value) -> Option<WorkloadInfo> {
-    let name = instance.get("name").and_then(Value::as_str)?;
+    let name = config_value(instance, KEY_WORKLOAD)
+        .filter(|n| is_valid_instance_name(n))
+        .or_else(|| instance.get("name").and_then(Value::as_str))?;
     let status = instance.get("status").and_then(Value::as_str).unwrap_or("");
     Some(WorkloadInfo {
         name: name.to_string(),
@@ -987,105 +427,38 @@ fn check_username(u: &str) -> Result<(), BackendError> {
 // SSH readiness
 // ---------------------------------------------------------------------------------------------
 
-/// What the SSH banner on the host port said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Banner {
-    /// `SSH-…` with this instance's nonce: our container, through our proxy.
-    Ours,
-    /// `SSH-…` without the nonce: an image without the banner template, or another listener.
-    Anonymous,
-}
-
-/// Read the first line starting with `SSH-` from `host:port`; `None` if the connection closed or
-/// stalled first (the proxy accepts and drops connections until sshd inside listens).
-async fn read_banner(host: &str, port: u16) -> Option<String> {
-    let addr = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::lookup_host((host, port)),
-    )
-    .await
-    .ok()?
-    .ok()?
-    .next()?;
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-    let mut buf = Vec::with_capacity(256);
-    let read = async {
-        let mut chunk = [0u8; 256];
-        loop {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            // RFC 4253: the server may send other lines before the version line.
-            if let Some(end) = buf.iter().rposition(|b| *b == b'\n') {
-                if let Some(line) = buf[..end]
-                    .split(|b| *b == b'\n')
-                    .find(|l| l.starts_with(b"SSH-"))
-                {
-                    return Some(String::from_utf8_lossy(line).trim_end().to_string());
-                }
-            }
-            if buf.len() > 8192 {
-                return None;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(3), read)
-        .await
-        .ok()?
-}
-
-/// Poll until an SSH banner is read on `host:port`, or `deadline`.
-async fn wait_for_ssh(
-    host: &str,
-    port: u16,
-    nonce: Option<&str>,
-    deadline: Instant,
-) -> Result<Banner, BackendError> {
-    loop {
-        if let Some(line) = read_banner(host, port).await {
-            let ours = nonce.is_some_and(|n| line.split_whitespace().any(|w| w == n));
-            return Ok(if ours {
-                Banner::Ours
-            } else {
-                Banner::Anonymous
-            });
-        }
-        if Instant::now() >= deadline {
-            return Err(BackendError::NotReady(format!(
-                "no SSH banner on {host}:{port} in time"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The backend
 // ---------------------------------------------------------------------------------------------
 
-/// The LXD backend. Cheap to share: all state is the transport and a cached pool lookup.
+/// Held while an instance with an isolated id map is being recorded: LXD picks its free host id
+/// range when it creates the instance, and two creates at once can pick the same one (the second
+/// then fails to start). One for the process, not per backend: two backends on the same daemon
+/// (a warm pool's refill and another provider's cold create, or parallel tests) race alike.
+static IDMAP_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The LXD backend. Cheap to clone: every clone shares the same state (the refill task of the
+/// warm pool holds one).
+#[derive(Clone)]
 pub struct LxdBackend {
-    cfg: LxdConfig,
-    transport: Transport,
+    cfg: Arc<LxdConfig>,
+    transport: Arc<Transport>,
     /// Host the SSH banner is read from.
-    check_host: String,
+    check_host: Arc<str>,
     /// Whether the host port can be probed on this machine before create.
     local: bool,
     /// The root disk's storage pool (looked up once).
-    root_pool: OnceCell<Option<RootPool>>,
-    /// Held while an instance with an isolated id map is being recorded: LXD picks its free host
-    /// id range when it creates the instance, and two creates at once can pick the same one (the
-    /// second then fails to start).
-    idmap_lock: tokio::sync::Mutex<()>,
+    root_pool: Arc<OnceCell<Option<RootPool>>>,
     /// SSH host key fingerprints read from each new container, until the spawn answer takes
     /// them ([`Backend::host_key_fingerprints`]).
-    host_keys: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
+    host_keys: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>>,
+    /// Workload name → instance name, where they differ (sold warm containers) or are known.
+    names: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// Instances whose SSH forward request is still running (a sold warm container, for about a
+    /// second), with a deadline to record once it ends (see [`pool`]).
+    settling: Arc<std::sync::Mutex<HashMap<String, Option<u64>>>>,
+    /// The warm pool.
+    pool: Arc<pool::Pool>,
 }
 
 impl std::fmt::Debug for LxdBackend {
@@ -1133,12 +506,14 @@ impl LxdBackend {
         };
         Ok(LxdBackend {
             local: url_host.is_none(),
-            transport,
-            check_host,
-            cfg,
-            root_pool: OnceCell::new(),
-            idmap_lock: tokio::sync::Mutex::new(()),
+            transport: Arc::new(transport),
+            check_host: check_host.into(),
+            cfg: Arc::new(cfg),
+            root_pool: Default::default(),
             host_keys: Default::default(),
+            names: Default::default(),
+            settling: Default::default(),
+            pool: Default::default(),
         })
     }
 
@@ -1182,6 +557,22 @@ impl LxdBackend {
             ),
         }
         Ok(b)
+    }
+
+    /// `POST /1.0/instances`, serialised with other creates until LXD has recorded the new
+    /// instance's id map when id maps are isolated (see [`IDMAP_LOCK`]).
+    async fn post_instance(&self, name: &str, body: &Value) -> Result<Answer, LxdError> {
+        let idmap_guard = match self.cfg.idmap_isolated {
+            true => Some(IDMAP_LOCK.lock().await),
+            false => None,
+        };
+        let posted = self
+            .call(hyper::Method::POST, "/1.0/instances", Some(body))
+            .await;
+        if idmap_guard.is_some() && posted.is_ok() {
+            self.wait_for_idmap(name).await;
+        }
+        posted
     }
 
     /// Wait (bounded) until LXD has recorded the new instance's id map.
@@ -1249,105 +640,9 @@ impl LxdBackend {
         &self.check_host
     }
 
-    fn timeout(&self) -> Duration {
-        Duration::from_secs(self.cfg.request_timeout_seconds)
-    }
-
-    fn ready_timeout(&self) -> Duration {
-        Duration::from_secs(self.cfg.ready_timeout_seconds)
-    }
-
-    /// Add the project to a path, when it is not the default one.
-    fn path(&self, path: &str) -> String {
-        if self.cfg.project == "default" {
-            path.to_string()
-        } else {
-            let sep = if path.contains('?') { '&' } else { '?' };
-            format!("{path}{sep}project={}", self.cfg.project)
-        }
-    }
-
-    async fn call(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Answer, LxdError> {
-        let path = self.path(path);
-        let body = match body {
-            Some(v) => Some((
-                serde_json::to_vec(v)
-                    .map_err(|e| LxdError::Protocol(format!("encoding request: {e}")))?,
-                "application/json",
-            )),
-            None => None,
-        };
-        let (status, bytes) = self
-            .transport
-            .send(Request {
-                method,
-                path: &path,
-                headers: Vec::new(),
-                body,
-                timeout: self.timeout(),
-            })
-            .await?;
-        parse_envelope(status, &bytes)
-    }
-
-    async fn get(&self, path: &str) -> Result<Value, LxdError> {
-        match self.call(hyper::Method::GET, path, None).await? {
-            Answer::Sync(v) => Ok(v),
-            Answer::Async(_) => Err(LxdError::Protocol(format!(
-                "GET {path} answered with an operation"
-            ))),
-        }
-    }
-
-    /// Wait for an operation to end, at most `limit`; its metadata on success.
-    async fn wait_operation(&self, op: &str, limit: Duration) -> Result<Value, LxdError> {
-        let secs = limit.as_secs().max(1);
-        // Operation paths come from LXD and were checked by `parse_envelope`; no project suffix.
-        let path = format!("{op}/wait?timeout={secs}");
-        let (status, bytes) = self
-            .transport
-            .send(Request {
-                method: hyper::Method::GET,
-                path: &path,
-                headers: Vec::new(),
-                body: None,
-                timeout: Duration::from_secs(secs) + self.timeout(),
-            })
-            .await?;
-        match parse_envelope(status, &bytes)? {
-            Answer::Sync(op) => operation_result(&op),
-            Answer::Async(_) => Err(LxdError::Protocol(
-                "operation wait answered with an operation".into(),
-            )),
-        }
-    }
-
-    /// Make a call and, if LXD answers with an operation, wait for it.
-    async fn call_wait(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<&Value>,
-        limit: Duration,
-    ) -> Result<Value, LxdError> {
-        match self.call(method, path, body).await? {
-            Answer::Sync(v) => Ok(v),
-            Answer::Async(op) => self.wait_operation(&op, limit).await,
-        }
-    }
-
-    /// The instance object, or `None` when it does not exist.
-    async fn instance(&self, name: &str) -> Result<Option<Value>, LxdError> {
-        match self.get(&format!("/1.0/instances/{name}")).await {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// The LXD instance behind workload `name` (a sold warm container keeps its own name).
+    pub async fn instance_name(&self, name: &str) -> String {
+        self.resolve(name).await
     }
 
     /// The `user.*` and other config keys of an instance (for tests and operators).
@@ -1358,7 +653,12 @@ impl LxdBackend {
         if !is_valid_instance_name(name) {
             return Ok(None);
         }
-        let Some(inst) = self.instance(name).await.map_err(|e| e.api("inspect"))? else {
+        let instance = self.resolve(name).await;
+        let Some(inst) = self
+            .instance(&instance)
+            .await
+            .map_err(|e| e.api("inspect"))?
+        else {
             return Ok(None);
         };
         let map = inst
@@ -1421,147 +721,73 @@ impl LxdBackend {
         }))
     }
 
-    /// Ask LXD to change the power state; the operation path, or `None` when there was nothing
-    /// to do (already in that state).
-    async fn state_change(&self, name: &str, body: Value) -> Result<Option<String>, LxdError> {
-        match self
-            .call(
-                hyper::Method::PUT,
-                &format!("/1.0/instances/{name}/state"),
-                Some(&body),
-            )
-            .await
-        {
-            Ok(Answer::Async(op)) => Ok(Some(op)),
-            Ok(Answer::Sync(_)) => Ok(None),
-            Err(e) if is_already(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Change the power state and wait for it; "already in that state" is success.
-    async fn change_state(&self, name: &str, body: Value, limit: Duration) -> Result<(), LxdError> {
-        let Some(op) = self.state_change(name, body).await? else {
-            return Ok(());
+    /// A cold create: one request with everything, then start, login and banner (see the module
+    /// docs).
+    async fn create_cold(
+        &self,
+        spec: &WorkloadSpec,
+        port: u16,
+        t0: Instant,
+    ) -> Result<Endpoint, BackendError> {
+        let nonce = new_nonce();
+        let root = if spec.tier.disk_gb.is_some() || self.cfg.storage_pool.is_some() {
+            self.root_pool().await
+        } else {
+            None
         };
-        match self.wait_operation(&op, limit).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_already(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Run `body` (an exec request) once the container runs; its exit code.
-    async fn exec_when_running(
-        &self,
-        name: &str,
-        body: &Value,
-        deadline: Instant,
-    ) -> Result<i64, LxdError> {
-        let path = format!("/1.0/instances/{name}/exec");
-        loop {
-            match self.call(hyper::Method::POST, &path, Some(body)).await {
-                Ok(Answer::Async(op)) => {
-                    let meta = self.wait_operation(&op, self.timeout()).await?;
-                    return meta.get("return").and_then(Value::as_i64).ok_or_else(|| {
-                        LxdError::Protocol("exec finished without an exit code".into())
-                    });
-                }
-                Ok(Answer::Sync(_)) => {
-                    return Err(LxdError::Protocol(
-                        "exec answered without an operation".into(),
-                    ))
-                }
-                Err(e) if e.contains("not running") && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => return Err(e),
+        let body = create_body(spec, &self.cfg, &nonce, root.as_ref());
+        let posted = self.post_instance(&spec.name, &body).await;
+        let accepted = match posted {
+            Ok(Answer::Async(op)) => op,
+            Ok(Answer::Sync(_)) => {
+                return Err(BackendError::Api(
+                    "LXD create answered without an operation".into(),
+                ))
             }
-        }
-    }
-
-    /// The fingerprints of the container's SSH host keys, read through the file API (the base
-    /// image makes them on first boot; create returns after sshd answers, so they exist).
-    async fn read_host_keys(&self, name: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for t in ["ed25519", "ecdsa", "rsa"] {
-            let full = self.path(&format!(
-                "/1.0/instances/{name}/files?path=/etc/ssh/ssh_host_{t}_key.pub"
-            ));
-            let r = self
-                .transport
-                .send(Request {
-                    method: hyper::Method::GET,
-                    path: &full,
-                    headers: Vec::new(),
-                    body: None,
-                    timeout: self.timeout(),
-                })
-                .await;
-            let Ok((200, bytes)) = r else { continue };
-            let text = String::from_utf8_lossy(&bytes);
-            if let Ok(k) = russh::keys::PublicKey::from_openssh(text.trim()) {
-                out.push(k.fingerprint(russh::keys::HashAlg::Sha256).to_string());
+            // Refused outright (unknown image, name taken, bad config): nothing was made, and an
+            // instance with this name that already exists is not ours to remove.
+            Err(e) => {
+                return Err(scrub(
+                    map_create_error(&e, &spec.image, spec.host_port.unwrap_or_default()),
+                    spec.ssh_password.expose(),
+                ))
             }
-        }
-        out
-    }
-
-    /// Write a file into the instance through the file API (no shell involved).
-    async fn push_file(
-        &self,
-        name: &str,
-        path: &str,
-        content: &[u8],
-        mode: &str,
-    ) -> Result<(), LxdError> {
-        let full = self.path(&format!("/1.0/instances/{name}/files?path={path}"));
-        let (status, bytes) = self
-            .transport
-            .send(Request {
-                method: hyper::Method::POST,
-                path: &full,
-                headers: vec![
-                    ("X-LXD-uid", "0".into()),
-                    ("X-LXD-gid", "0".into()),
-                    ("X-LXD-mode", mode.into()),
-                    ("X-LXD-type", "file".into()),
-                    ("X-LXD-write", "overwrite".into()),
-                ],
-                body: Some((content.to_vec(), "application/octet-stream")),
-                timeout: self.timeout(),
-            })
-            .await?;
-        match parse_envelope(status, &bytes)? {
-            Answer::Sync(_) => Ok(()),
-            Answer::Async(op) => self.wait_operation(&op, self.timeout()).await.map(|_| ()),
-        }
-    }
-
-    /// Force-stop and delete; missing is fine. Retries while LXD is busy with another state
-    /// change (e.g. the start operation create does not wait for).
-    async fn remove(&self, name: &str) -> Result<(), LxdError> {
-        let deadline = Instant::now() + self.timeout() + Duration::from_secs(15);
-        let path = format!("/1.0/instances/{name}");
-        loop {
-            let attempt = async {
-                self.change_state(
-                    name,
-                    json!({"action": "stop", "force": true}),
-                    self.timeout(),
-                )
-                .await?;
-                self.call_wait(hyper::Method::DELETE, &path, None, self.timeout())
-                    .await
-                    .map(|_| ())
-            };
-            match attempt.await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_not_found() => return Ok(()),
-                Err(e) if Instant::now() < deadline && (e.is_busy() || e.contains("running")) => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut t_create = Instant::now();
+        let result = match self.wait_operation(&accepted, self.ready_timeout()).await {
+            Ok(_) => {
+                t_create = Instant::now();
+                self.provision(spec, &nonce).await
+            }
+            Err(e) => Err(map_create_error(
+                &e,
+                &spec.image,
+                spec.host_port.unwrap_or_default(),
+            )),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    name = %spec.name,
+                    port = spec.host_port.unwrap_or_default(),
+                    create_ms = (t_create - t0).as_millis() as u64,
+                    total_ms = t0.elapsed().as_millis() as u64,
+                    "LXD instance ready for SSH"
+                );
+                let keys = self.read_host_keys(&spec.name).await;
+                if let Ok(mut m) = self.host_keys.lock() {
+                    m.insert(spec.name.clone(), keys);
                 }
-                Err(e) => return Err(e),
+                self.map_name(&spec.name, &spec.name);
+                Ok(Endpoint::on_provider_host(port))
+            }
+            Err(e) => {
+                let e = scrub(e, spec.ssh_password.expose());
+                tracing::warn!(name = %spec.name, "LXD create failed, removing the instance: {e}");
+                if let Err(re) = self.remove(&spec.name).await {
+                    tracing::error!(name = %spec.name, "LXD rollback failed: {}", re.message());
+                }
+                Err(e)
             }
         }
     }
@@ -1709,84 +935,49 @@ impl Backend for LxdBackend {
             }
         }
 
-        let nonce = new_nonce();
-        let root = if spec.tier.disk_gb.is_some() || self.cfg.storage_pool.is_some() {
-            self.root_pool().await
-        } else {
-            None
-        };
-        let body = create_body(spec, &self.cfg, &nonce, root.as_ref());
-        let idmap_guard = match self.cfg.idmap_isolated {
-            true => Some(self.idmap_lock.lock().await),
-            false => None,
-        };
-        let posted = self
-            .call(hyper::Method::POST, "/1.0/instances", Some(&body))
-            .await;
-        if idmap_guard.is_some() && posted.is_ok() {
-            self.wait_for_idmap(&spec.name).await;
-        }
-        drop(idmap_guard);
-        let accepted = match posted {
-            Ok(Answer::Async(op)) => op,
-            Ok(Answer::Sync(_)) => {
-                return Err(BackendError::Api(
-                    "LXD create answered without an operation".into(),
-                ))
-            }
-            // Refused outright (unknown image, name taken, bad config): nothing was made, and an
-            // instance with this name that already exists is not ours to remove.
-            Err(e) => {
-                return Err(scrub(
-                    map_create_error(&e, &spec.image, spec.host_port.unwrap_or_default()),
-                    spec.ssh_password.expose(),
-                ))
-            }
-        };
-        let mut t_create = Instant::now();
-        let result = match self.wait_operation(&accepted, self.ready_timeout()).await {
-            Ok(_) => {
-                t_create = Instant::now();
-                self.provision(spec, &nonce).await
-            }
-            Err(e) => Err(map_create_error(
-                &e,
-                &spec.image,
-                spec.host_port.unwrap_or_default(),
-            )),
-        };
-        match result {
-            Ok(()) => {
-                tracing::info!(
-                    name = %spec.name,
-                    port = spec.host_port.unwrap_or_default(),
-                    create_ms = (t_create - t0).as_millis() as u64,
-                    total_ms = t0.elapsed().as_millis() as u64,
-                    "LXD instance ready for SSH"
-                );
-                let keys = self.read_host_keys(&spec.name).await;
-                if let Ok(mut m) = self.host_keys.lock() {
-                    m.insert(spec.name.clone(), keys);
+        if let Some(m) = self.take_member(&spec.tier, &spec.image) {
+            match self.claim(&m, spec, port).await {
+                Ok(()) => {
+                    tracing::info!(
+                        name = %spec.name,
+                        instance = %m.instance,
+                        port,
+                        total_ms = t0.elapsed().as_millis() as u64,
+                        "LXD warm container sold, ready for SSH"
+                    );
+                    if let Ok(mut k) = self.host_keys.lock() {
+                        k.insert(spec.name.clone(), m.host_keys.clone());
+                    }
+                    return Ok(Endpoint::on_provider_host(port));
                 }
-                Ok(Endpoint::on_provider_host(port))
-            }
-            Err(e) => {
-                let e = scrub(e, spec.ssh_password.expose());
-                tracing::warn!(name = %spec.name, "LXD create failed, removing the instance: {e}");
-                if let Err(re) = self.remove(&spec.name).await {
-                    tracing::error!(name = %spec.name, "LXD rollback failed: {}", re.message());
+                Err(e) => {
+                    let e = scrub(e, spec.ssh_password.expose());
+                    tracing::warn!(name = %spec.name, instance = %m.instance, "LXD warm claim failed, removing the container: {e}");
+                    self.wait_settled(&m.instance).await;
+                    if let Err(re) = self.remove(&m.instance).await {
+                        tracing::error!(instance = %m.instance, "LXD rollback failed: {}", re.message());
+                    }
+                    self.forget_name(&spec.name);
+                    // A taken port is the buyer's answer; anything else may still work cold.
+                    if matches!(e, BackendError::Capacity(_)) {
+                        return Err(e);
+                    }
                 }
-                Err(e)
             }
         }
+        self.create_cold(spec, port, t0).await
     }
 
     async fn extend(&self, name: &str, expires_at: u64) -> Result<(), BackendError> {
         if !is_valid_instance_name(name) {
             return Err(BackendError::NotFound(name.to_string()));
         }
+        let inst = self.resolve(name).await;
+        if self.settle_later(&inst, expires_at) {
+            return Ok(());
+        }
         let body = json!({ "config": { KEY_EXPIRES_AT: expires_at.to_string() } });
-        let path = format!("/1.0/instances/{name}");
+        let path = format!("/1.0/instances/{inst}");
         // Right after create, LXD may still be finishing the start operation create did not wait
         // for (see the module docs) and refuses updates until then: retry while it is busy.
         let deadline = Instant::now() + self.timeout();
@@ -1809,11 +1000,13 @@ impl Backend for LxdBackend {
         if !is_valid_instance_name(name) {
             return Err(BackendError::NotFound(name.to_string()));
         }
+        let inst = self.resolve(name).await;
+        self.wait_settled(&inst).await;
         let grace = self.cfg.stop_timeout_seconds;
         let busy_until = Instant::now() + self.timeout();
         loop {
             let clean = self.change_state(
-                name,
+                &inst,
                 json!({"action": "stop", "timeout": grace, "force": false}),
                 Duration::from_secs(grace + 5),
             );
@@ -1833,7 +1026,7 @@ impl Backend for LxdBackend {
         loop {
             match self
                 .change_state(
-                    name,
+                    &inst,
                     json!({"action": "stop", "force": true}),
                     self.timeout(),
                 )
@@ -1853,10 +1046,12 @@ impl Backend for LxdBackend {
         if !is_valid_instance_name(name) {
             return Err(BackendError::NotFound(name.to_string()));
         }
+        let instance = self.resolve(name).await;
+        self.wait_settled(&instance).await;
         let deadline = Instant::now() + self.ready_timeout();
         loop {
             match self
-                .change_state(name, json!({"action": "start"}), self.ready_timeout())
+                .change_state(&instance, json!({"action": "start"}), self.ready_timeout())
                 .await
             {
                 Ok(()) => break,
@@ -1868,7 +1063,7 @@ impl Backend for LxdBackend {
             }
         }
         let inst = self
-            .instance(name)
+            .instance(&instance)
             .await
             .map_err(|e| e.api("resume"))?
             .ok_or_else(|| BackendError::NotFound(name.to_string()))?;
@@ -1889,15 +1084,20 @@ impl Backend for LxdBackend {
         if !is_valid_instance_name(name) {
             return Ok(());
         }
-        self.remove(name).await.map_err(|e| e.api("destroy"))
+        let inst = self.resolve(name).await;
+        self.wait_settled(&inst).await;
+        self.remove(&inst).await.map_err(|e| e.api("destroy"))?;
+        self.forget_name(name);
+        Ok(())
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<WorkloadInfo>, BackendError> {
         if !is_valid_instance_name(name) {
             return Ok(None);
         }
+        let inst = self.resolve(name).await;
         Ok(self
-            .instance(name)
+            .instance(&inst)
             .await
             .map_err(|e| e.api("inspect"))?
             .as_ref()
@@ -1912,11 +1112,23 @@ impl Backend for LxdBackend {
         let items = all
             .as_array()
             .ok_or_else(|| BackendError::Api("LXD list: not an array".into()))?;
-        Ok(items
+        let mine: Vec<(WorkloadInfo, &str)> = items
             .iter()
             .filter(|i| config_value(i, KEY_PROVIDER) == Some(provider_id))
-            .filter_map(workload_info)
-            .collect())
+            .filter_map(|i| Some((workload_info(i)?, i.get("name")?.as_str()?)))
+            .collect();
+        for (w, inst) in &mine {
+            self.map_name(&w.name, inst);
+        }
+        Ok(mine.into_iter().map(|(w, _)| w).collect())
+    }
+
+    async fn start_warm_pool(&self, provider_id: &str, tiers: &[Tier], images: &[String]) {
+        self.start_pool(provider_id, tiers, images).await
+    }
+
+    async fn stop_warm_pool(&self) {
+        self.stop_pool().await
     }
 }
 
@@ -1925,295 +1137,4 @@ impl Backend for LxdBackend {
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Tier;
-    use crate::secret::Secret;
-
-    fn spec() -> WorkloadSpec {
-        WorkloadSpec {
-            name: "pg-test-1".into(),
-            provider_id: "prov123".into(),
-            tier: Tier {
-                id: "basic".into(),
-                name: "Basic".into(),
-                description: String::new(),
-                cpu_millicores: 1500,
-                memory_mb: 512,
-                disk_gb: Some(5),
-                rate_msats_per_sec: 1,
-            },
-            image: "paygress-debian-12".into(),
-            ssh_username: "alice".into(),
-            ssh_password: Secret::new("s3cret-pass"),
-            ssh_public_key: None,
-            host_port: Some(30022),
-            expires_at: 1_900_000_000,
-        }
-    }
-
-    #[test]
-    fn create_body_carries_everything_in_one_request() {
-        let cfg = LxdConfig::default();
-        let b = create_body(&spec(), &cfg, "pgabc", None);
-        assert_eq!(b["name"], "pg-test-1");
-        assert_eq!(b["type"], "container");
-        assert_eq!(
-            b["source"],
-            json!({"type": "image", "alias": "paygress-debian-12"})
-        );
-        assert_eq!(b["profiles"], json!(["default"]));
-        let c = &b["config"];
-        assert_eq!(c["limits.cpu"], "2");
-        assert_eq!(c["limits.memory"], "512MiB");
-        assert_eq!(c["security.privileged"], "false");
-        assert!(c.get("security.nesting").is_none());
-        assert_eq!(c["limits.processes"], "512");
-        assert_eq!(c["security.idmap.isolated"], "true");
-        assert_eq!(c[KEY_PROVIDER], "prov123");
-        assert_eq!(c[KEY_EXPIRES_AT], "1900000000");
-        assert_eq!(c[KEY_NONCE], "pgabc");
-        assert_eq!(
-            b["devices"][SSH_DEVICE],
-            json!({"type": "proxy", "listen": "tcp:0.0.0.0:30022", "connect": "tcp:127.0.0.1:22", "bind": "host"})
-        );
-        // dir pool: no size, so no root override at all.
-        assert!(b["devices"].get("root").is_none());
-        // Nothing secret in the body.
-        assert!(!b.to_string().contains("s3cret-pass"));
-    }
-
-    #[test]
-    fn create_body_options() {
-        let cfg = LxdConfig {
-            nesting: true,
-            ssh_listen_address: "::".into(),
-            ..LxdConfig::default()
-        };
-        let sized = RootPool {
-            name: "fast".into(),
-            enforces_size: true,
-        };
-        let b = create_body(&spec(), &cfg, "n", Some(&sized));
-        assert_eq!(b["config"]["security.nesting"], "true");
-        assert_eq!(b["devices"][SSH_DEVICE]["listen"], "tcp:[::]:30022");
-        assert_eq!(
-            b["devices"]["root"],
-            json!({"type": "disk", "path": "/", "pool": "fast", "size": "5GB"})
-        );
-        // No size asked: the profile's root device is enough.
-        let mut s = spec();
-        s.tier.disk_gb = None;
-        assert!(create_body(&s, &cfg, "n", Some(&sized))["devices"]
-            .get("root")
-            .is_none());
-        // A dir pool cannot enforce a size: skipped quietly.
-        let dir = RootPool {
-            name: "default".into(),
-            enforces_size: false,
-        };
-        assert!(create_body(&spec(), &cfg, "n", Some(&dir))["devices"]
-            .get("root")
-            .is_none());
-        // A configured pool is always named, with the size only where it is enforced.
-        let on_pool = LxdConfig {
-            storage_pool: Some("fast".into()),
-            ..LxdConfig::default()
-        };
-        assert_eq!(
-            create_body(&s, &on_pool, "n", Some(&sized))["devices"]["root"],
-            json!({"type": "disk", "path": "/", "pool": "fast"})
-        );
-        assert_eq!(
-            create_body(&spec(), &on_pool, "n", Some(&dir))["devices"]["root"],
-            json!({"type": "disk", "path": "/", "pool": "default"})
-        );
-    }
-
-    #[test]
-    fn cpu_rounds_up_with_a_floor_of_one() {
-        assert_eq!(cpu_limit(0), 1);
-        assert_eq!(cpu_limit(1), 1);
-        assert_eq!(cpu_limit(1000), 1);
-        assert_eq!(cpu_limit(1001), 2);
-        assert_eq!(cpu_limit(2000), 2);
-        assert_eq!(cpu_limit(u32::MAX), 4_294_968);
-    }
-
-    #[test]
-    fn user_exec_passes_data_only_through_the_environment() {
-        let b = user_exec_body("alice", "pa ss'\"$(x)");
-        assert_eq!(b["command"][2], USER_SCRIPT);
-        assert_eq!(b["environment"]["PAYGRESS_USER"], "alice");
-        assert_eq!(b["environment"]["PAYGRESS_PASSWORD"], "pa ss'\"$(x)");
-        assert!(!USER_SCRIPT.contains("alice"));
-        assert_eq!(b["wait-for-websocket"], false);
-        assert_eq!(b["interactive"], false);
-    }
-
-    #[test]
-    fn status_mapping() {
-        assert_eq!(map_status("Running"), WorkloadState::Running);
-        assert_eq!(map_status("Stopped"), WorkloadState::Stopped);
-        for s in ["Frozen", "Error", "Starting", "Stopping", "", "weird"] {
-            assert_eq!(map_status(s), WorkloadState::Other);
-        }
-    }
-
-    #[test]
-    fn instance_parsing() {
-        let inst = json!({
-            "name": "pg-x", "status": "Running",
-            "config": {KEY_PROVIDER: "p"},
-            "expanded_devices": {
-                "eth0": {"type": "nic"},
-                "ssh": {"type": "proxy", "listen": "tcp:0.0.0.0:31000", "connect": "tcp:127.0.0.1:22"}
-            }
-        });
-        assert_eq!(
-            workload_info(&inst),
-            Some(WorkloadInfo {
-                name: "pg-x".into(),
-                state: WorkloadState::Running,
-                endpoint: Some(Endpoint::on_provider_host(31000))
-            })
-        );
-        assert_eq!(config_value(&inst, KEY_PROVIDER), Some("p"));
-        let v6 = json!({"devices": {"other": {"type": "proxy", "listen": "tcp:[::]:31001", "connect": "tcp:127.0.0.1:22"}}});
-        assert_eq!(ssh_port_of(&v6), Some(31001));
-        // Garbage never panics.
-        for junk in [
-            json!(null),
-            json!(1),
-            json!({"name": 5}),
-            json!({"name": "a", "expanded_devices": {"ssh": {"type": "proxy", "listen": "tcp:x"}}}),
-        ] {
-            let _ = workload_info(&junk);
-            let _ = ssh_port_of(&junk);
-        }
-        assert_eq!(
-            workload_info(&json!({"name": "a", "status": "Stopped"})).map(|w| w.state),
-            Some(WorkloadState::Stopped)
-        );
-    }
-
-    #[test]
-    fn envelopes_and_operations() {
-        let ok = br#"{"type":"sync","status_code":200,"metadata":{"a":1}}"#;
-        assert!(matches!(parse_envelope(200, ok), Ok(Answer::Sync(v)) if v["a"] == 1));
-        let op = br#"{"type":"async","operation":"/1.0/operations/0d3c5d6e-1f2a-4b5c-8d9e-0123456789ab"}"#;
-        assert!(matches!(parse_envelope(202, op), Ok(Answer::Async(p)) if p.ends_with("789ab")));
-        let bad_op = br#"{"type":"async","operation":"/1.0/operations/../../x"}"#;
-        assert!(matches!(
-            parse_envelope(202, bad_op),
-            Err(LxdError::Protocol(_))
-        ));
-        let err = br#"{"type":"error","error_code":404,"error":"Image alias not found"}"#;
-        let e = parse_envelope(404, err).unwrap_err();
-        assert!(e.is_not_found());
-        assert!(matches!(
-            map_create_error(&e, "img", 1),
-            BackendError::ImageMissing(_)
-        ));
-        let profile = LxdError::Lxd {
-            code: 404,
-            message: "Profile not found".into(),
-        };
-        assert!(matches!(
-            map_create_error(&profile, "img", 1),
-            BackendError::Api(_)
-        ));
-        assert!(matches!(
-            parse_envelope(500, b"<html>"),
-            Err(LxdError::Lxd { code: 500, .. })
-        ));
-        assert!(matches!(
-            parse_envelope(200, b""),
-            Err(LxdError::Lxd { code: 502, .. })
-        ));
-
-        assert!(operation_result(&json!({"status": "Success", "metadata": {"return": 0}})).is_ok());
-        let failed = operation_result(&json!({"status": "Failure", "status_code": 400,
-            "err": "Error occurred when starting proxy device: Error: Failed to listen on 0.0.0.0:32077: listen tcp 0.0.0.0:32077: bind: address already in use"}))
-        .unwrap_err();
-        assert!(
-            matches!(map_start_error(&failed, 32077, "start"), BackendError::Capacity(m) if m.contains("32077"))
-        );
-        assert!(matches!(
-            operation_result(&json!({"status": "Running"})),
-            Err(LxdError::Transport(_))
-        ));
-        assert!(operation_result(&json!(null)).is_err());
-        let busy = LxdError::Lxd {
-            code: 400,
-            message: "Instance is busy running a \"start\" operation".into(),
-        };
-        assert!(busy.is_busy());
-    }
-
-    #[test]
-    fn errors_are_scrubbed_of_the_password() {
-        let e = scrub(
-            BackendError::Api("oops s3cret-pass here".into()),
-            "s3cret-pass",
-        );
-        assert_eq!(e.to_string(), "backend error: oops [redacted] here");
-        let e = scrub(BackendError::Api("nothing".into()), "");
-        assert_eq!(e.to_string(), "backend error: nothing");
-    }
-
-    #[test]
-    fn input_checks() {
-        assert!(check_password("fine pass 123").is_ok());
-        assert!(check_password("new\nline").is_err());
-        assert!(check_password("a:b").is_err());
-        assert!(check_username("alice").is_ok());
-        assert!(check_username("_svc-1").is_ok());
-        assert!(check_username("Alice").is_err());
-        assert!(check_username("-x").is_err());
-        assert!(check_username("").is_err());
-        assert!(is_valid_instance_name("pg-abc-1"));
-        assert!(!is_valid_instance_name("1pg"));
-        assert!(!is_valid_instance_name("pg/../x"));
-        assert!(!is_valid_instance_name(""));
-        assert!(is_valid_operation_path("/1.0/operations/abc-123"));
-        assert!(!is_valid_operation_path("/1.0/instances/x"));
-    }
-
-    #[test]
-    fn config_defaults_and_validation() {
-        let c: LxdConfig = toml::from_str("").unwrap();
-        assert_eq!(c.socket, PathBuf::from("/var/lib/lxd/unix.socket"));
-        assert_eq!(c.ssh_listen_address, "0.0.0.0");
-        assert!(c.validate().is_ok());
-        assert!(toml::from_str::<LxdConfig>("bogus = 1").is_err());
-        let remote: LxdConfig = toml::from_str(r#"url = "https://10.0.0.5:8443""#).unwrap();
-        assert!(remote.validate().unwrap_err().contains("client_cert"));
-        let bad = LxdConfig {
-            ssh_listen_address: "nope".into(),
-            ..LxdConfig::default()
-        };
-        assert!(bad.validate().is_err());
-        let b = LxdBackend::new(LxdConfig::default()).unwrap();
-        assert_eq!(b.ssh_check_host(), "127.0.0.1");
-        assert_eq!(b.path("/1.0/instances"), "/1.0/instances");
-        let p = LxdBackend::new(LxdConfig {
-            project: "paygress".into(),
-            ..LxdConfig::default()
-        })
-        .unwrap();
-        assert_eq!(
-            p.path("/1.0/instances?recursion=1"),
-            "/1.0/instances?recursion=1&project=paygress"
-        );
-    }
-
-    #[test]
-    fn nonces_are_distinct_tokens() {
-        let a = new_nonce();
-        assert_ne!(a, new_nonce());
-        assert!(
-            a.starts_with("pg") && a.len() == 18 && a.bytes().all(|b| b.is_ascii_alphanumeric())
-        );
-    }
-}
+mod tests;

@@ -221,6 +221,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every workload this provider (`provider_id`) owns on the backend.
     async fn list(&self, provider_id: &str) -> Result<Vec<WorkloadInfo>, BackendError>;
+
+    /// Keep warm, unsold workloads ready for these tiers and images, owned by `provider_id`, so
+    /// a spawn does not wait for a boot (how many is the backend's own setting, e.g.
+    /// `backend.lxd.warm_pool`). Called once the core has recovered; warm workloads an earlier
+    /// run left are re-adopted or removed here. They never appear in [`Backend::list`] and are
+    /// never handed out twice. The default keeps none.
+    async fn start_warm_pool(&self, _provider_id: &str, _tiers: &[Tier], _images: &[String]) {}
+
+    /// Remove every warm, unsold workload (the provider is shutting down).
+    async fn stop_warm_pool(&self) {}
 }
 
 /// Build the backend the config names.

@@ -157,12 +157,20 @@ kind = {kind:?}
     }
 }
 
+/// Warm containers per tier the demo keeps on LXD (see `backend.lxd.warm_pool`).
+pub const DEMO_WARM_POOL: u32 = 1;
+
 async fn choose_backend(
     choice: DemoBackend,
     state: &std::path::Path,
 ) -> Result<(Arc<dyn Backend>, BackendKind), DemoError> {
     if choice != DemoBackend::Sandbox {
-        match LxdBackend::connect(LxdConfig::default()).await {
+        // A small warm pool (one container per tier): spawns answer without waiting for a boot.
+        let lxd = LxdConfig {
+            warm_pool: DEMO_WARM_POOL,
+            ..LxdConfig::default()
+        };
+        match LxdBackend::connect(lxd).await {
             Ok(b) if b.has_image(LXD_IMAGE).await => return Ok((Arc::new(b), BackendKind::Lxd)),
             Ok(_) if choice == DemoBackend::Lxd => {
                 return Err(DemoError::Backend(format!(

@@ -183,6 +183,8 @@ impl Provider {
                     }
                 }
             }
+            // The reaper runs as long as the provider serves: when it ends, so does the warm pool.
+            this.backend.stop_warm_pool().await;
         })
     }
 }

@@ -1,0 +1,216 @@
+//! `[backend.lxd]`: the LXD backend's settings, with their defaults and the checks the type
+//! system cannot make (each message names the key). Split from `lxd.rs`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::egress;
+
+/// `[backend.lxd]` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LxdConfig {
+    /// Local unix socket of the LXD daemon (used when `url` is not set).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// A remote LXD, `https://host:8443`. When set, the unix socket is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// PEM client certificate the remote LXD trusts (`lxc config trust add`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// PEM server certificate of the remote LXD: pinned (exact match) by default, or a CA that
+    /// signed it when `server_cert_is_ca` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cert: Option<PathBuf>,
+    /// Treat `server_cert` as a CA (name and chain checked) instead of a pinned certificate.
+    #[serde(default)]
+    pub server_cert_is_ca: bool,
+    /// LXD project the instances live in.
+    #[serde(default = "default_project")]
+    pub project: String,
+    /// Profiles applied to every instance (they supply the root disk and the network).
+    #[serde(default = "default_profiles")]
+    pub profiles: Vec<String>,
+    /// Storage pool for the root disk, overriding the profiles' (e.g. a btrfs or zfs pool, where
+    /// a new container is a copy-on-write snapshot of the image instead of a full unpack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_pool: Option<String>,
+    /// Host address the SSH proxy device listens on.
+    #[serde(default = "default_listen")]
+    pub ssh_listen_address: String,
+    /// Where to read the SSH banner from when checking readiness. Default: 127.0.0.1 for a local
+    /// LXD listening on a wildcard or loopback address, the listen address otherwise, and the
+    /// URL's host for a remote LXD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_check_host: Option<String>,
+    /// Allow nested containers (`security.nesting`). Off unless the operator needs it.
+    #[serde(default)]
+    pub nesting: bool,
+    /// Most processes one container may run (`limits.processes`): a fork bomb stays inside.
+    #[serde(default = "default_pids_max")]
+    pub pids_max: u32,
+    /// Give every container a host id range of its own (`security.idmap.isolated`), so root in
+    /// one container is not the same host uid as root in another.
+    #[serde(default = "default_true")]
+    pub idmap_isolated: bool,
+    /// A managed bridge dedicated to workloads: their `eth0` goes on it, and the backend puts an
+    /// egress ACL on it (no host, link-local or private destinations; see `egress`). Unset: the
+    /// profiles' network, with no egress policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_network: Option<String>,
+    /// More destinations (CIDRs) the egress ACL rejects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_deny: Vec<String>,
+    /// Warm containers kept ready per (tier, image): booted, unsold, with no login and no
+    /// forwarded port, so a spawn only sets the login and adds the SSH forward (see
+    /// `lxd/pool.rs`). Each costs an idle container's memory (about 25 MiB here). 0: none.
+    #[serde(default)]
+    pub warm_pool: u32,
+    /// Timeout of each ordinary LXD request.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
+    /// How long create/resume may wait for the container to answer SSH.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_seconds: u64,
+    /// How long a clean stop may take before the container is stopped by force.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_seconds: u64,
+}
+
+fn default_socket() -> PathBuf {
+    "/var/lib/lxd/unix.socket".into()
+}
+fn default_project() -> String {
+    "default".into()
+}
+fn default_profiles() -> Vec<String> {
+    vec!["default".into()]
+}
+fn default_listen() -> String {
+    "0.0.0.0".into()
+}
+fn default_pids_max() -> u32 {
+    512
+}
+fn default_true() -> bool {
+    true
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_ready_timeout() -> u64 {
+    90
+}
+fn default_stop_timeout() -> u64 {
+    10
+}
+
+impl Default for LxdConfig {
+    fn default() -> Self {
+        LxdConfig {
+            socket: default_socket(),
+            url: None,
+            client_cert: None,
+            client_key: None,
+            server_cert: None,
+            server_cert_is_ca: false,
+            project: default_project(),
+            profiles: default_profiles(),
+            storage_pool: None,
+            ssh_listen_address: default_listen(),
+            ssh_check_host: None,
+            nesting: false,
+            pids_max: default_pids_max(),
+            idmap_isolated: true,
+            egress_network: None,
+            egress_deny: Vec::new(),
+            warm_pool: 0,
+            request_timeout_seconds: default_request_timeout(),
+            ready_timeout_seconds: default_ready_timeout(),
+            stop_timeout_seconds: default_stop_timeout(),
+        }
+    }
+}
+
+impl LxdConfig {
+    /// Check the settings that the type system cannot; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_safe_token(&self.project) {
+            return Err(format!(
+                "backend.lxd.project: {:?} is not a valid LXD project name",
+                self.project
+            ));
+        }
+        if self.profiles.iter().any(|p| !is_safe_token(p)) {
+            return Err(
+                "backend.lxd.profiles: profile names may hold only letters, digits, '-' and '_'"
+                    .into(),
+            );
+        }
+        if self
+            .storage_pool
+            .as_deref()
+            .is_some_and(|p| !is_safe_token(p))
+        {
+            return Err(
+                "backend.lxd.storage_pool: pool names may hold only letters, digits, '-' and '_'"
+                    .into(),
+            );
+        }
+        if self
+            .egress_network
+            .as_deref()
+            .is_some_and(|n| !is_safe_token(n) || n.len() > 15)
+        {
+            return Err(
+                "backend.lxd.egress_network: a network name of at most 15 letters, digits, '-' \
+                 and '_'"
+                    .into(),
+            );
+        }
+        egress::denied(&self.egress_deny)?;
+        if self.pids_max == 0 {
+            return Err("backend.lxd.pids_max: must be greater than 0".into());
+        }
+        if self.ssh_listen_address.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "backend.lxd.ssh_listen_address: {:?} is not an IP address",
+                self.ssh_listen_address
+            ));
+        }
+        if self.request_timeout_seconds == 0 || self.ready_timeout_seconds == 0 {
+            return Err("backend.lxd: timeouts must be greater than 0".into());
+        }
+        if let Some(url) = &self.url {
+            let u = reqwest::Url::parse(url).map_err(|e| format!("backend.lxd.url: {e}"))?;
+            if u.scheme() != "https" || u.host_str().is_none() {
+                return Err("backend.lxd.url: must be https://HOST[:PORT]".into());
+            }
+            for (key, v) in [
+                ("client_cert", &self.client_cert),
+                ("client_key", &self.client_key),
+                ("server_cert", &self.server_cert),
+            ] {
+                if v.is_none() {
+                    return Err(format!(
+                        "backend.lxd.{key}: required for a remote LXD (url is set)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// LXD project, profile and pool names as this backend accepts them: safe in a URL unescaped.
+pub(super) fn is_safe_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
