@@ -60,9 +60,14 @@ pub struct LxdConfig {
     pub idmap_isolated: bool,
     /// A managed bridge dedicated to workloads: their `eth0` goes on it, and the backend puts an
     /// egress ACL on it (no host, link-local or private destinations; see `egress`). Unset: the
-    /// profiles' network, with no egress policy.
+    /// bridge `provider/lxd-setup.sh` makes ([`DEFAULT_EGRESS_NETWORK`]) when LXD has it;
+    /// without it the start is refused unless `allow_unfiltered_egress` says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_network: Option<String>,
+    /// Accept workloads on the profiles' own network with no egress policy: they can then reach
+    /// the host's addresses, each other and private networks. Off: such a start is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unfiltered_egress: bool,
     /// More destinations (CIDRs) the egress ACL rejects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_deny: Vec<String>,
@@ -97,6 +102,33 @@ fn default_listen() -> String {
 fn default_pids_max() -> u32 {
     512
 }
+/// The workload bridge `provider/lxd-setup.sh` creates, used when `egress_network` is unset.
+pub const DEFAULT_EGRESS_NETWORK: &str = "paygressbr0";
+
+/// Which network gets the egress ACL: the configured one; else the default workload bridge when
+/// LXD has it; else none, which only `allow_unfiltered_egress` accepts. `Err` says how to fix it.
+pub(super) fn egress_choice(
+    cfg: &LxdConfig,
+    default_exists: bool,
+) -> Result<Option<String>, String> {
+    match (
+        &cfg.egress_network,
+        default_exists,
+        cfg.allow_unfiltered_egress,
+    ) {
+        (Some(n), _, _) => Ok(Some(n.clone())),
+        (None, true, _) => Ok(Some(DEFAULT_EGRESS_NETWORK.to_string())),
+        (None, false, true) => Ok(None),
+        (None, false, false) => Err(format!(
+            "backend.lxd: no network dedicated to workloads, so containers would share LXD's \
+             bridge with the host and with each other, unfiltered. Run provider/lxd-setup.sh \
+             (it makes {DEFAULT_EGRESS_NETWORK}), or set backend.lxd.egress_network to a managed \
+             bridge of your own, or set backend.lxd.allow_unfiltered_egress = true to accept \
+             that containers can reach the host's addresses, each other and private networks"
+        )),
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -128,6 +160,7 @@ impl Default for LxdConfig {
             pids_max: default_pids_max(),
             idmap_isolated: true,
             egress_network: None,
+            allow_unfiltered_egress: false,
             egress_deny: Vec::new(),
             warm_pool: 0,
             request_timeout_seconds: default_request_timeout(),
@@ -213,4 +246,27 @@ pub(super) fn is_safe_token(s: &str) -> bool {
         && s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod egress_choice_tests {
+    use super::*;
+
+    #[test]
+    fn unset_egress_uses_the_setup_bridge_or_is_refused_unless_allowed() {
+        let mut c = LxdConfig::default();
+        assert_eq!(
+            egress_choice(&c, true).unwrap().as_deref(),
+            Some(DEFAULT_EGRESS_NETWORK)
+        );
+        let e = egress_choice(&c, false).unwrap_err();
+        assert!(
+            e.contains("allow_unfiltered_egress") && e.contains("lxd-setup.sh"),
+            "{e}"
+        );
+        c.allow_unfiltered_egress = true;
+        assert_eq!(egress_choice(&c, false).unwrap(), None);
+        c.egress_network = Some("mine".into());
+        assert_eq!(egress_choice(&c, false).unwrap().as_deref(), Some("mine"));
+    }
 }

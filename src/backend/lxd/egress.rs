@@ -12,7 +12,9 @@
 //! LXD 5.0 (Debian 12) attaches ACLs to bridge *networks* only, not to single NICs, so the
 //! policy needs a network dedicated to workloads: every instance's `eth0` is put on it. The
 //! backend creates or updates the ACL (`paygress-egress-<network>`) and sets it on the network
-//! when it connects; with no `egress_network` it changes no network and says so at start.
+//! when it connects. With no `egress_network` it uses the bridge `provider/lxd-setup.sh` makes
+//! (`paygressbr0`) when LXD has it, and otherwise refuses to start unless the operator set
+//! `allow_unfiltered_egress` (then it changes no network and says so at start).
 
 use serde_json::{json, Value};
 
@@ -67,6 +69,39 @@ pub fn network_patch(acl: &str) -> Value {
     })
 }
 
+/// Whether the ACL LXD holds (`GET /1.0/network-acls/{name}`) already says what `want` (the
+/// `PUT` body) says. LXD fills in the fields a rule leaves out, so only ours are compared.
+pub fn acl_matches(have: &Value, want: &Value) -> bool {
+    let rules = |v: &Value, dir: &str| -> Vec<(String, String, String)> {
+        v.get(dir)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        let f =
+                            |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                        (f("action"), f("destination"), f("state"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    rules(have, "egress") == rules(want, "egress")
+        && rules(have, "ingress") == rules(want, "ingress")
+}
+
+/// Whether the network (`GET /1.0/networks/{name}`) already has [`network_patch`]'s settings.
+pub fn network_has(network: &Value, acl: &str) -> bool {
+    let want = network_patch(acl);
+    let (Some(have), Some(want)) = (
+        network.get("config").and_then(Value::as_object),
+        want.get("config").and_then(Value::as_object),
+    ) else {
+        return false;
+    };
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +125,29 @@ mod tests {
             network_patch("a")["config"]["security.acls.default.egress.action"],
             "allow"
         );
+    }
+
+    #[test]
+    fn an_acl_as_lxd_returns_it_matches_what_was_put() {
+        let deny = denied(&[]).unwrap();
+        let want = acl_body("paygress-egress-x", &deny);
+        let mut have = want.clone();
+        // LXD answers every rule with all its fields.
+        have["egress"][0]["source"] = "".into();
+        have["egress"][0]["protocol"] = "".into();
+        have["used_by"] = json!(["/1.0/networks/x"]);
+        assert!(acl_matches(&have, &want));
+        have["egress"][0]["destination"] = "10.0.0.0/8".into();
+        assert!(!acl_matches(&have, &want), "another destination list");
+        let mut net = json!({"config": {"ipv4.address": "10.78.0.1/24"}});
+        assert!(!network_has(&net, "paygress-egress-x"));
+        net["config"].as_object_mut().unwrap().extend(
+            network_patch("paygress-egress-x")["config"]
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert!(network_has(&net, "paygress-egress-x"));
+        assert!(!network_has(&net, "paygress-egress-y"));
     }
 }
