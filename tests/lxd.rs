@@ -1029,3 +1029,73 @@ mod core {
         drop(mint);
     }
 }
+
+/// Every host process's command line, read from /proc (what `ps` shows any host user).
+fn host_command_lines() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            out.push(String::from_utf8_lossy(&raw).replace('\0', " "));
+        }
+    }
+    out
+}
+
+/// The buyer's password never reaches a host command line while the login is made (LXD puts an
+/// exec's environment on its `forkexec` helper's argv, so it must not travel there), and the
+/// staged copy is gone from the container once the login works. A watcher reads every host
+/// process's command line every millisecond through the whole create.
+#[tokio::test]
+async fn the_password_never_reaches_a_host_command_line() {
+    let b = backend();
+    let n = name("argv");
+    let _guard = Cleanup::new(&[&n]);
+    let pw = random_password();
+    let s = spec(
+        &n,
+        &format!("prov-{}", suffix()),
+        tier(1000, 256),
+        &pw,
+        None,
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, pw) = (stop.clone(), pw.clone());
+        std::thread::spawn(move || {
+            let (mut seen, mut scans) = (Vec::new(), 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                scans += 1;
+                seen.extend(host_command_lines().into_iter().filter(|l| l.contains(&pw)));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (seen, scans)
+        })
+    };
+    b.create(&s).await.expect("create");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, scans) = watcher.join().unwrap();
+    assert!(scans > 10, "the watcher ran ({scans} scans)");
+    assert!(
+        seen.is_empty(),
+        "the password on a host command line: {seen:?}"
+    );
+    let out = ssh_password(
+        s.host_port.unwrap(),
+        "alice",
+        &pw,
+        "test -e /root/.paygress-password && echo staged || echo gone; id -un",
+    )
+    .await
+    .expect("password login");
+    assert!(out.contains("alice"), "{out}");
+    let inside = tokio::process::Command::new("lxc")
+        .args(["exec", &n, "--", "ls", "-a", "/root"])
+        .output()
+        .await
+        .unwrap();
+    let listing = String::from_utf8_lossy(&inside.stdout);
+    assert!(
+        !listing.contains(".paygress-password"),
+        "staged password left: {listing}"
+    );
+}

@@ -20,10 +20,11 @@
 //! device start, about a second each time (see below).
 //!
 //! The login user is made without ever putting buyer input into a shell command line: one `exec`
-//! runs a constant script (`useradd`, then `chpasswd` fed by `printf`), and the username and
-//! password reach it only as environment variables. A public key is written with LXD's file API
-//! into a root-only staging file, which the same script installs with the right owner. Nothing a
-//! buyer sends is parsed by a shell.
+//! runs a constant script (`useradd`, then `chpasswd` fed from a file), and the username reaches
+//! it as an environment variable. The password and a public key are written with LXD's file API
+//! into root-only staging files, which the same script consumes and removes. The password never
+//! goes in the environment: LXD hands an exec's environment to its host helper on the command
+//! line, readable by any host user. Nothing a buyer sends is parsed by a shell.
 //!
 //! # Why spawn is fast
 //!
@@ -65,8 +66,8 @@
 //! before the error is returned, so a failed create leaves nothing behind. Errors map to
 //! [`BackendError`]: an unknown image alias is `ImageMissing`, a taken host port is `Capacity`,
 //! a missing instance is `NotFound`, SSH not answering in time is `NotReady`, anything else
-//! `Api`. No error message ever carries the password: LXD never echoes the environment it was
-//! given, and create scrubs its errors of the password anyway.
+//! `Api`. No error message ever carries the password: it is only ever a file's content, and
+//! create scrubs its errors of the password anyway.
 //!
 //! [`Backend::list`] returns only instances whose `user.paygress.provider` is this provider, so a
 //! restarted provider re-adopts its own instances and leaves everything else on the host alone.
@@ -185,13 +186,19 @@ pub const KEY_WORKLOAD: &str = "user.paygress.workload";
 pub const SSH_DEVICE: &str = "ssh";
 /// Where the public key is staged (root-only) before the user script installs it.
 const KEY_STAGING: &str = "/root/.paygress-authorized-keys";
+/// Where the buyer's password is staged (root-only, 0600) for the user script, which reads it
+/// and removes it. Not the exec environment: LXD hands an exec's environment to its host helper
+/// on the command line (`lxd forkexec … -- env KEY=VALUE …`), where any host user's `ps` reads it.
+const PASSWORD_STAGING: &str = "/root/.paygress-password";
 
 /// The user script. Constant text: the username, password and key reach it only through the
 /// environment (`PAYGRESS_USER`, `PAYGRESS_PASSWORD`) and the staged key file.
 const USER_SCRIPT: &str = r#"set -eu
 useradd -m -s /bin/bash -- "$PAYGRESS_USER"
-if [ -n "$PAYGRESS_PASSWORD" ]; then
-  printf '%s:%s\n' "$PAYGRESS_USER" "$PAYGRESS_PASSWORD" | chpasswd
+p=/root/.paygress-password
+if [ -f "$p" ]; then
+  { printf '%s:' "$PAYGRESS_USER"; cat "$p"; printf '\n'; } | chpasswd
+  rm -f "$p"
 fi
 k=/root/.paygress-authorized-keys
 if [ -f "$k" ]; then
@@ -317,13 +324,13 @@ fn create_body(
     body
 }
 
-/// The body of the `exec` that makes the login user.
-fn user_exec_body(user: &str, password: &str) -> Value {
+/// The body of the `exec` that makes the login user (the password and key are staged as files
+/// first, see [`LxdBackend::stage_login`]).
+fn user_exec_body(user: &str) -> Value {
     json!({
         "command": ["/bin/sh", "-c", USER_SCRIPT],
         "environment": {
             "PAYGRESS_USER": user,
-            "PAYGRESS_PASSWORD": password,
             "HOME": "/root",
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         },
@@ -822,18 +829,31 @@ impl LxdBackend {
     }
 
     /// The steps of create after the instance exists. Any error here is followed by removal.
+    /// Put the buyer's key and password where the user script reads them: root-only files
+    /// written through the file API, so neither is ever on a command line or in an environment.
+    async fn stage_login(&self, instance: &str, spec: &WorkloadSpec) -> Result<(), BackendError> {
+        if let Some(key) = &spec.ssh_public_key {
+            let mut line = key.trim().as_bytes().to_vec();
+            line.push(b'\n');
+            self.push_file(instance, KEY_STAGING, &line, "0600")
+                .await
+                .map_err(|e| e.api("writing the public key"))?;
+        }
+        let password = spec.ssh_password.expose();
+        if !password.is_empty() {
+            self.push_file(instance, PASSWORD_STAGING, password.as_bytes(), "0600")
+                .await
+                .map_err(|e| e.api("writing the password"))?;
+        }
+        Ok(())
+    }
+
     async fn provision(&self, spec: &WorkloadSpec, nonce: &str) -> Result<(), BackendError> {
         let name = spec.name.as_str();
         let deadline = Instant::now() + self.ready_timeout();
 
-        if let Some(key) = &spec.ssh_public_key {
-            // Staged while the instance is stopped; the user script moves it into place.
-            let mut line = key.trim().as_bytes().to_vec();
-            line.push(b'\n');
-            self.push_file(name, KEY_STAGING, &line, "0600")
-                .await
-                .map_err(|e| e.api("writing the public key"))?;
-        }
+        // Staged while the instance is stopped; the user script moves them into place.
+        self.stage_login(name, spec).await?;
 
         let start_op = self
             .state_change(name, json!({"action": "start"}))
@@ -841,7 +861,7 @@ impl LxdBackend {
             .map_err(|e| map_start_error(&e, spec.host_port.unwrap_or_default(), "start"))?;
 
         let t_start = Instant::now();
-        let exec = user_exec_body(&spec.ssh_username, spec.ssh_password.expose());
+        let exec = user_exec_body(&spec.ssh_username);
         let setup = async {
             let code = self
                 .exec_when_running(name, &exec, deadline)

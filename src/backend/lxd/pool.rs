@@ -24,8 +24,8 @@
 //!    helper once and then only after a fixed second, so that request takes a second however
 //!    fast the helper is (see the module docs of `lxd.rs`). The answer is watched for failure (a
 //!    taken port) while
-//! 3. the same constant user script as a cold spawn runs through `exec`, the username and
-//!    password in its environment, a key through the file API, and
+//! 3. the same constant user script as a cold spawn runs through `exec`, the username in its
+//!    environment, the password and a key staged through the file API, and
 //! 4. the host port is watched for the member's own sshd banner (its nonce, set when the member
 //!    was made). Once the login exists and the banner is ours, the spawn answers.
 //!
@@ -514,14 +514,8 @@ impl LxdBackend {
         // 3. The login and 4. our banner on the host port, meanwhile.
         let t_sold = Instant::now();
         let login = async {
-            if let Some(key) = &spec.ssh_public_key {
-                let mut line = key.trim().as_bytes().to_vec();
-                line.push(b'\n');
-                self.push_file(inst, KEY_STAGING, &line, "0600")
-                    .await
-                    .map_err(|e| e.api("writing the public key"))?;
-            }
-            let exec = user_exec_body(&spec.ssh_username, spec.ssh_password.expose());
+            self.stage_login(inst, spec).await?;
+            let exec = user_exec_body(&spec.ssh_username);
             let code = self
                 .exec_when_running(inst, &exec, deadline)
                 .await
