@@ -231,14 +231,16 @@ async fn lxc_life_cycle_through_the_core_with_real_payments_and_ssh() {
     ] {
         assert_eq!(field(c, k), Some(v), "{k} in {c:?}");
     }
-    // The buyer's key, then the marker line naming the login user for the template's script.
+    // The marker line naming the login user for the template's script, then the buyer's key
+    // without its comment (a comment is the buyer's free text; it must not name the account).
     let keys: Vec<&str> = field(c, "ssh-public-keys").unwrap().lines().collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
-    assert_eq!(keys[0], public);
     assert!(
-        keys[1].starts_with("ssh-ed25519 ") && keys[1].ends_with(" paygress-user=alice"),
+        keys[0].starts_with("ssh-ed25519 ") && keys[0].ends_with(" paygress-user=alice"),
         "{keys:?}"
     );
+    let bare: Vec<&str> = public.split_whitespace().take(2).collect();
+    assert_eq!(keys[1], bare.join(" "));
     assert_eq!(
         field(c, "net0"),
         Some(
@@ -853,13 +855,20 @@ fn lxc(args: &[&str], stdin: Option<&str>) -> String {
 /// container (the real LXD daemon and the project's base image stand in for a PVE template), on
 /// exactly the `ssh-public-keys` the backend sent and a root password set as PVE sets it: the
 /// buyer's user exists, logs in over real ssh with the buyer's key and password, and root is
-/// locked.
+/// locked. The buyer's key comes with a hostile comment naming another account
+/// (`paygress-user=mallory`): the account made is still the one the buyer paid for.
 #[tokio::test]
 async fn the_lxc_template_script_makes_the_buyers_login_from_what_the_backend_sent() {
     let e = env("lxc").await;
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = common::ssh::keygen(keys.path());
-    spawn(&e, 100, None, Some(public)).await.expect("spawn");
+    let mut fields = public.split_whitespace();
+    let hostile = format!(
+        "{} {} paygress-user=mallory",
+        fields.next().unwrap(),
+        fields.next().unwrap()
+    );
+    spawn(&e, 100, None, Some(hostile)).await.expect("spawn");
     let creates = sent(&e.pve, "POST", "/nodes/pve/lxc").await;
     let sent_keys = field(&creates[0], "ssh-public-keys").unwrap().to_string();
 
@@ -911,6 +920,15 @@ async fn the_lxc_template_script_makes_the_buyers_login_from_what_the_backend_se
     assert_eq!(
         lxc(&["exec", &name, "--", "id", "-un", "alice"], None).trim(),
         "alice"
+    );
+    assert!(
+        !std::process::Command::new("lxc")
+            .args(["exec", &name, "--", "id", "-u", "mallory"])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "the key's comment named an account"
     );
     let status = lxc(&["exec", &name, "--", "passwd", "--status", "root"], None);
     assert_eq!(

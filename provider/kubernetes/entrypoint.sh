@@ -1,8 +1,9 @@
 #!/bin/sh
 # Entrypoint of the Paygress SSH image: the Kubernetes backend's workload pods run it.
 #
-# It is constant: the buyer's login never reaches a command line, an environment variable or a
-# shell string. The backend puts it in a Secret mounted read-only at $LOGIN_DIR
+# It is constant: the buyer's login never reaches a shell string, and the password and key never
+# reach a command line or an environment variable (the username, checked below and not a secret,
+# is an argument to useradd and sshd's AllowUsers). The backend puts it in a Secret mounted read-only at $LOGIN_DIR
 # (/etc/paygress/login): `username`, `password`, optionally `authorized_keys` and the SSH host key
 # `ssh_host_ed25519_key` the backend made (buyers get its fingerprint). This script reads
 # those files, checks the username against the rule Paygress already enforced, creates the user,

@@ -12,8 +12,10 @@ keys=/root/.ssh/authorized_keys
 [ -f "$keys" ] || exit 0
 user=$(sed -n 's/^ssh-[a-z0-9-]* [A-Za-z0-9+/=]* paygress-user=\([a-z_][a-z0-9_-]\{0,31\}\)$/\1/p' "$keys" | head -n 1)
 [ -n "$user" ] || exit 0
+# Exactly the names Paygress reserves (src/validate.rs RESERVED_USERS): any other name the core
+# accepts must work here, or a paid login would not exist.
 case "$user" in
-  root|daemon|bin|sys|sync|games|man|lp|mail|news|uucp|proxy|www-data|backup|list|irc|gnats|nobody|sshd|systemd-*|_*)
+  root|daemon|bin|sys|sync|games|man|lp|mail|news|uucp|proxy|www-data|backup|list|irc|gnats|nobody|sshd|messagebus|_apt|systemd-*|polkitd|admin|operator|halt|shutdown)
     echo "paygress-login: refusing system account name" >&2; exit 1 ;;
 esac
 if ! id -u -- "$user" >/dev/null 2>&1; then

@@ -7,8 +7,9 @@
 //!   race for a port on a node and the pod never sees the node's network. The endpoint is
 //!   `node_address:nodePort` (`host_port_from_core()` is false).
 //! - **The login is a Secret** mounted read-only at [`LOGIN_DIR`] and read by the constant
-//!   entrypoint of the SSH image (`provider/kubernetes/entrypoint.sh`): the buyer's username,
-//!   password and key never reach a command line, an environment variable or a shell string.
+//!   entrypoint of the SSH image (`provider/kubernetes/entrypoint.sh`): the buyer's password
+//!   and key never reach a command line, an environment variable or a shell string; the
+//!   username (validated, not a secret) is an argument to `useradd` and sshd's `AllowUsers`.
 //!   The Secret also holds the pod's SSH host key, made here, so the spawn answer names its
 //!   fingerprint and buyers can pin it.
 //! - **Limits from the tier**: requests = limits (cpu millicores, memory MiB, ephemeral storage
@@ -386,7 +387,13 @@ impl KubernetesBackend {
     }
 
     fn ready_timeout(&self) -> Duration {
-        Duration::from_secs(self.cfg.ready_timeout_seconds.unwrap_or(300))
+        // At most a day: deadlines are `Instant + timeout`, which must not overflow.
+        Duration::from_secs(
+            self.cfg
+                .ready_timeout_seconds
+                .unwrap_or(300)
+                .clamp(1, 86_400),
+        )
     }
 
     /// The namespace's NetworkPolicy: SSH in from anywhere, out to anywhere but private

@@ -1004,7 +1004,11 @@ impl Backend for LxdBackend {
                     tracing::warn!(name = %spec.name, instance = %m.instance, "LXD warm claim failed, removing the container: {e}");
                     self.wait_settled(&m.instance).await;
                     if let Err(re) = self.remove(&m.instance).await {
+                        // It may hold the buyer's login and carries the workload's mark: no
+                        // second instance under that name. The core refunds, and its destroy
+                        // finds this one by the mark (the name map is kept for that).
                         tracing::error!(instance = %m.instance, "LXD rollback failed: {}", re.message());
+                        return Err(e);
                     }
                     self.forget_name(&spec.name);
                     // A taken port is the buyer's answer; anything else may still work cold.

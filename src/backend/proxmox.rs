@@ -71,6 +71,9 @@ pub struct ProxmoxBackend {
     /// Held while a vmid and an address are chosen and the create is submitted, so two creates
     /// never pick the same ones (the task and the boot run outside it).
     alloc: Mutex<()>,
+    /// Held from the snapshot of the forwards to the end of `nft -f`: two syncs at once could
+    /// otherwise commit an older snapshot last and drop another guest's rule.
+    nat_sync: Mutex<()>,
 }
 
 impl std::fmt::Debug for ProxmoxBackend {
@@ -110,6 +113,7 @@ impl ProxmoxBackend {
             nat,
             guests: StdMutex::new(HashMap::new()),
             alloc: Mutex::new(()),
+            nat_sync: Mutex::new(()),
         };
         // Certificate and token first, then the node.
         let nodes = b.api.get("/nodes").await.map_err(api_err)?;
@@ -276,6 +280,7 @@ impl ProxmoxBackend {
         let Some(nat) = &self.nat else {
             return Ok(());
         };
+        let _one_at_a_time = self.nat_sync.lock().await;
         let mut forwards: Vec<Forward> = self
             .guests
             .lock()
@@ -836,8 +841,14 @@ fn lxc_keys(spec: &WorkloadSpec) -> Result<String, BackendError> {
     let marker = public
         .to_openssh()
         .map_err(|e| BackendError::Api(format!("cannot encode the marker key: {e}")))?;
+    // The marker first, and the buyer's key without its comment: a comment is the buyer's
+    // free text, and one saying `paygress-user=…` must not name the account.
     Ok(match &spec.ssh_public_key {
-        Some(k) => format!("{}\n{marker}", k.trim()),
+        Some(k) => {
+            let mut parts = k.split_whitespace();
+            let (kind, body) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            format!("{marker}\n{kind} {body}")
+        }
         None => marker,
     })
 }

@@ -219,6 +219,17 @@ impl LxdConfig {
         if self.request_timeout_seconds == 0 || self.ready_timeout_seconds == 0 {
             return Err("backend.lxd: timeouts must be greater than 0".into());
         }
+        // Deadlines are `Instant + timeout`: a day is plenty, and keeps the sum far from overflow.
+        if [
+            self.request_timeout_seconds,
+            self.ready_timeout_seconds,
+            self.stop_timeout_seconds,
+        ]
+        .iter()
+        .any(|t| *t > 86_400)
+        {
+            return Err("backend.lxd: timeouts must be at most 86400 s (a day)".into());
+        }
         if let Some(url) = &self.url {
             let u = reqwest::Url::parse(url).map_err(|e| format!("backend.lxd.url: {e}"))?;
             if u.scheme() != "https" || u.host_str().is_none() {

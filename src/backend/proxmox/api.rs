@@ -89,8 +89,17 @@ impl ApiError {
 }
 
 /// A form body as PVE takes it. Values go through as given; booleans only as `1`/`0`.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Form(Vec<(String, String)>);
+
+/// Keys only: a form carries passwords (`password`, `cipassword`).
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
 
 impl Form {
     pub fn new() -> Form {

@@ -238,6 +238,15 @@ impl ProxmoxConfig {
     /// Check everything that can be checked without the server.
     pub fn validate(&self) -> Result<Trust, String> {
         let key = |k: &str| format!("backend.proxmox.{k}");
+        // Deadlines are `Instant + timeout`: a day is plenty, and keeps the sum far from overflow.
+        for (k, t) in [
+            ("task_timeout_seconds", self.task_timeout_seconds),
+            ("ready_timeout_seconds", self.ready_timeout_seconds),
+        ] {
+            if t == 0 || t > 86_400 {
+                return Err(format!("{}: must be 1 to 86400 s", key(k)));
+            }
+        }
         if self.url.is_empty() {
             return Err(format!("{}: required", key("url")));
         }
