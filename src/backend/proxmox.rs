@@ -441,7 +441,16 @@ impl ProxmoxBackend {
                     used.push(vmid);
                 }
                 Err(e) => return Err(api_err(e)),
-                Ok(v) => return Ok((vmid, api::upid(&v).map_err(api_err)?)),
+                Ok(v) => match api::upid(&v) {
+                    Ok(upid) => return Ok((vmid, upid)),
+                    // PVE took the request, so the guest may be in the making: remove it.
+                    Err(e) => {
+                        if let Err(r) = self.remove_vmid(vmid).await {
+                            tracing::error!(vmid, "removing a guest whose task is unknown: {r}");
+                        }
+                        return Err(api_err(e));
+                    }
+                },
             }
         }
         Err(BackendError::Capacity(
@@ -699,10 +708,16 @@ impl Backend for ProxmoxBackend {
                 Ok(ep)
             }
             Err(e) => {
-                if let Err(r) = self.remove_vmid(guest.vmid).await {
-                    tracing::error!(vmid = guest.vmid, "rollback of a failed create failed: {r}");
+                match self.remove_vmid(guest.vmid).await {
+                    // Gone: its vmid and address are free again.
+                    Ok(()) => self.remember(&spec.name, None),
+                    // Still there: kept in mind (its address stays taken), so the core's
+                    // destroy of this name finds and removes it later.
+                    Err(r) => tracing::error!(
+                        vmid = guest.vmid,
+                        "rollback of a failed create failed: {r}"
+                    ),
                 }
-                self.remember(&spec.name, None);
                 if let Err(r) = self.sync_nat().await {
                     tracing::error!("NAT table after a rollback: {r}");
                 }

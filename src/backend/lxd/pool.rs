@@ -395,12 +395,20 @@ impl LxdBackend {
         }
         let op = match self.post_instance(&name, &body).await {
             Ok(Answer::Async(op)) => op,
+            // Whatever may have been made under the name goes, so no marked leftover waits
+            // for the next sweep.
             Ok(Answer::Sync(_)) => {
+                let _ = self.remove(&name).await;
                 return Err(BackendError::Api(
                     "LXD create answered without an operation".into(),
-                ))
+                ));
             }
-            Err(e) => return Err(map_create_error(&e, &shape.image, 0)),
+            Err(e) => {
+                if !e.is_not_found() && !e.contains("already exists") {
+                    let _ = self.remove(&name).await;
+                }
+                return Err(map_create_error(&e, &shape.image, 0));
+            }
         };
         let r = async {
             self.wait_operation(&op, self.ready_timeout())
