@@ -35,6 +35,7 @@ pub mod relay;
 pub mod secret;
 pub mod settlement;
 pub mod store;
+pub mod tls_pin;
 pub mod validate;
 
 pub use error::{ErrorType, ProviderError};

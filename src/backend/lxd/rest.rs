@@ -240,10 +240,11 @@ pub(super) fn https_client(cfg: &LxdConfig) -> Result<reqwest::Client, String> {
     } else {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServerCert {
-                pinned: server_certs,
+            .with_custom_certificate_verifier(Arc::new(crate::tls_pin::PinnedServer::new(
+                crate::tls_pin::Pin::Certificates(server_certs),
+                "LXD server certificate does not match the pinned server_cert",
                 provider,
-            }))
+            )))
     };
     let mut tls = builder
         .with_client_auth_cert(client_certs, key)
@@ -253,71 +254,6 @@ pub(super) fn https_client(cfg: &LxdConfig) -> Result<reqwest::Client, String> {
         .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| format!("HTTPS client: {}", error_chain(&e)))
-}
-
-/// Accepts exactly the pinned server certificate(s), as `lxc remote add` does for LXD's
-/// self-signed certificates; the handshake signatures are still verified.
-#[derive(Debug)]
-pub(super) struct PinnedServerCert {
-    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedServerCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if self
-            .pinned
-            .iter()
-            .any(|p| p.as_ref() == end_entity.as_ref())
-        {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "LXD server certificate does not match the pinned server_cert".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -345,10 +345,11 @@ fn https_client(trust: &Trust) -> Result<reqwest::Client, String> {
         }
         Trust::Fingerprint(fp) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedFingerprint {
-                sha256: *fp,
+            .with_custom_certificate_verifier(Arc::new(crate::tls_pin::PinnedServer::new(
+                crate::tls_pin::Pin::Sha256(*fp),
+                "the Proxmox certificate does not match backend.proxmox.fingerprint",
                 provider,
-            })),
+            ))),
     };
     let mut tls = builder.with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -365,69 +366,6 @@ fn https_client(trust: &Trust) -> Result<reqwest::Client, String> {
             return Err(format!("ca_file: no certificate in {}", p.display()));
         }
         Ok(certs)
-    }
-}
-
-/// Accepts exactly the server whose leaf certificate has the pinned SHA-256 (what Proxmox's own
-/// tools do); the host name is not checked then, the handshake signatures still are.
-#[derive(Debug)]
-struct PinnedFingerprint {
-    sha256: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedFingerprint {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use sha2::Digest;
-        let got: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
-        if got == self.sha256 {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the Proxmox certificate does not match backend.proxmox.fingerprint".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
