@@ -571,3 +571,61 @@ async fn shutdown_removes_the_members() {
     assert!(instances_with(KEY_POOL, &id).is_empty());
     assert_eq!(b.pool_status().total_ready(), 0);
 }
+
+/// A provider that died without shutting down (a killed demo: its next start has a new provider
+/// id) leaves unsold members behind. The next provider to start a pool on this host removes
+/// those whose owning process is gone, and leaves alone the members of a provider whose process
+/// still runs.
+#[tokio::test]
+async fn a_dead_providers_members_are_removed_and_a_live_ones_are_kept() {
+    let (dead_id, live_id, me) = (
+        format!("dead-{}", suffix()),
+        format!("live-{}", suffix()),
+        format!("prov-{}", suffix()),
+    );
+    let _guards = (
+        Cleanup(dead_id.clone()),
+        Cleanup(live_id.clone()),
+        Cleanup(me.clone()),
+    );
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let my_start: u64 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(19))
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let member = |id: &str, owner: String| {
+        let name = format!("pgw-{}", suffix());
+        lxc(&[
+            "init",
+            IMAGE,
+            &name,
+            "-c",
+            &format!("{KEY_POOL}={id}"),
+            "-c",
+            &format!("user.paygress.pool.owner={owner}"),
+        ])
+        .expect("lxc init");
+        name
+    };
+    let dead = member(&dead_id, format!("{dead_pid}:12345"));
+    let live = member(&live_id, format!("{}:{my_start}", std::process::id()));
+
+    let b = pooled(1);
+    b.start_warm_pool(&me, &[tier(256)], &[IMAGE.to_string()])
+        .await;
+    assert!(
+        instances_with(KEY_POOL, &dead_id).is_empty(),
+        "the dead provider's member {dead} is still there"
+    );
+    assert_eq!(
+        instances_with(KEY_POOL, &live_id),
+        BTreeSet::from([live.clone()]),
+        "the live provider's member was touched"
+    );
+    b.stop_warm_pool().await;
+}

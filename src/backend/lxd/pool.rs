@@ -55,6 +55,30 @@ use super::*;
 pub const KEY_POOL: &str = "user.paygress.pool";
 /// Config key holding the shape (tier and image body hash) a member was made for.
 pub const KEY_POOL_SHAPE: &str = "user.paygress.pool.shape";
+/// The process that made an unsold member (`<pid>:<start time>` on the LXD host), so that the
+/// members of a provider that died without shutting down (a killed demo, whose next start has a
+/// new provider id) can be told from the members of a live one and removed.
+pub const KEY_POOL_OWNER: &str = "user.paygress.pool.owner";
+
+/// `<pid>:<start time>` of this process, for [`KEY_POOL_OWNER`].
+fn owner_mark() -> String {
+    let pid = std::process::id() as i32;
+    let start = crate::backend::sandbox::jail::process_start(pid).unwrap_or(0);
+    format!("{pid}:{start}")
+}
+
+/// Whether an owner mark names a process that no longer runs on this host.
+fn owner_is_dead(mark: &str) -> bool {
+    let Some((pid, start)) = mark.split_once(':') else {
+        return false;
+    };
+    match (pid.parse::<i32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) if pid > 0 && start > 0 => {
+            !crate::backend::sandbox::jail::is_alive(pid, start)
+        }
+        _ => false,
+    }
+}
 
 /// Waits for sshd to listen on port 22 inside (LISTEN in /proc/net/tcp{,6}): constant text.
 const SSHD_LISTENING: &str = r#"i=0
@@ -220,7 +244,7 @@ impl LxdBackend {
         };
         let mut adopted: HashMap<String, VecDeque<Member>> = HashMap::new();
         let want = self.cfg.warm_pool as usize;
-        let mut removed = 0usize;
+        let mut removed = self.remove_orphaned_members(provider_id).await;
         for inst in leftovers {
             let Some(name) = inst.get("name").and_then(Value::as_str).map(String::from) else {
                 continue;
@@ -275,6 +299,43 @@ impl LxdBackend {
                 }
             }
         }
+    }
+
+    /// Remove the unsold members of other providers whose process died on this host without
+    /// shutting down (their own next start could re-adopt them only under the same provider id,
+    /// which a demo never has). A live owner's members, and this provider's own (re-adopted
+    /// below), are left alone; on a remote LXD pids say nothing, so nothing is swept.
+    async fn remove_orphaned_members(&self, provider_id: &str) -> usize {
+        if !self.local {
+            return 0;
+        }
+        let Ok(all) = self.get("/1.0/instances?recursion=1").await else {
+            return 0;
+        };
+        let orphans: Vec<String> = all
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|i| {
+                        config_value(i, KEY_POOL).is_some_and(|p| !p.is_empty() && p != provider_id)
+                            && config_value(i, KEY_POOL_OWNER).is_some_and(owner_is_dead)
+                    })
+                    .filter_map(|i| i.get("name").and_then(Value::as_str).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut n = 0;
+        for name in orphans {
+            match self.remove(&name).await {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!(
+                    name,
+                    "LXD warm pool: cannot remove a dead provider's member: {}",
+                    e.message()
+                ),
+            }
+        }
+        n
     }
 
     /// Every instance this provider keeps as a pool member.
@@ -392,6 +453,9 @@ impl LxdBackend {
         if let Some(c) = body.get_mut("config").and_then(Value::as_object_mut) {
             c.insert(KEY_POOL.into(), provider_id.into());
             c.insert(KEY_POOL_SHAPE.into(), shape.key.clone().into());
+            if self.local {
+                c.insert(KEY_POOL_OWNER.into(), owner_mark().into());
+            }
         }
         let op = match self.post_instance(&name, &body).await {
             Ok(Answer::Async(op)) => op,
@@ -494,6 +558,7 @@ impl LxdBackend {
             KEY_WORKLOAD: spec.name,
             KEY_POOL: "",
             KEY_POOL_SHAPE: "",
+            KEY_POOL_OWNER: "",
         }});
         self.call_wait(hyper::Method::PATCH, &path, Some(&marks), self.timeout())
             .await
