@@ -24,13 +24,85 @@ pub enum ProviderCommand {
         #[arg(long, value_name = "ADDR")]
         embedded_relay: Option<SocketAddr>,
     },
+    /// Print the provider's npub, creating its Nostr key (0600, in the data dir as the config
+    /// names it) when there is none yet. The secret is never printed.
+    Identity {
+        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Remove every workload this provider made on its backend (only those carrying its own
+    /// marks), with the provider stopped. `system reset` runs it on the host.
+    RemoveWorkloads {
+        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 pub async fn run(cmd: ProviderCommand) -> i32 {
-    let ProviderCommand::Start {
-        config,
-        embedded_relay,
-    } = cmd;
+    match cmd {
+        ProviderCommand::Start {
+            config,
+            embedded_relay,
+        } => start(config, embedded_relay).await,
+        ProviderCommand::Identity { config } => identity(config),
+        ProviderCommand::RemoveWorkloads { config } => remove_workloads(config).await,
+    }
+}
+
+fn identity(config: Option<PathBuf>) -> i32 {
+    let cfg = match app::load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::USAGE;
+        }
+    };
+    let keys = match &cfg.nostr.private_key {
+        Some(k) => paygress::identity::parse_secret_key(k, "NOSTR_PRIVATE_KEY"),
+        None => {
+            let file = cfg
+                .nostr
+                .private_key_file
+                .clone()
+                .unwrap_or_else(|| "nostr.key".into());
+            paygress::identity::load_or_create(&cfg.data_path(file))
+        }
+    };
+    match keys {
+        Ok(k) => {
+            println!("{}", paygress::identity::npub(&k));
+            0
+        }
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            exit::PROVIDER
+        }
+    }
+}
+
+async fn remove_workloads(config: Option<PathBuf>) -> i32 {
+    let cfg = match app::load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::USAGE;
+        }
+    };
+    match app::remove_own_workloads(&cfg).await {
+        Ok(n) => {
+            println!("removed {n} workloads");
+            0
+        }
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            exit::PROVIDER
+        }
+    }
+}
+
+async fn start(config: Option<PathBuf>, embedded_relay: Option<SocketAddr>) -> i32 {
     let mut cfg = match app::load_config(config) {
         Ok(c) => c,
         Err(e) => {

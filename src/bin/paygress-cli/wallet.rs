@@ -64,8 +64,11 @@ pub enum WalletCommand {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
         /// Amount in sats.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        amount: u64,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..), required_unless_present = "all", conflicts_with = "all")]
+        amount: Option<u64>,
+        /// Withdraw the whole balance at every mint: one token a line.
+        #[arg(long, conflicts_with = "mint")]
+        all: bool,
         /// Mint to withdraw from (default: the first whitelisted mint).
         #[arg(long, value_name = "URL")]
         mint: Option<String>,
@@ -157,10 +160,19 @@ pub async fn run(cmd: WalletCommand) -> i32 {
             config,
             amount,
             mint,
+            all,
         } => {
             let (payments, _lock) = match open_payments(config, true).await {
                 Ok(p) => p,
                 Err(code) => return code,
+            };
+            let amount = match (all, amount) {
+                (true, _) => return withdraw_all(&payments).await,
+                (false, Some(a)) => a,
+                (false, None) => {
+                    eprintln!("paygress-cli: pass --amount SATS or --all");
+                    return exit::USAGE;
+                }
             };
             let mint = match mint {
                 Some(m) => match payments.mint(&m) {
@@ -194,4 +206,28 @@ pub async fn run(cmd: WalletCommand) -> i32 {
             }
         }
     }
+}
+
+/// Every balance out, one token a line; stops at the first failure (what was printed is out).
+async fn withdraw_all(payments: &Payments) -> i32 {
+    let balances = match payments.balances().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::PAYMENT;
+        }
+    };
+    for (mint, sats) in balances {
+        if sats == 0 {
+            continue;
+        }
+        match payments.withdraw(&mint, sats).await {
+            Ok(token) => println!("{}", token.expose()),
+            Err(e) => {
+                eprintln!("paygress-cli: {mint}: {e}");
+                return exit::PAYMENT;
+            }
+        }
+    }
+    0
 }
