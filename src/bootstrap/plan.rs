@@ -163,10 +163,13 @@ pub fn bootstrap_steps(
             .action(DATADIR_ACTION, Vec::new()),
     );
     steps.push(
-        Step::new("config", "write /etc/paygress/paygress.toml (0600, paygress)")
-            .check(CONFIG_CHECK, config_toml.as_bytes())
-            .action(CONFIG_ACTION, config_toml.as_bytes())
-            .restarts(),
+        Step::new(
+            "config",
+            "write /etc/paygress/paygress.toml (0600, paygress)",
+        )
+        .check(CONFIG_CHECK, config_toml.as_bytes())
+        .action(CONFIG_ACTION, config_toml.as_bytes())
+        .restarts(),
     );
     steps.push(
         Step::new(
@@ -185,12 +188,9 @@ pub fn bootstrap_steps(
         .action(UNIT_ACTION, UNIT_FILE)
         .restarts(),
     );
-    let mut service = Step::new(
-        "service",
-        "enable and (re)start paygress-provider",
-    )
-    .check(SERVICE_CHECK, Vec::new())
-    .action(SERVICE_ACTION, Vec::new());
+    let mut service = Step::new("service", "enable and (re)start paygress-provider")
+        .check(SERVICE_CHECK, Vec::new())
+        .action(SERVICE_ACTION, Vec::new());
     service.restart_on_change = true;
     steps.push(service);
     steps
@@ -208,8 +208,7 @@ pub const WITHDRAW_ALL: &str = "cd / && runuser -u paygress -- /usr/local/bin/pa
 
 const STOPPED_CHECK: &str = "! systemctl is-active --quiet paygress-provider \
     && ! systemctl is-enabled --quiet paygress-provider 2>/dev/null";
-pub const STOP_ACTION: &str =
-    "systemctl disable --now --quiet paygress-provider 2>/dev/null; \
+pub const STOP_ACTION: &str = "systemctl disable --now --quiet paygress-provider 2>/dev/null; \
     ! systemctl is-active --quiet paygress-provider";
 const WORKLOADS_CHECK: &str = "! [ -x /usr/local/bin/paygress-cli ] \
     || ! [ -f /etc/paygress/paygress.toml ] || ! [ -d /var/lib/paygress ]";
@@ -224,7 +223,8 @@ const FILES_ACTION: &str = "rm -f /etc/systemd/system/paygress-provider.service;
     rm -rf /etc/paygress /var/lib/paygress; rm -f /usr/local/bin/paygress-cli; \
     if id -u paygress >/dev/null 2>&1; then userdel paygress; fi; \
     getent group paygress >/dev/null && groupdel paygress; true";
-const BACKEND_CHECK_LXD: &str = "! dpkg-query -W -f=\\${Status} lxd 2>/dev/null | grep -q \"ok installed\"";
+const BACKEND_CHECK_LXD: &str =
+    "! dpkg-query -W -f=\\${Status} lxd 2>/dev/null | grep -q \"ok installed\"";
 const BACKEND_ACTION_LXD: &str = "export DEBIAN_FRONTEND=noninteractive; \
     systemctl stop lxd.service lxd.socket 2>/dev/null; \
     apt-get purge -y -q lxd lxd-client lxcfs </dev/null >/dev/null && rm -rf /var/lib/lxd";

@@ -368,7 +368,10 @@ impl Remote {
         let proto = |e: russh::Error| RemoteError::Protocol(e.to_string());
         let run = async {
             let mut channel = self.session.channel_open_session().await.map_err(proto)?;
-            channel.exec(true, command.as_bytes()).await.map_err(proto)?;
+            channel
+                .exec(true, command.as_bytes())
+                .await
+                .map_err(proto)?;
             let (mut so, mut se) = (Vec::new(), Vec::new());
             let mut code = None;
             let writer = channel.make_writer();

@@ -71,7 +71,10 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     #[error("step {step} failed: {err}")]
-    Remote { step: &'static str, err: RemoteError },
+    Remote {
+        step: &'static str,
+        err: RemoteError,
+    },
     #[error("step {step} failed (exit {code}): {detail}")]
     Failed {
         step: &'static str,

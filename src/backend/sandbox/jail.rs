@@ -951,7 +951,18 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
     }
     let stage = "hiding the provider's directories";
     let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    for secret in spec.secrets.iter().take(MAX_SECRET_FILES) {
+    // Rootless mode has already covered the provider's own directories whole (above); a secret
+    // inside one of them is hidden with it, and its path no longer exists to be covered again.
+    let covered: &[PathBuf] = match &spec.privilege {
+        Privilege::Rootless(r) => &r.hide,
+        _ => &[],
+    };
+    for secret in spec
+        .secrets
+        .iter()
+        .filter(|s| !covered.iter().any(|d| s.starts_with(d)))
+        .take(MAX_SECRET_FILES)
+    {
         if secret.is_dir() {
             let mut step = tmpfs("/", "mode=000,size=4k".into(), stage)?;
             step.target = cpath(secret, stage)?;

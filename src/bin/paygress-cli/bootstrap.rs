@@ -81,12 +81,10 @@ impl SshArgs {
                 self.user, self.host
             )) {
                 Some(p) => (Auth::Password(p), None),
-                None => {
-                    return Err(
-                        "no way to log in: pass --key FILE or --password-stdin (no terminal to ask on)"
-                            .into(),
-                    )
-                }
+                None => return Err(
+                    "no way to log in: pass --key FILE or --password-stdin (no terminal to ask on)"
+                        .into(),
+                ),
             },
         };
         Ok(ConnectOptions {
@@ -195,7 +193,10 @@ pub async fn run(a: BootstrapArgs) -> i32 {
             a.ssh.user, a.ssh.host, a.ssh.port
         );
         steps::print_plan("bootstrap", &steps);
-        println!("bootstrap: then wait for the offer on {}", a.relays.join(", "));
+        println!(
+            "bootstrap: then wait for the offer on {}",
+            a.relays.join(", ")
+        );
         return 0;
     }
     let binary = match std::env::current_exe().and_then(std::fs::read) {
@@ -285,7 +286,10 @@ async fn bootstrap_on(
     match wait_for_offer(&npub, &a.relays, Duration::from_secs(a.offer_timeout)).await {
         Ok(()) => {}
         Err(e) => {
-            eprintln!("paygress-cli: bootstrap: the service runs but {e}; see: journalctl -u {} -e", settings::UNIT_NAME);
+            eprintln!(
+                "paygress-cli: bootstrap: the service runs but {e}; see: journalctl -u {} -e",
+                settings::UNIT_NAME
+            );
             return exit::PROVIDER;
         }
     }

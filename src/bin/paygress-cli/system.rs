@@ -189,7 +189,10 @@ async fn withdraw(remote: &Remote, file: &std::path::Path) -> Result<(), String>
         if let Err(e) = written {
             // The host's balance is gone; the tokens must not be: the operator's own terminal is
             // the last place left for them.
-            println!("reset: cannot write {}: {e}; the withdrawn tokens follow, keep them:", file.display());
+            println!(
+                "reset: cannot write {}: {e}; the withdrawn tokens follow, keep them:",
+                file.display()
+            );
             for t in &tokens {
                 println!("{t}");
             }

@@ -1,0 +1,548 @@
+//! `paygress-cli bootstrap` and `system reset` against a real host: an LXD container from the
+//! base image (systemd + sshd), nesting enabled, reached over an LXD proxy device on 127.0.0.1.
+//!
+//! The container stands in for a whole VPS. Its only apt source is the local repository
+//! tools/test.sh downloads (/var/cache/paygress/debs, mounted read-only): it has no network
+//! interface at all, so nothing it does reaches a mirror or anything else. The test's mint and
+//! relay (on the test machine's 127.0.0.1) are reachable inside through proxy devices bound in
+//! the container (listening on its 127.0.0.1, connecting to ours), and the workloads' SSH ports
+//! the other way round.
+//!
+//! The buy uses `--backend sandbox`: nested LXD installs and initialises inside the container
+//! (see `lxd_backend_installs_and_initialises_inside`), but on these machines (cgroup v1 hybrid,
+//! no systemd on the outer host) the inner LXD cannot start a container: unprivileged, it has no
+//! uid range to give ("LXD doesn't have a uid/gid allocation"); privileged, liblxc fails on the
+//! cgroup layout ("Failed to open 6/cpuacct").
+
+mod common;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr_sdk::prelude::*;
+use paygress::relay::EmbeddedRelay;
+use tokio::io::AsyncWriteExt;
+
+use common::mint::TestMint;
+
+const CLI: &str = env!("CARGO_BIN_EXE_paygress-cli");
+const IMAGE: &str = "paygress-debian-12";
+const DEBS: &str = "/var/cache/paygress/debs";
+const OPERATOR: &str = "op";
+const OPERATOR_PASSWORD: &str = "op-sudo-Pw-8841";
+
+/// The host container; removed on drop, whatever happened.
+struct Host {
+    name: String,
+    ssh_port: u16,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("lxc")
+            .args(["delete", "--force", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn lxc(args: &[&str]) -> Output {
+    std::process::Command::new("lxc")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn lxc_ok(args: &[&str]) -> String {
+    let o = lxc(args);
+    assert!(
+        o.status.success(),
+        "lxc {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+impl Host {
+    /// Run a shell line inside as root (the test's own commands; never the product's way in).
+    fn sh(&self, line: &str) -> Output {
+        lxc(&["exec", &self.name, "--", "sh", "-c", line])
+    }
+    fn sh_ok(&self, line: &str) -> String {
+        let o = self.sh(line);
+        assert!(
+            o.status.success(),
+            "{line}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn sh_stdin(&self, line: &str, input: &str) {
+        let mut c = std::process::Command::new("lxc")
+            .args(["exec", &self.name, "--", "sh", "-c", line])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    fn proxy(&self, dev: &str, port: u16, bind_instance: bool) {
+        let listen = format!("listen=tcp:127.0.0.1:{port}");
+        let connect = format!("connect=tcp:127.0.0.1:{port}");
+        let mut args = vec!["config", "device", "add", &self.name, dev, "proxy"];
+        args.push(&listen);
+        args.push(&connect);
+        if bind_instance {
+            args.push("bind=instance");
+        }
+        lxc_ok(&args);
+    }
+    fn host_key(&self) -> String {
+        let out = self.sh_ok("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub");
+        out.split_whitespace().nth(1).unwrap().to_string()
+    }
+    fn wait_for_systemd(&self) {
+        for _ in 0..120 {
+            let o = self.sh("systemctl is-system-running 2>/dev/null; systemctl is-active ssh");
+            let s = String::from_utf8_lossy(&o.stdout);
+            if (s.starts_with("running") || s.starts_with("degraded")) && s.contains("\nactive") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("the host container did not boot");
+    }
+}
+
+/// A host container: no network interface, the local repository as its only apt source, sudo
+/// and a non-root operator with a password, SSH on 127.0.0.1:`ssh_port` here.
+fn launch_host() -> Host {
+    assert!(
+        Path::new(DEBS).join("Packages").exists(),
+        "{DEBS} is missing: run tools/test.sh"
+    );
+    let name = format!("pgb-{:08x}", rand::random::<u32>());
+    let ssh_port = common::free_port_block(1).0;
+    lxc_ok(&["init", IMAGE, &name, "-c", "security.nesting=true"]);
+    let host = Host { name, ssh_port };
+    let n = host.name.clone();
+    lxc_ok(&["config", "device", "add", &n, "eth0", "none"]);
+    let src = format!("source={DEBS}");
+    lxc_ok(&[
+        "config",
+        "device",
+        "add",
+        &n,
+        "debs",
+        "disk",
+        &src,
+        "path=/srv/debs",
+        "readonly=true",
+    ]);
+    lxc_ok(&[
+        "config",
+        "device",
+        "add",
+        &n,
+        "ssh",
+        "proxy",
+        &format!("listen=tcp:127.0.0.1:{ssh_port}"),
+        "connect=tcp:127.0.0.1:22",
+    ]);
+    lxc_ok(&["start", &n]);
+    host.wait_for_systemd();
+    host.sh_ok(
+        "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && \
+         echo 'deb [trusted=yes] file:/srv/debs ./' >/etc/apt/sources.list.d/paygress-test.list && \
+         apt-get update -qq >/dev/null 2>&1 && \
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends sudo >/dev/null 2>&1 && \
+         useradd -m -s /bin/bash -G sudo op",
+    );
+    host.sh_stdin("chpasswd", &format!("{OPERATOR}:{OPERATOR_PASSWORD}\n"));
+    host
+}
+
+/// Every command line on the host, sampled until `stop`.
+fn watch_ps(host: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<String> {
+    let host = host.to_string();
+    std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(o) = std::process::Command::new("lxc")
+                .args(["exec", &host, "--", "ps", "-eo", "args"])
+                .output()
+            {
+                for l in String::from_utf8_lossy(&o.stdout).lines() {
+                    seen.insert(l.to_string());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        seen.into_iter().collect::<Vec<_>>().join("\n")
+    })
+}
+
+async fn cli(args: &[&str], stdin: &str, home: &Path) -> Output {
+    let mut child = tokio::process::Command::new(CLI)
+        .args(args)
+        .env("HOME", home)
+        .env_remove("NOSTR_RELAYS")
+        .env_remove("PAYGRESS_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut i = child.stdin.take().unwrap();
+    i.write_all(stdin.as_bytes()).await.unwrap();
+    drop(i);
+    tokio::time::timeout(Duration::from_secs(600), child.wait_with_output())
+        .await
+        .expect("the command finished in time")
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn offer_since(relay: &str, npub: &str, since: u64) -> bool {
+    let c = Client::builder().signer(Keys::generate()).build();
+    c.add_relay(relay).await.unwrap();
+    c.connect().await;
+    c.wait_for_connection(Duration::from_secs(5)).await;
+    let pk = PublicKey::from_bech32(npub).unwrap();
+    let f = Filter::new()
+        .kind(Kind::Custom(paygress::market::OFFER_KIND))
+        .author(pk);
+    for _ in 0..120 {
+        let ev = c
+            .fetch_events(f.clone(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        if ev.iter().any(|e| e.created_at.as_secs() >= since) {
+            c.shutdown().await;
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    c.shutdown().await;
+    false
+}
+
+/// Modification times and identity of what bootstrap installs, and the service's start.
+fn fingerprint(host: &Host) -> String {
+    host.sh_ok(
+        "stat -c %n:%Y:%a:%U /usr/local/bin/paygress-cli /etc/paygress/paygress.toml \
+         /etc/systemd/system/paygress-provider.service /var/lib/paygress /var/lib/paygress/nostr.key; \
+         systemctl show -p MainPID -p ActiveEnterTimestampMonotonic paygress-provider",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_and_resets() {
+    let mint = TestMint::start().await;
+    let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let relay_port: u16 = relay
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mint_port: u16 = mint
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let host = launch_host();
+    host.proxy("mint", mint_port, true);
+    host.proxy("relay", relay_port, true);
+    let ports = common::free_port_block(3);
+    for p in ports.0..=ports.1 {
+        host.proxy(&format!("w{p}"), p, false);
+    }
+    let home = tempfile::tempdir().unwrap();
+    let known_hosts = home.path().join("known_hosts");
+    let host_key = host.host_key();
+    let ssh_port = host.ssh_port.to_string();
+    let range = format!("{}-{}", ports.0, ports.1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ps = watch_ps(&host.name, stop.clone());
+    let bootstrap_args = |host_key: &str| -> Vec<String> {
+        [
+            "bootstrap",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &ssh_port,
+            "--user",
+            OPERATOR,
+            "--password-stdin",
+            "--host-key",
+            host_key,
+            "--known-hosts",
+            known_hosts.to_str().unwrap(),
+            "--name",
+            "Bootstrap test node",
+            "--location",
+            "Test rack",
+            "--backend",
+            "sandbox",
+            "--mints",
+            &mint.url,
+            "--relays",
+            &relay.url(),
+            "--ssh-host",
+            "127.0.0.1",
+            "--ssh-ports",
+            &range,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args = bootstrap_args(&host_key);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pw = format!("{OPERATOR_PASSWORD}\n");
+
+    // A wrong pin is refused before anything is sent.
+    let mut bad = args.clone();
+    let i = bad.iter().position(|a| a == "--host-key").unwrap() + 1;
+    bad[i] = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
+    let badv: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let o = cli(&badv, &pw, home.path()).await;
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("not the pinned"), "{}", text(&o));
+    assert!(!host.sh("test -e /etc/paygress").status.success());
+
+    // First run: every step does its work, the service runs, the offer is on the relay.
+    let o = cli(&argv, &pw, home.path()).await;
+    let out = text(&o);
+    assert!(o.status.success(), "bootstrap failed: {out}");
+    for step in [
+        "packages", "user", "binary", "data-dir", "config", "identity", "unit", "service",
+    ] {
+        assert!(out.contains(&format!("] {step}: done")), "{step}: {out}");
+    }
+    let npub = out
+        .lines()
+        .find_map(|l| l.strip_prefix("provider npub: "))
+        .expect("npub printed")
+        .trim()
+        .to_string();
+    assert!(out.contains("journalctl -u paygress-provider -f"), "{out}");
+    assert!(out.contains("basic"), "{out}");
+    assert_eq!(
+        host.sh_ok("systemctl is-active paygress-provider").trim(),
+        "active"
+    );
+    assert_eq!(
+        host.sh_ok("stat -c %a:%U /etc/paygress/paygress.toml /var/lib/paygress /var/lib/paygress/nostr.key"),
+        "600:paygress\n700:paygress\n600:paygress\n"
+    );
+    assert_eq!(
+        host.sh_ok("systemctl show -p User --value paygress-provider")
+            .trim(),
+        "paygress"
+    );
+
+    // The service survives a restart of the whole host and publishes again.
+    let before_restart = paygress::provider::now_secs();
+    lxc_ok(&["restart", &host.name]);
+    host.wait_for_systemd();
+    for _ in 0..60 {
+        if host
+            .sh("systemctl is-active --quiet paygress-provider")
+            .status
+            .success()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        host.sh_ok("systemctl is-active paygress-provider").trim(),
+        "active"
+    );
+    assert!(
+        offer_since(&relay.url(), &npub, before_restart).await,
+        "no offer after the restart"
+    );
+
+    // A buyer buys over the relay with a real token and logs in over ssh.
+    let token = mint.token(120).await;
+    let buyer_home = tempfile::tempdir().unwrap();
+    let o = {
+        let mut c = tokio::process::Command::new(CLI);
+        c.args([
+            "market",
+            "spawn",
+            "--relay",
+            &relay.url(),
+            "--provider",
+            &npub,
+            "--tier",
+            "basic",
+            "--token",
+            "-",
+            "--user",
+            "alice",
+            "--json",
+        ])
+        .env("HOME", buyer_home.path())
+        .env("PAYGRESS_SSH_PASSWORD", "alice-Pw-5521")
+        .env_remove("NOSTR_RELAYS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(token.as_bytes()).await.unwrap();
+        drop(i);
+        tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(o.status.success(), "spawn: {}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let port = r["node_port"].as_u64().unwrap() as u16;
+    assert!((ports.0..=ports.1).contains(&port), "{r}");
+    let who = common::ssh::ssh_password(port, "alice", "alice-Pw-5521", "whoami")
+        .await
+        .expect("ssh into the bought workload");
+    assert_eq!(who.trim(), "alice");
+
+    // A second run changes nothing: every step unchanged, no file rewritten, no restart.
+    let before = fingerprint(&host);
+    let o = cli(&argv, &pw, home.path()).await;
+    let out = text(&o);
+    assert!(o.status.success(), "second bootstrap: {out}");
+    assert_eq!(out.matches(": unchanged").count(), 8, "{out}");
+    assert!(!out.contains(": done"), "{out}");
+    assert_eq!(fingerprint(&host), before);
+
+    // Earnings present: reset refuses and changes nothing.
+    let earned: u64 = {
+        let b = host.sh_ok(
+            "cd / && runuser -u paygress -- paygress-cli wallet balance --config /etc/paygress/paygress.toml --json",
+        );
+        let v: serde_json::Value = serde_json::from_str(b.trim()).unwrap();
+        v["total_sats"].as_u64().unwrap()
+    };
+    assert_eq!(earned, 120);
+    let reset = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "system",
+            "reset",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &ssh_port,
+            "--user",
+            OPERATOR,
+            "--password-stdin",
+            "--host-key",
+            &host_key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = reset(&[]);
+    let o = cli(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &pw,
+        home.path(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("refusing"), "{}", text(&o));
+    assert_eq!(fingerprint(&host), before);
+
+    // With --withdraw-to the earnings come out as a token first, then everything goes.
+    let tokens = home.path().join("earnings.tokens");
+    let a = reset(&["--withdraw-to", tokens.to_str().unwrap()]);
+    let o = cli(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &pw,
+        home.path(),
+    )
+    .await;
+    assert!(o.status.success(), "reset: {}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let wallet = common::mint::fresh_wallet(&mint.url).await;
+    let mut redeemed = 0;
+    for t in std::fs::read_to_string(&tokens).unwrap().lines() {
+        redeemed += u64::from(
+            wallet
+                .receive(t, cdk::wallet::ReceiveOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(redeemed, earned);
+    let left = host.sh(
+        "test -e /etc/paygress || test -e /var/lib/paygress || test -e /usr/local/bin/paygress-cli \
+         || test -e /etc/systemd/system/paygress-provider.service || id -u paygress || pgrep -u paygress",
+    );
+    assert!(
+        !left.status.success(),
+        "{}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+            || common::ssh::ssh_password(port, "alice", "alice-Pw-5521", "true")
+                .await
+                .is_err(),
+        "the workload outlived the reset"
+    );
+
+    // Nothing secret was ever on a command line of the host.
+    stop.store(true, Ordering::Relaxed);
+    let seen = ps.join().unwrap();
+    assert!(seen.lines().count() > 20, "ps saw too little: {seen}");
+    assert!(!seen.contains(OPERATOR_PASSWORD), "password in ps");
+    assert!(!seen.contains("alice-Pw-5521"), "buyer password in ps");
+    assert!(!seen.contains("nsec1"), "nsec in ps");
+    assert!(!seen.contains("cashu"), "token in ps");
+    assert!(
+        seen.contains("paygress-cli provider start"),
+        "ps missed the service: {seen}"
+    );
+    let all_output = text(&o);
+    assert!(!all_output.contains(OPERATOR_PASSWORD));
+}
