@@ -546,3 +546,207 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     let all_output = text(&o);
     assert!(!all_output.contains(OPERATOR_PASSWORD));
 }
+
+#[tokio::test]
+async fn every_help_and_usage_error() {
+    let home = tempfile::tempdir().unwrap();
+    for (args, wants) in [
+        (
+            vec!["bootstrap", "--help"],
+            vec![
+                "--host",
+                "--user",
+                "--port",
+                "--key",
+                "--password-stdin",
+                "--sudo-password-stdin",
+                "--host-key",
+                "--known-hosts",
+                "--yes",
+                "--name",
+                "--location",
+                "--backend",
+                "--mints",
+                "--relays",
+                "--tier-file",
+                "--ssh-host",
+                "--ssh-ports",
+                "--dry-run",
+            ],
+        ),
+        (vec!["system", "--help"], vec!["reset"]),
+        (
+            vec!["system", "reset", "--help"],
+            vec![
+                "--host",
+                "--withdraw-to",
+                "--uninstall-backend",
+                "--dry-run",
+                "--yes",
+                "--host-key",
+            ],
+        ),
+        (
+            vec!["provider", "--help"],
+            vec!["start", "identity", "remove-workloads"],
+        ),
+        (vec!["provider", "identity", "--help"], vec!["--config"]),
+        (
+            vec!["provider", "remove-workloads", "--help"],
+            vec!["--config"],
+        ),
+        (
+            vec!["wallet", "withdraw", "--help"],
+            vec!["--amount", "--all", "--mint"],
+        ),
+        (vec!["--help"], vec!["bootstrap", "system"]),
+    ] {
+        let o = cli(&args, "", home.path()).await;
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        for w in wants {
+            assert!(text(&o).contains(w), "{args:?} lacks {w}: {}", text(&o));
+        }
+    }
+    let base = [
+        "bootstrap",
+        "--host",
+        "127.0.0.1",
+        "--name",
+        "n",
+        "--mints",
+        "http://127.0.0.1:1",
+        "--relays",
+        "ws://127.0.0.1:2",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let existing = home.path().join("exists");
+    std::fs::write(&existing, "x").unwrap();
+    let existing = Box::leak(existing.to_str().unwrap().to_string().into_boxed_str());
+    let tiers = home.path().join("tiers.toml");
+    std::fs::write(&tiers, "[[tiers]]\nid = \"x\"\n").unwrap();
+    let tiers = Box::leak(tiers.to_str().unwrap().to_string().into_boxed_str());
+    for (args, says) in [
+        (vec!["bootstrap"], "--host"),
+        (
+            vec![
+                "bootstrap",
+                "--host",
+                "h",
+                "--mints",
+                "http://m",
+                "--relays",
+                "ws://r",
+            ],
+            "--name",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--host",
+                "h",
+                "--name",
+                "n",
+                "--relays",
+                "ws://r",
+            ],
+            "--mints",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--host",
+                "h",
+                "--name",
+                "n",
+                "--mints",
+                "http://m",
+            ],
+            "--relays",
+        ),
+        (with(&["--ssh-ports", "9-1"]), "START"),
+        (with(&["--ssh-ports", "x"]), "START-END"),
+        (with(&["--port", "70000"]), "--port"),
+        (with(&["--backend", "kubernetes"]), "--backend"),
+        (
+            with(&["--key", "/k", "--password-stdin"]),
+            "cannot be used with",
+        ),
+        (
+            with(&["--password-stdin", "--sudo-password-stdin"]),
+            "cannot be used with",
+        ),
+        (with(&["--host-key", "MD5:xx"]), "--host-key must be SHA256"),
+        (
+            with(&["--tier-file", "/nonexistent/tiers.toml"]),
+            "tiers.toml",
+        ),
+        (with(&["--tier-file", tiers]), "tiers.toml"),
+        (
+            with(&["--mints", "not a url", "--dry-run"]),
+            "refused by the provider",
+        ),
+        (vec!["system"], "reset"),
+        (vec!["system", "reset"], "--host"),
+        (
+            vec!["system", "reset", "--host", "h", "--withdraw-to", existing],
+            "exists",
+        ),
+        (
+            vec![
+                "system",
+                "reset",
+                "--host",
+                "h",
+                "--uninstall-backend",
+                "k8s",
+            ],
+            "--uninstall-backend",
+        ),
+        (vec!["wallet", "withdraw", "--config", "/x"], "--amount"),
+        (
+            vec![
+                "wallet", "withdraw", "--config", "/x", "--amount", "1", "--all",
+            ],
+            "cannot be used with",
+        ),
+        (vec!["provider", "identity"], "--config FILE"),
+    ] {
+        let o = cli(&args, "", home.path()).await;
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(says),
+            "{args:?} should say {says}: {}",
+            text(&o)
+        );
+    }
+    // A dry run connects to nothing and prints every step.
+    let o = cli(&with(&["--dry-run", "--backend", "lxd"]), "", home.path()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    for step in [
+        "lxd",
+        "base-image",
+        "user",
+        "binary",
+        "data-dir",
+        "config",
+        "identity",
+        "unit",
+        "service",
+    ] {
+        assert!(
+            text(&o).contains(&format!("] {step}: ")),
+            "{step}: {}",
+            text(&o)
+        );
+    }
+    let o = cli(
+        &["system", "reset", "--host", "h", "--dry-run"],
+        "",
+        home.path(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("] files: "), "{}", text(&o));
+}

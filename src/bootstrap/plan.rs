@@ -143,11 +143,15 @@ pub fn bootstrap_steps(
     steps.push(
         Step::new(
             "binary",
-            format!(
-                "upload paygress-cli ({} MB, sha256 {}) to /usr/local/bin",
-                size / 1_000_000,
-                &sha256[..sha256.len().min(16)]
-            ),
+            match size {
+                0 => "upload this paygress-cli to /usr/local/bin (sha256 checked on both ends)"
+                    .into(),
+                _ => format!(
+                    "upload paygress-cli ({} MB, sha256 {}) to /usr/local/bin",
+                    size / 1_000_000,
+                    &sha256[..sha256.len().min(16)]
+                ),
+            },
         )
         .check(
             BINARY_CHECK,
