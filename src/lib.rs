@@ -35,6 +35,7 @@ pub mod provider;
 pub mod relay;
 pub mod secret;
 pub mod settlement;
+pub mod status;
 pub mod store;
 pub mod tls_pin;
 pub mod validate;

@@ -251,7 +251,7 @@ async fn offer_since(relay: &str, npub: &str, since: u64) -> bool {
 fn fingerprint(host: &Host) -> String {
     host.sh_ok(
         "stat -c %n:%Y:%a:%U /usr/local/bin/paygress-cli /etc/paygress/paygress.toml \
-         /etc/systemd/system/paygress-provider.service /var/lib/paygress /var/lib/paygress/nostr.key; \
+         /etc/systemd/system/paygress-provider.service /var/lib/paygress/nostr.key; \
          systemctl show -p MainPID -p ActiveEnterTimestampMonotonic paygress-provider",
     )
 }
@@ -388,8 +388,26 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         host.sh_ok("systemctl is-active paygress-provider").trim(),
         "active"
     );
+    // The new process says (in its status file) that a relay accepted its offer; that offer is
+    // on the relay, and its marketplace door is listening.
+    let mut started = 0;
+    for _ in 0..120 {
+        let pid = host.sh_ok("systemctl show -p MainPID --value paygress-provider");
+        let st = host.sh("cat /var/lib/paygress/status.json");
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&st.stdout) {
+            if v["pid"].to_string() == pid.trim() && v["last_heartbeat_at"].as_u64().is_some() {
+                started = v["started_at"].as_u64().unwrap();
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(
-        offer_since(&relay.url(), &npub, before_restart).await,
+        started >= before_restart,
+        "the restarted provider never published"
+    );
+    assert!(
+        offer_since(&relay.url(), &npub, started).await,
         "no offer after the restart"
     );
 
@@ -436,6 +454,57 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         .await
         .expect("ssh into the bought workload");
     assert_eq!(who.trim(), "alice");
+
+    // provider status over SSH: what the running provider knows, and its earnings.
+    let status_args = [
+        "provider",
+        "status",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &ssh_port,
+        "--user",
+        OPERATOR,
+        "--password-stdin",
+        "--host-key",
+        &host_key,
+    ];
+    let mut st = serde_json::Value::Null;
+    for _ in 0..40 {
+        let mut a = status_args.to_vec();
+        a.push("--json");
+        let o = cli(&a, &pw, home.path()).await;
+        assert!(o.status.success(), "status: {}", text(&o));
+        st = serde_json::from_slice(&o.stdout).unwrap();
+        // Both relay doors are open (ContextVM's self-check may take a while).
+        if st["status"]["doors"].to_string().contains("contextvm") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(st["running"], true, "{st}");
+    assert_eq!(st["status"]["npub"], npub.as_str(), "{st}");
+    assert_eq!(st["status"]["live_workloads"], 1, "{st}");
+    assert_eq!(st["earnings_total_sats"], 120, "{st}");
+    assert!(st["status"]["last_heartbeat_at"].as_u64().is_some(), "{st}");
+    let doors = st["status"]["doors"].to_string();
+    assert!(
+        doors.contains("marketplace") && doors.contains("contextvm"),
+        "{st}"
+    );
+    assert_eq!(st["status"]["relays"][0]["connected"], true, "{st}");
+    let o = cli(&status_args, &pw, home.path()).await;
+    let table = text(&o);
+    assert!(o.status.success(), "{table}");
+    for w in [
+        "running (pid",
+        "marketplace",
+        "connected",
+        "120 sat at",
+        "1 live",
+    ] {
+        assert!(table.contains(w), "{w}: {table}");
+    }
 
     // A second run changes nothing: every step unchanged, no file rewritten, no restart.
     let before = fingerprint(&host);

@@ -18,9 +18,6 @@ use sha2::{Digest, Sha256};
 /// How to reach and log in to the host (shared with `system reset`).
 #[derive(Debug, Args)]
 pub struct SshArgs {
-    /// The host's address or name.
-    #[arg(long, value_name = "HOST")]
-    pub host: String,
     /// User to log in as: root, or a user that may run sudo.
     #[arg(long, value_name = "USER", default_value = "root")]
     pub user: String,
@@ -51,7 +48,7 @@ pub struct SshArgs {
 
 impl SshArgs {
     /// The connection options, reading a password from stdin if asked to.
-    pub fn connect_options(&self) -> Result<ConnectOptions, String> {
+    pub fn connect_options(&self, host: &str) -> Result<ConnectOptions, String> {
         if let Some(pin) = &self.host_key {
             if !pin.starts_with("SHA256:") || pin.len() < 20 {
                 return Err("--host-key must be SHA256:… as ssh-keygen -lf prints it".into());
@@ -76,10 +73,8 @@ impl SshArgs {
                 Auth::Password(tty::stdin_line().ok_or("no password on standard input")?),
                 None,
             ),
-            (None, false) => match tty::ask_secret(&format!(
-                "{}@{}'s password: ",
-                self.user, self.host
-            )) {
+            (None, false) => match tty::ask_secret(&format!("{}@{}'s password: ", self.user, host))
+            {
                 Some(p) => (Auth::Password(p), None),
                 None => return Err(
                     "no way to log in: pass --key FILE or --password-stdin (no terminal to ask on)"
@@ -88,7 +83,7 @@ impl SshArgs {
             },
         };
         Ok(ConnectOptions {
-            host: self.host.clone(),
+            host: host.to_string(),
             port: self.port,
             user: self.user.clone(),
             auth,
@@ -105,6 +100,9 @@ impl SshArgs {
 
 #[derive(Debug, Args)]
 pub struct BootstrapArgs {
+    /// The host's address or name.
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
     #[command(flatten)]
     pub ssh: SshArgs,
     /// The provider's name in its offer.
@@ -176,7 +174,7 @@ pub async fn run(a: BootstrapArgs) -> i32 {
         mints: a.mints.clone(),
         relays: a.relays.clone(),
         tiers,
-        ssh_host: a.ssh_host.clone().unwrap_or_else(|| a.ssh.host.clone()),
+        ssh_host: a.ssh_host.clone().unwrap_or_else(|| a.host.clone()),
         ports: a.ssh_ports,
     };
     let toml = match s.to_toml() {
@@ -190,7 +188,7 @@ pub async fn run(a: BootstrapArgs) -> i32 {
         let steps = plan::bootstrap_steps(a.backend, &toml, Vec::new(), "(checksum)");
         println!(
             "bootstrap: would connect to {}@{}:{}, check the host key, and run as root:",
-            a.ssh.user, a.ssh.host, a.ssh.port
+            a.ssh.user, a.host, a.ssh.port
         );
         steps::print_plan("bootstrap", &steps);
         println!(
@@ -207,7 +205,7 @@ pub async fn run(a: BootstrapArgs) -> i32 {
         }
     };
     let sha256 = hex::encode(Sha256::digest(&binary));
-    let opts = match a.ssh.connect_options() {
+    let opts = match a.ssh.connect_options(&a.host) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("paygress-cli: {e}");
@@ -223,7 +221,7 @@ pub async fn run(a: BootstrapArgs) -> i32 {
     };
     println!(
         "bootstrap: connected to {}:{} (host key {})",
-        a.ssh.host, a.ssh.port, remote.host_key
+        a.host, a.ssh.port, remote.host_key
     );
     let code = bootstrap_on(&remote, &a, &toml, binary, &sha256, &s).await;
     remote.close().await;

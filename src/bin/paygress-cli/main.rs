@@ -16,6 +16,7 @@ mod market;
 mod mcp;
 mod provider;
 mod server;
+mod status;
 mod system;
 mod wallet;
 

@@ -31,6 +31,9 @@ pub enum ProviderCommand {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// What the provider is doing: doors open, relays connected, last heartbeat accepted, live
+    /// workloads, earnings per mint; here (--config) or on a bootstrapped host (--host).
+    Status(crate::status::StatusArgs),
     /// Remove every workload this provider made on its backend (only those carrying its own
     /// marks), with the provider stopped. `system reset` runs it on the host.
     RemoveWorkloads {
@@ -47,6 +50,7 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
             embedded_relay,
         } => start(config, embedded_relay).await,
         ProviderCommand::Identity { config } => identity(config),
+        ProviderCommand::Status(a) => crate::status::run(a).await,
         ProviderCommand::RemoveWorkloads { config } => remove_workloads(config).await,
     }
 }
@@ -138,6 +142,11 @@ async fn start(config: Option<PathBuf>, embedded_relay: Option<SocketAddr>) -> i
     let shutdown = CancellationToken::new();
     let reaper = provider.start_reaper(shutdown.clone());
     let cfg = provider.config().clone();
+    paygress::status::init(
+        &cfg.provider.data_dir,
+        &provider.npub(),
+        cfg.nostr.heartbeat_seconds,
+    );
     let mut tasks = Vec::new();
     if cfg.nostr.marketplace {
         let heartbeat = Duration::from_secs(cfg.nostr.heartbeat_seconds);
@@ -159,6 +168,7 @@ async fn start(config: Option<PathBuf>, embedded_relay: Option<SocketAddr>) -> i
     if cfg.nostr.contextvm {
         match app::start_contextvm(&provider, &[], shutdown.clone()).await {
             Ok(t) => tasks.push(tokio::spawn(async move {
+                paygress::status::door_open("contextvm");
                 match t.await {
                     Ok(r) => r.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
@@ -187,6 +197,7 @@ async fn start(config: Option<PathBuf>, embedded_relay: Option<SocketAddr>) -> i
         match paygress::doors::http::start(provider.clone(), addr, opts, shutdown.clone()).await {
             Ok((bound, task)) => {
                 eprintln!("paygress: HTTP door at http://{bound}");
+                paygress::status::door_open(format!("http {bound}"));
                 tasks.push(tokio::spawn(async move {
                     task.await.map_err(|e| e.to_string())
                 }));
@@ -215,5 +226,6 @@ async fn start(config: Option<PathBuf>, embedded_relay: Option<SocketAddr>) -> i
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = reaper.await;
+    paygress::status::stopped();
     code
 }

@@ -28,6 +28,9 @@ pub enum SystemCommand {
 
 #[derive(Debug, Args)]
 pub struct ResetArgs {
+    /// The host's address or name.
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
     #[command(flatten)]
     pub ssh: SshArgs,
     /// Withdraw every earnings balance first and write the Cashu tokens to FILE (a new file,
@@ -49,7 +52,7 @@ pub async fn run(cmd: SystemCommand) -> i32 {
     if a.dry_run {
         println!(
             "reset: would connect to {}@{}:{}, read the earnings (refusing with a balance unless --withdraw-to), then run as root:",
-            a.ssh.user, a.ssh.host, a.ssh.port
+            a.ssh.user, a.host, a.ssh.port
         );
         steps::print_plan("reset", &list);
         return 0;
@@ -63,7 +66,7 @@ pub async fn run(cmd: SystemCommand) -> i32 {
             return exit::USAGE;
         }
     }
-    let opts = match a.ssh.connect_options() {
+    let opts = match a.ssh.connect_options(&a.host) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("paygress-cli: {e}");
@@ -144,7 +147,7 @@ async fn reset_on(remote: &Remote, a: &ResetArgs, list: &[steps::Step]) -> i32 {
     }
     match steps::run("reset", remote, list).await {
         Ok(_) => {
-            println!("reset: Paygress is removed from {}", a.ssh.host);
+            println!("reset: Paygress is removed from {}", a.host);
             0
         }
         Err(e) => {
