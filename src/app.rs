@@ -123,12 +123,13 @@ pub async fn remove_own_workloads(cfg: &Config) -> Result<usize, StartError> {
     let _lock = Provider::lock_data_dir(cfg).map_err(StartError::Provider)?;
     let store = crate::store::Store::open(&cfg.data_path("paygress.sqlite3"))
         .map_err(|e| StartError::Provider(e.into()))?;
-    let provider_id = store
-        .meta_or_init("provider_id", || String::new())
-        .map_err(|e| StartError::Provider(e.into()))?;
-    if provider_id.is_empty() {
+    // A provider that never started made nothing (and gets no id here: its first start does).
+    let Some(provider_id) = store
+        .meta("provider_id")
+        .map_err(|e| StartError::Provider(e.into()))?
+    else {
         return Ok(0);
-    }
+    };
     let backend = backend::from_config(cfg)
         .await
         .map_err(StartError::Backend)?;

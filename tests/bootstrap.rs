@@ -395,7 +395,9 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         let pid = host.sh_ok("systemctl show -p MainPID --value paygress-provider");
         let st = host.sh("cat /var/lib/paygress/status.json");
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&st.stdout) {
-            if v["pid"].to_string() == pid.trim() && v["last_heartbeat_at"].as_u64().is_some() {
+            if v["pid"].as_u64().map(|p| p.to_string()).as_deref() == Some(pid.trim())
+                && v["last_heartbeat_at"].as_u64().is_some()
+            {
                 started = v["started_at"].as_u64().unwrap();
                 break;
             }
@@ -661,6 +663,16 @@ async fn every_help_and_usage_error() {
         ),
         (vec!["provider", "identity", "--help"], vec!["--config"]),
         (
+            vec!["provider", "status", "--help"],
+            vec![
+                "--config",
+                "--host",
+                "--json",
+                "--host-key",
+                "--password-stdin",
+            ],
+        ),
+        (
             vec!["provider", "remove-workloads", "--help"],
             vec!["--config"],
         ),
@@ -781,6 +793,11 @@ async fn every_help_and_usage_error() {
             "cannot be used with",
         ),
         (vec!["provider", "identity"], "--config FILE"),
+        (vec!["provider", "status"], "--config FILE"),
+        (
+            vec!["provider", "status", "--config", "/x", "--host", "h"],
+            "cannot be used with",
+        ),
     ] {
         let o = cli(&args, "", home.path()).await;
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
