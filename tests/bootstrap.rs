@@ -339,6 +339,18 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     assert!(text(&o).contains("not the pinned"), "{}", text(&o));
     assert!(!host.sh("test -e /etc/paygress").status.success());
 
+    // A step that fails names itself, and the run is simply redone: here the host has no
+    // package source for a moment.
+    host.sh_ok(
+        "mv /etc/apt/sources.list.d/paygress-test.list /root/ && rm -rf /var/lib/apt/lists/*",
+    );
+    let o = cli(&argv, &pw, home.path()).await;
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("packages: FAILED"), "{}", text(&o));
+    assert!(text(&o).contains("step packages failed"), "{}", text(&o));
+    assert!(!host.sh("test -e /etc/paygress").status.success());
+    host.sh_ok("mv /root/paygress-test.list /etc/apt/sources.list.d/ && apt-get update -qq >/dev/null 2>&1");
+
     // First run: every step does its work, the service runs, the offer is on the relay.
     let o = cli(&argv, &pw, home.path()).await;
     let out = text(&o);
