@@ -894,10 +894,20 @@ async fn lxd_backend_installs_and_initialises_inside() {
         ]);
     }
     let home = tempfile::tempdir().unwrap();
-    let host_key = host.host_key();
     let ssh_port = host.ssh_port.to_string();
     let pw = format!("{OPERATOR_PASSWORD}\n");
-    let args = [
+    // This time: a key login, sudo's password on stdin, and the host key learnt on first
+    // contact (--yes) into a known_hosts file, then checked against it.
+    let (key, public) = common::ssh::keygen(home.path());
+    host.sh_stdin(
+        "install -d -o op -g op -m 0700 /home/op/.ssh && cat >/home/op/.ssh/authorized_keys \
+         && chown op:op /home/op/.ssh/authorized_keys",
+        &format!("{public}\n"),
+    );
+    let kh = home.path().join("known_hosts");
+    let (key, kh) = (key.to_str().unwrap(), kh.to_str().unwrap());
+    let (mint_url, relay_url) = (mint.url.clone(), relay.url());
+    let mut args = vec![
         "bootstrap",
         "--host",
         "127.0.0.1",
@@ -905,21 +915,29 @@ async fn lxd_backend_installs_and_initialises_inside() {
         &ssh_port,
         "--user",
         OPERATOR,
-        "--password-stdin",
-        "--host-key",
-        &host_key,
+        "--key",
+        key,
+        "--sudo-password-stdin",
+        "--known-hosts",
+        kh,
         "--name",
         "LXD test node",
         "--backend",
         "lxd",
         "--mints",
-        &mint.url,
+        &mint_url,
         "--relays",
-        &relay.url(),
+        &relay_url,
         "--ssh-host",
         "127.0.0.1",
     ];
+    // Unknown host, no --yes, no terminal to ask on: refused before anything is sent.
     let o = cli(&args, &pw, home.path()).await;
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("is not in"), "{}", text(&o));
+    let mut first = args.clone();
+    first.push("--yes");
+    let o = cli(&first, &pw, home.path()).await;
     let out = text(&o);
     assert!(o.status.success(), "bootstrap --backend lxd: {out}");
     for step in [
@@ -952,30 +970,40 @@ async fn lxd_backend_installs_and_initialises_inside() {
         String::from_utf8_lossy(&nested.stdout)
     );
     // Rerun: nothing to do.
+    assert!(out.contains(&host.host_key()), "{out}");
+    args.retain(|a| *a != "--yes");
     let o = cli(&args, &pw, home.path()).await;
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(text(&o).matches(": unchanged").count(), 9, "{}", text(&o));
 
-    let o = cli(
-        &[
-            "system",
-            "reset",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &ssh_port,
-            "--user",
-            OPERATOR,
-            "--password-stdin",
-            "--host-key",
-            &host_key,
-            "--uninstall-backend",
-            "lxd",
-        ],
-        &pw,
-        home.path(),
-    )
-    .await;
+    // A known_hosts naming another key for this host: refused.
+    let other = tempfile::tempdir().unwrap();
+    let (_, other_public) = common::ssh::keygen(other.path());
+    let bad_kh = home.path().join("known_hosts.changed");
+    std::fs::write(&bad_kh, format!("[127.0.0.1]:{ssh_port} {other_public}\n")).unwrap();
+    let mut reset = vec![
+        "system",
+        "reset",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &ssh_port,
+        "--user",
+        OPERATOR,
+        "--key",
+        key,
+        "--sudo-password-stdin",
+        "--uninstall-backend",
+        "lxd",
+        "--known-hosts",
+    ];
+    let mut changed = reset.clone();
+    changed.push(bad_kh.to_str().unwrap());
+    let o = cli(&changed, &pw, home.path()).await;
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("differs from the one in"), "{}", text(&o));
+    reset.push(kh);
+    let o = cli(&reset, &pw, home.path()).await;
     assert!(o.status.success(), "reset: {}", text(&o));
     assert!(
         text(&o).contains("earnings on the host: 0 sat"),
