@@ -1020,3 +1020,104 @@ async fn lxd_backend_installs_and_initialises_inside() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+/// On a terminal the operator is asked: whether to trust an unknown host key (its fingerprint
+/// shown), then for sudo's password, read with echo off. A real tmux pane, a `system reset` of a
+/// host without Paygress (it connects, becomes root, finds nothing to remove).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_it_asks_about_the_host_key_and_for_the_sudo_password() {
+    let host = launch_host();
+    let home = tempfile::tempdir().unwrap();
+    let (key, public) = common::ssh::keygen(home.path());
+    host.sh_stdin(
+        "install -d -o op -g op -m 0700 /home/op/.ssh && cat >/home/op/.ssh/authorized_keys \
+         && chown op:op /home/op/.ssh/authorized_keys",
+        &format!("{public}\n"),
+    );
+    let kh = home.path().join("known_hosts");
+    let socket = format!("paygress-bootstrap-test-{}", std::process::id());
+    let tmux = |args: Vec<String>| {
+        let socket = socket.clone();
+        async move {
+            tokio::process::Command::new("tmux")
+                .arg("-L")
+                .arg(&socket)
+                .args(&args)
+                .output()
+                .await
+                .expect("tmux is not installed: run tools/test.sh (it installs tmux)")
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    // The program and its arguments reach tmux as one argv each (no shell line is built).
+    let port = host.ssh_port.to_string();
+    let out = tmux(s(&[
+        "start-server",
+        ";",
+        "set-option",
+        "-g",
+        "remain-on-exit",
+        "on",
+        ";",
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "-e",
+        &format!("HOME={}", home.path().display()),
+        "--",
+        CLI,
+        "system",
+        "reset",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--user",
+        OPERATOR,
+        "--key",
+        key.to_str().unwrap(),
+        "--known-hosts",
+        kh.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = |want: &'static str| {
+        let tmux = &tmux;
+        async move {
+            let mut last = String::new();
+            for _ in 0..300 {
+                let o = tmux(s(&["capture-pane", "-p", "-J", "-S", "-", "-t", "0"])).await;
+                last = String::from_utf8_lossy(&o.stdout).into_owned();
+                if last.contains(want) {
+                    return last;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = tmux(s(&["kill-server"])).await;
+            panic!("the screen never showed {want:?}: {last}");
+        }
+    };
+    let fp = host.host_key();
+    let shown = screen("Trust it? [y/N]").await;
+    assert!(shown.contains(&fp), "{shown}");
+    tmux(s(&["send-keys", "-t", "0", "y", "Enter"])).await;
+    screen("[sudo] password for op:").await;
+    tmux(s(&["send-keys", "-t", "0", "-l", OPERATOR_PASSWORD])).await;
+    tmux(s(&["send-keys", "-t", "0", "Enter"])).await;
+    let done = screen("Paygress is removed from").await;
+    let _ = tmux(s(&["kill-server"])).await;
+    assert!(
+        !done.contains(OPERATOR_PASSWORD),
+        "the password was echoed: {done}"
+    );
+    assert!(done.contains("earnings on the host: 0 sat"), "{done}");
+    let learnt = std::fs::read_to_string(&kh).unwrap();
+    assert!(learnt.contains(&format!("[127.0.0.1]:{port} ")), "{learnt}");
+}
