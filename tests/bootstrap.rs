@@ -290,6 +290,16 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     let host_key = host.host_key();
     let ssh_port = host.ssh_port.to_string();
     let range = format!("{}-{}", ports.0, ports.1);
+    let tier_file = home.path().join("tiers.toml");
+    std::fs::write(
+        &tier_file,
+        "[[tiers]]\nid = \"basic\"\nname = \"Basic\"\ndescription = \"1 vCPU, 512 MiB\"\n\
+         cpu_millicores = 1000\nmemory_mb = 512\nrate_msats_per_sec = 100\n\n\
+         [[tiers]]\nid = \"large\"\nname = \"Large\"\ndescription = \"2 vCPU, 2 GiB\"\n\
+         cpu_millicores = 2000\nmemory_mb = 2048\nrate_msats_per_sec = 300\n",
+    )
+    .unwrap();
+    let tier_file = tier_file.to_str().unwrap().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let ps = watch_ps(&host.name, stop.clone());
     let bootstrap_args = |host_key: &str| -> Vec<String> {
@@ -320,6 +330,8 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
             "127.0.0.1",
             "--ssh-ports",
             &range,
+            "--tier-file",
+            &tier_file,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -367,7 +379,8 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         .trim()
         .to_string();
     assert!(out.contains("journalctl -u paygress-provider -f"), "{out}");
-    assert!(out.contains("basic"), "{out}");
+    assert!(out.contains("basic") && out.contains("large"), "{out}");
+    assert!(out.contains("300 msat/s"), "{out}");
     assert_eq!(
         host.sh_ok("systemctl is-active paygress-provider").trim(),
         "active"

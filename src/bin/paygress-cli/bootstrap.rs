@@ -281,8 +281,9 @@ async fn bootstrap_on(
             return exit::PROVIDER;
         }
     };
-    match wait_for_offer(&npub, &a.relays, Duration::from_secs(a.offer_timeout)).await {
-        Ok(()) => {}
+    let wait = Duration::from_secs(a.offer_timeout);
+    let offer = match wait_for_offer(&npub, &a.relays, &s.tiers, wait).await {
+        Ok(o) => o,
         Err(e) => {
             eprintln!(
                 "paygress-cli: bootstrap: the service runs but {e}; see: journalctl -u {} -e",
@@ -290,11 +291,14 @@ async fn bootstrap_on(
             );
             return exit::PROVIDER;
         }
-    }
-    println!("bootstrap: the offer is on the relays");
+    };
+    println!(
+        "bootstrap: the offer is on the relays ({}, {}, backend {})",
+        offer.offers.provider.name, offer.offers.provider.location, offer.offers.backend
+    );
     println!("provider npub: {npub}");
     println!("tiers:");
-    for t in &s.tiers {
+    for t in &offer.offers.pod_specs {
         println!(
             "  {:<12} {:<20} {} mcpu, {} MB, {} msat/s",
             t.id, t.name, t.cpu_millicores, t.memory_mb, t.rate_msats_per_sec
@@ -304,8 +308,14 @@ async fn bootstrap_on(
     0
 }
 
-/// Wait until an offer by `npub` is on any of `relays`.
-async fn wait_for_offer(npub: &str, relays: &[String], timeout: Duration) -> Result<(), String> {
+/// Wait until an offer by `npub` selling exactly `tiers` (the config just written, not an
+/// older one) is on any of `relays`.
+async fn wait_for_offer(
+    npub: &str,
+    relays: &[String],
+    tiers: &[paygress::config::Tier],
+    timeout: Duration,
+) -> Result<paygress::market::ListedOffer, String> {
     let pk = PublicKey::from_bech32(npub).map_err(|_| "the host printed no valid npub")?;
     let client = Client::builder().signer(Keys::generate()).build();
     for r in relays {
@@ -322,20 +332,25 @@ async fn wait_for_offer(npub: &str, relays: &[String], timeout: Duration) -> Res
             .fetch_events(filter.clone(), Duration::from_secs(3))
             .await
         {
-            if !ev.is_empty() {
-                break true;
+            if let Some(o) = ev
+                .iter()
+                .filter_map(paygress::market::ListedOffer::parse)
+                .filter(|o| o.offers.pod_specs == tiers)
+                .max_by_key(|o| o.published_at)
+            {
+                break Some(o);
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            break false;
+            break None;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     client.shutdown().await;
     match found {
-        true => Ok(()),
-        false => Err(format!(
-            "no offer by {npub} appeared on the relays within {} s",
+        Some(o) => Ok(o),
+        None => Err(format!(
+            "no offer by {npub} with the configured tiers appeared on the relays within {} s",
             timeout.as_secs()
         )),
     }
