@@ -381,6 +381,10 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     assert!(out.contains("journalctl -u paygress-provider -f"), "{out}");
     assert!(out.contains("basic") && out.contains("large"), "{out}");
     assert!(out.contains("300 msat/s"), "{out}");
+    assert!(
+        !out.contains(OPERATOR_PASSWORD) && !out.contains("nsec1"),
+        "{out}"
+    );
     assert_eq!(
         host.sh_ok("systemctl is-active paygress-provider").trim(),
         "active"
@@ -668,6 +672,7 @@ async fn every_help_and_usage_error() {
                 "--ssh-host",
                 "--ssh-ports",
                 "--dry-run",
+                "--sell-sandbox-to-strangers",
             ],
         ),
         (vec!["system", "--help"], vec!["reset"]),
@@ -772,6 +777,10 @@ async fn every_help_and_usage_error() {
             "--relays",
         ),
         (with(&["--ssh-ports", "9-1"]), "START"),
+        (
+            with(&["--sell-sandbox-to-strangers"]),
+            "for --backend sandbox",
+        ),
         (with(&["--ssh-ports", "x"]), "START-END"),
         (with(&["--port", "70000"]), "--port"),
         (with(&["--backend", "kubernetes"]), "--backend"),

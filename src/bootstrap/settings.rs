@@ -45,6 +45,10 @@ pub struct Settings {
     /// The address buyers SSH to.
     pub ssh_host: String,
     pub ports: (u16, u16),
+    /// Sandbox only: serve the workloads' SSH on every address (`0.0.0.0`) and say in the
+    /// config that selling the sandbox's weaker isolation to strangers is the operator's choice
+    /// (`backend.sandbox.sell_to_strangers`). Otherwise it listens on 127.0.0.1 only.
+    pub sandbox_public: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,15 @@ impl Settings {
                 ]),
             ));
         }
+        if self.backend == HostBackend::Sandbox && self.sandbox_public {
+            backend.push((
+                "sandbox",
+                table(vec![
+                    ("listen_address", s("0.0.0.0")),
+                    ("sell_to_strangers", toml::Value::Boolean(true)),
+                ]),
+            ));
+        }
         let tiers = toml::Value::try_from(&self.tiers)
             .map_err(|e| SettingsError::Invalid(e.to_string()))?;
         let doc = table(vec![
@@ -174,6 +187,7 @@ mod tests {
             tiers: default_tiers(),
             ssh_host: "203.0.113.7".into(),
             ports: (30000, 30009),
+            sandbox_public: false,
         }
     }
 
@@ -186,6 +200,19 @@ mod tests {
         assert_eq!(cfg.tiers.len(), 2);
         assert_eq!(cfg.provider.ssh_port_range_end, 30009);
         assert!(cfg.nostr.private_key.is_none());
+    }
+
+    #[test]
+    fn a_public_sandbox_is_an_explicit_choice() {
+        let text = settings().to_toml().unwrap();
+        let cfg = Config::from_toml_with_env(&text, &BTreeMap::new()).unwrap();
+        assert_eq!(cfg.backend.sandbox.listen_address, "127.0.0.1");
+        assert!(!cfg.backend.sandbox.sell_to_strangers);
+        let mut s = settings();
+        s.sandbox_public = true;
+        let cfg = Config::from_toml_with_env(&s.to_toml().unwrap(), &BTreeMap::new()).unwrap();
+        assert_eq!(cfg.backend.sandbox.listen_address, "0.0.0.0");
+        assert!(cfg.backend.sandbox.sell_to_strangers);
     }
 
     #[test]

@@ -130,6 +130,11 @@ pub struct BootstrapArgs {
     /// Host ports for the workloads' SSH, START-END.
     #[arg(long, value_name = "START-END", default_value = "30000-30999", value_parser = parse_range)]
     pub ssh_ports: (u16, u16),
+    /// --backend sandbox: serve the workloads' SSH on every address of the host (0.0.0.0) and
+    /// write down in the config that the sandbox's weaker isolation is sold to strangers.
+    /// Without it the sandbox serves 127.0.0.1 only.
+    #[arg(long)]
+    pub sell_sandbox_to_strangers: bool,
     /// Print the steps without connecting or changing anything.
     #[arg(long)]
     pub dry_run: bool,
@@ -176,7 +181,12 @@ pub async fn run(a: BootstrapArgs) -> i32 {
         tiers,
         ssh_host: a.ssh_host.clone().unwrap_or_else(|| a.host.clone()),
         ports: a.ssh_ports,
+        sandbox_public: a.sell_sandbox_to_strangers,
     };
+    if a.sell_sandbox_to_strangers && a.backend != HostBackend::Sandbox {
+        eprintln!("paygress-cli: --sell-sandbox-to-strangers is for --backend sandbox");
+        return exit::USAGE;
+    }
     let toml = match s.to_toml() {
         Ok(t) => t,
         Err(e) => {
