@@ -673,6 +673,8 @@ async fn every_help_and_usage_error() {
                 "--ssh-ports",
                 "--dry-run",
                 "--sell-sandbox-to-strangers",
+                "--lxd-bridge-addr",
+                "--lxd-workload-bridge-addr",
             ],
         ),
         (vec!["system", "--help"], vec!["reset"]),
@@ -781,6 +783,8 @@ async fn every_help_and_usage_error() {
             with(&["--sell-sandbox-to-strangers"]),
             "for --backend sandbox",
         ),
+        (with(&["--lxd-bridge-addr", "10.0.0.1"]), "a.b.c.d/n"),
+        (with(&["--lxd-workload-bridge-addr", "$(id)/24"]), "IPv4"),
         (with(&["--ssh-ports", "x"]), "START-END"),
         (with(&["--port", "70000"]), "--port"),
         (with(&["--backend", "kubernetes"]), "--backend"),
@@ -952,6 +956,10 @@ async fn lxd_backend_installs_and_initialises_inside() {
         &relay_url,
         "--ssh-host",
         "127.0.0.1",
+        "--lxd-bridge-addr",
+        "10.99.0.1/24",
+        "--lxd-workload-bridge-addr",
+        "10.98.0.1/24",
     ];
     // Unknown host, no --yes, no terminal to ask on: refused before anything is sent.
     let o = cli(&args, &pw, home.path()).await;
@@ -984,6 +992,10 @@ async fn lxd_backend_installs_and_initialises_inside() {
     );
     host.sh_ok(
         "lxc image info paygress-debian-12 >/dev/null && lxc network show paygressbr0 >/dev/null",
+    );
+    assert_eq!(
+        host.sh_ok("lxc network get lxdbr0 ipv4.address; lxc network get paygressbr0 ipv4.address"),
+        "10.99.0.1/24\n10.98.0.1/24\n"
     );
     // What nested LXD does here when asked for a container (printed for the record).
     let nested = host.sh("lxc launch paygress-debian-12 pgb-nested-probe 2>&1 | tail -n 3; lxc delete -f pgb-nested-probe >/dev/null 2>&1");

@@ -31,6 +31,10 @@ const PKG_ACTION_SANDBOX: &str = "export DEBIAN_FRONTEND=noninteractive; \
 /// private temporary file, with no input of its own.
 const RUN_STDIN_SCRIPT: &str = "f=$(mktemp) || exit 1; cat >\"$f\"; bash \"$f\" </dev/null; \
     rc=$?; rm -f \"$f\"; exit $rc";
+/// provider/lxd-setup.sh with its two bridge addresses: the first two lines of standard input
+/// (checked as `a.b.c.d/n` by bootstrap; here only ever data in the environment, quoted), then
+/// the script.
+const RUN_LXD_SETUP: &str = "read -r addr || exit 1; read -r waddr || exit 1;     f=$(mktemp) || exit 1; cat >\"$f\";     PAYGRESS_LXD_BRIDGE_ADDR=\"$addr\" PAYGRESS_LXD_WORKLOAD_BRIDGE_ADDR=\"$waddr\" bash \"$f\" </dev/null;     rc=$?; rm -f \"$f\"; exit $rc";
 const LXD_CHECK: &str = "command -v lxc >/dev/null && lxd waitready --timeout=5 >/dev/null 2>&1 \
     && lxc storage show default >/dev/null 2>&1 && lxc network show lxdbr0 >/dev/null 2>&1 \
     && lxc network show paygressbr0 >/dev/null 2>&1 \
@@ -85,9 +89,39 @@ const SERVICE_ACTION: &str = "systemctl enable --quiet paygress-provider \
     && systemctl is-active --quiet paygress-provider \
     || { journalctl -u paygress-provider -n 20 --no-pager -o cat >&2; exit 1; }";
 
+/// The LXD bridges' addresses (`a.b.c.d/n`), used only when LXD is first initialised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LxdBridges {
+    pub default: String,
+    pub workloads: String,
+}
+
+impl Default for LxdBridges {
+    fn default() -> Self {
+        LxdBridges {
+            default: "10.77.0.1/24".into(),
+            workloads: "10.78.0.1/24".into(),
+        }
+    }
+}
+
+/// An IPv4 interface address with its prefix, `a.b.c.d/n`, as LXD's `ipv4.address` takes it.
+pub fn parse_bridge_addr(s: &str) -> Result<String, String> {
+    let (ip, prefix) = s
+        .split_once('/')
+        .ok_or("expected a.b.c.d/n, e.g. 10.77.0.1/24")?;
+    let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| "not an IPv4 address")?;
+    let prefix: u8 = prefix.parse().map_err(|_| "the prefix is not a number")?;
+    if !(8..=30).contains(&prefix) {
+        return Err("the prefix must be 8 to 30".into());
+    }
+    Ok(format!("{ip}/{prefix}"))
+}
+
 /// The whole bootstrap, in order. `binary` is the file uploaded, `sha256` its hex checksum.
 pub fn bootstrap_steps(
     backend: HostBackend,
+    bridges: &LxdBridges,
     config_toml: &str,
     binary: Vec<u8>,
     sha256: &str,
@@ -110,7 +144,10 @@ pub fn bootstrap_steps(
                     "provider/lxd-setup.sh: install LXD, nftables, dnsmasq-base, lxcfs; storage pool, bridges, egress ACL",
                 )
                 .check(LXD_CHECK, Vec::new())
-                .action(RUN_STDIN_SCRIPT, LXD_SETUP)
+                .action(
+                    RUN_LXD_SETUP,
+                    format!("{}\n{}\n{LXD_SETUP}", bridges.default, bridges.workloads),
+                )
                 .timeout(Duration::from_secs(900)),
             );
             steps.push(
@@ -281,10 +318,12 @@ mod tests {
 
     #[test]
     fn every_script_is_a_constant_without_single_quotes() {
-        let steps = bootstrap_steps(HostBackend::Lxd, "x = 1\n", vec![1, 2, 3], "ab")
+        let b = LxdBridges::default();
+        let steps = bootstrap_steps(HostBackend::Lxd, &b, "x = 1\n", vec![1, 2, 3], "ab")
             .into_iter()
             .chain(bootstrap_steps(
                 HostBackend::Sandbox,
+                &b,
                 "x = 1\n",
                 vec![],
                 "ab",
@@ -297,6 +336,21 @@ mod tests {
         }
         for s in [PREFLIGHT, IDENTITY, EARNINGS, WITHDRAW_ALL, STOP_ACTION] {
             assert!(!s.contains('\''));
+        }
+    }
+
+    #[test]
+    fn bridge_addresses_are_checked() {
+        assert_eq!(parse_bridge_addr("10.99.0.1/24").unwrap(), "10.99.0.1/24");
+        for bad in [
+            "10.99.0.1",
+            "10.99.0.1/33",
+            "x/24",
+            "10.99.0.1/24\nrm",
+            "$(id)/24",
+            "",
+        ] {
+            assert!(parse_bridge_addr(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -135,12 +135,26 @@ pub struct BootstrapArgs {
     /// Without it the sandbox serves 127.0.0.1 only.
     #[arg(long)]
     pub sell_sandbox_to_strangers: bool,
+    /// --backend lxd: the address of LXD's default bridge (lxdbr0), when LXD is first
+    /// initialised; pick a subnet the host does not use.
+    #[arg(long, value_name = "A.B.C.D/N", default_value = "10.77.0.1/24", value_parser = plan::parse_bridge_addr)]
+    pub lxd_bridge_addr: String,
+    /// --backend lxd: the address of the workloads' bridge (paygressbr0, with the egress ACL).
+    #[arg(long, value_name = "A.B.C.D/N", default_value = "10.78.0.1/24", value_parser = plan::parse_bridge_addr)]
+    pub lxd_workload_bridge_addr: String,
     /// Print the steps without connecting or changing anything.
     #[arg(long)]
     pub dry_run: bool,
     /// How long to wait for the offer on the relays after the start, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub offer_timeout: u64,
+}
+
+fn bridges(a: &BootstrapArgs) -> plan::LxdBridges {
+    plan::LxdBridges {
+        default: a.lxd_bridge_addr.clone(),
+        workloads: a.lxd_workload_bridge_addr.clone(),
+    }
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -195,7 +209,7 @@ pub async fn run(a: BootstrapArgs) -> i32 {
         }
     };
     if a.dry_run {
-        let steps = plan::bootstrap_steps(a.backend, &toml, Vec::new(), "(checksum)");
+        let steps = plan::bootstrap_steps(a.backend, &bridges(&a), &toml, Vec::new(), "(checksum)");
         println!(
             "bootstrap: would connect to {}@{}:{}, check the host key, and run as root:",
             a.ssh.user, a.host, a.ssh.port
@@ -269,7 +283,7 @@ async fn bootstrap_on(
             return exit::PROVIDER;
         }
     }
-    let list = plan::bootstrap_steps(a.backend, toml, binary, sha256);
+    let list = plan::bootstrap_steps(a.backend, &bridges(a), toml, binary, sha256);
     if let Err(e) = steps::run("bootstrap", remote, &list).await {
         eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
         return exit::PROVIDER;
