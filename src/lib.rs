@@ -17,6 +17,7 @@
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod books;
 pub mod bootstrap;
 pub mod buyer;
 pub mod config;

@@ -248,6 +248,15 @@ async fn offer_since(relay: &str, npub: &str, since: u64) -> bool {
 }
 
 /// Modification times and identity of what bootstrap installs, and the service's start.
+/// The installed files only (a refused reset stops and restarts the service, nothing else).
+fn files_fingerprint(host: &Host) -> String {
+    host.sh_ok(
+        "stat -c %n:%Y:%a:%U /usr/local/bin/paygress-cli /etc/paygress/paygress.toml \
+         /etc/systemd/system/paygress-provider.service /var/lib/paygress/nostr.key; \
+         ls -l /var/lib/paygress/wallets",
+    )
+}
+
 fn fingerprint(host: &Host) -> String {
     host.sh_ok(
         "stat -c %n:%Y:%a:%U /usr/local/bin/paygress-cli /etc/paygress/paygress.toml \
@@ -537,6 +546,13 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         assert!(table.contains(w), "{w}: {table}");
     }
 
+    // From here the operator has a NOPASSWD rule for /bin/bash only (not for `true`): sudo
+    // then never reads the password sent first, and the sentinel check must keep it from the
+    // scripts' input (the config step would write it into paygress.toml, changing the file).
+    host.sh_ok(
+        "echo 'op ALL=(ALL) NOPASSWD: /bin/bash' >/etc/sudoers.d/op-bash && chmod 0440 /etc/sudoers.d/op-bash \
+         && visudo -cq",
+    );
     // A second run changes nothing: every step unchanged, no file rewritten, no restart.
     let before = fingerprint(&host);
     let o = cli(&argv, &pw, home.path()).await;
@@ -575,35 +591,65 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
-    let a = reset(&[]);
-    let o = cli(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        &pw,
-        home.path(),
-    )
-    .await;
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(text(&o).contains("refusing"), "{}", text(&o));
-    assert_eq!(fingerprint(&host), before);
+    let run_reset = |extra: Vec<String>| {
+        let home = home.path().to_path_buf();
+        let pw = pw.clone();
+        async move { cli(&extra.iter().map(String::as_str).collect::<Vec<_>>(), &pw, &home).await }
+    };
+    // A second wallet file the config does not name (as a rerun with other --mints leaves
+    // behind): its 120 sat are counted too. It is a copy, so after the real wallet is withdrawn
+    // it still shows 120 sat the withdrawal cannot take, and reset must keep everything.
+    host.sh_ok(
+        "systemctl stop paygress-provider && cd /var/lib/paygress/wallets \
+         && f=$(ls *.sqlite | head -n1) && for x in '' -wal -shm; do \
+         if [ -e \"$f$x\" ]; then cp -p \"$f$x\" \"0stale.sqlite$x\"; fi; done \
+         && systemctl start paygress-provider",
+    );
+    let files_before = files_fingerprint(&host);
+    let o = run_reset(reset(&[])).await;
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(out.contains("refusing"), "{out}");
+    assert!(
+        out.contains("books on the host: 240 sat in 2 wallets (240 sat spendable), 0 unsettled payments"),
+        "{out}"
+    );
+    assert_eq!(files_fingerprint(&host), files_before);
+    assert!(host.sh("systemctl is-active --quiet paygress-provider").status.success());
 
-    // With --withdraw-to the earnings come out as a token first, then everything goes.
+    // With --withdraw-to the config's wallet comes out as a token; the stale copy still holds
+    // 120 sat, so nothing is deleted and the host's copy of the tokens is confirmed and gone.
     let tokens = home.path().join("earnings.tokens");
-    let a = reset(&["--withdraw-to", tokens.to_str().unwrap()]);
-    let o = cli(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        &pw,
-        home.path(),
-    )
-    .await;
-    assert!(o.status.success(), "reset: {}", text(&o));
+    let o = run_reset(reset(&["--withdraw-to", tokens.to_str().unwrap()])).await;
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(out.contains("still holds 120 sat"), "{out}");
+    assert!(out.contains("0stale.sqlite"), "{out}");
+    assert!(!out.contains("cashu"), "a token on the terminal: {out}");
+    assert!(host.sh("test -e /var/lib/paygress/nostr.key").status.success());
+    assert!(!host.sh("test -e /var/lib/paygress/withdrawn.tokens").status.success());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777,
         0o600
     );
+
+    // The stale copy removed, reset counts 0 sat and removes everything.
+    host.sh_ok("rm -f /var/lib/paygress/wallets/0stale.sqlite*");
+    let tokens2 = home.path().join("earnings2.tokens");
+    let o = run_reset(reset(&["--withdraw-to", tokens2.to_str().unwrap()])).await;
+    assert!(o.status.success(), "reset: {}", text(&o));
+    assert!(
+        text(&o).contains("books on the host: 0 sat in 1 wallets (0 sat spendable), 0 unsettled payments"),
+        "{}",
+        text(&o)
+    );
+    assert!(!tokens2.exists());
+    // The books to the sat: the buyer paid 120, the operator holds tokens worth 120.
     let wallet = common::mint::fresh_wallet(&mint.url).await;
     let mut redeemed = 0;
-    for t in std::fs::read_to_string(&tokens).unwrap().lines() {
+    let lines = std::fs::read_to_string(&tokens).unwrap();
+    for t in lines.lines() {
         redeemed += u64::from(
             wallet
                 .receive(t, cdk::wallet::ReceiveOptions::default())
@@ -645,6 +691,11 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     );
     let all_output = text(&o);
     assert!(!all_output.contains(OPERATOR_PASSWORD));
+    let journal = host.sh("journalctl --no-pager -o cat");
+    assert!(
+        !String::from_utf8_lossy(&journal.stdout).contains(OPERATOR_PASSWORD),
+        "the sudo password reached the host's journal"
+    );
 }
 
 #[tokio::test]

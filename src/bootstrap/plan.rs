@@ -237,33 +237,58 @@ pub fn bootstrap_steps(
     steps
 }
 
-/// Prints `none` when Paygress is not installed, else the earnings as `wallet balance --json`.
-pub const EARNINGS: &str = "if [ -f /etc/paygress/paygress.toml ] && [ -d /var/lib/paygress ] \
-    && [ -x /usr/local/bin/paygress-cli ]; then cd / && runuser -u paygress -- \
-    /usr/local/bin/paygress-cli wallet balance --config /etc/paygress/paygress.toml --json; \
+/// Prints `none` when there is no data dir, else the books as `wallet books` prints them (JSON,
+/// every wallet file of the data dir, under its lock). A data dir holding wallets, a journal or
+/// withdrawn tokens that cannot be read (binary or config gone) fails (exit 4): never read as 0.
+pub const BOOKS: &str = "if ! [ -e /var/lib/paygress ]; then echo none; \
+    elif [ -x /usr/local/bin/paygress-cli ] && [ -f /etc/paygress/paygress.toml ]; then \
+      cd / && runuser -u paygress -- /usr/local/bin/paygress-cli wallet books \
+      --config /etc/paygress/paygress.toml; \
+    elif [ -e /var/lib/paygress/wallets ] || [ -e /var/lib/paygress/paygress.sqlite3 ] \
+      || [ -e /var/lib/paygress/withdrawn.tokens ]; then \
+      echo \"/var/lib/paygress holds wallets or a journal but the binary or the config is gone: cannot count them (rerun bootstrap first)\" >&2; exit 4; \
     else echo none; fi";
-/// Every earnings balance out as tokens, one a line (the service must be stopped: it holds the
-/// data directory's lock).
+/// Every earnings balance out as tokens, one a line, each kept in
+/// /var/lib/paygress/withdrawn.tokens (0600, fsynced) before it is printed (the service must
+/// be stopped: it holds the data directory's lock).
 pub const WITHDRAW_ALL: &str = "cd / && runuser -u paygress -- /usr/local/bin/paygress-cli \
     wallet withdraw --config /etc/paygress/paygress.toml --all";
+/// Input: the sha256 of the tokens file the operator's side wrote and fsynced. Removes the
+/// host's copy only when it is the same bytes.
+pub const CONFIRM_TOKENS: &str = "read -r sum || exit 1; f=/var/lib/paygress/withdrawn.tokens; \
+    [ -e \"$f\" ] || exit 0; \
+    echo \"$sum  $f\" | sha256sum --status -c - \
+    || { echo \"the withdrawn tokens written locally differ from $f; it is kept\" >&2; exit 1; }; \
+    rm -f \"$f\" && sync /var/lib/paygress";
+/// Whether the service runs now (to start it again when reset refuses).
+pub const IS_ACTIVE: &str = "systemctl is-active --quiet paygress-provider";
+/// Start the service again after a refused reset.
+pub const START_ACTION: &str = "systemctl enable --now --quiet paygress-provider";
 
 const STOPPED_CHECK: &str = "! systemctl is-active --quiet paygress-provider \
     && ! systemctl is-enabled --quiet paygress-provider 2>/dev/null";
 pub const STOP_ACTION: &str = "systemctl disable --now --quiet paygress-provider 2>/dev/null; \
     ! systemctl is-active --quiet paygress-provider";
-const WORKLOADS_CHECK: &str = "! [ -x /usr/local/bin/paygress-cli ] \
-    || ! [ -f /etc/paygress/paygress.toml ] || ! [ -d /var/lib/paygress ]";
+/// Nothing to remove: the provider never started (no journal, so no provider id and nothing
+/// made), or its backend lists none of its workloads. A journal without the binary or config
+/// to read it fails (its workloads could not be found).
+const WORKLOADS_CHECK: &str = "if ! [ -e /var/lib/paygress/paygress.sqlite3 ]; then exit 0; fi; \
+    [ -x /usr/local/bin/paygress-cli ] && [ -f /etc/paygress/paygress.toml ] || exit 1; \
+    cd / && runuser -u paygress -- /usr/local/bin/paygress-cli provider remove-workloads \
+    --config /etc/paygress/paygress.toml --check";
 const WORKLOADS_ACTION: &str = "cd / && runuser -u paygress -- /usr/local/bin/paygress-cli \
     provider remove-workloads --config /etc/paygress/paygress.toml";
 const FILES_CHECK: &str = "! [ -e /etc/systemd/system/paygress-provider.service ] \
     && ! [ -e /etc/paygress ] && ! [ -e /var/lib/paygress ] \
     && ! [ -e /usr/local/bin/paygress-cli ] && ! id -u paygress >/dev/null 2>&1";
-const FILES_ACTION: &str = "rm -f /etc/systemd/system/paygress-provider.service; \
+const FILES_ACTION: &str = "if [ -e /var/lib/paygress/withdrawn.tokens ]; then \
+      echo \"/var/lib/paygress/withdrawn.tokens holds withdrawn tokens the operator never confirmed; not deleting (run reset --withdraw-to FILE again)\" >&2; exit 1; fi; \
+    rm -f /etc/systemd/system/paygress-provider.service; \
     systemctl daemon-reload; systemctl reset-failed paygress-provider 2>/dev/null; \
     pkill -KILL -u paygress 2>/dev/null; sleep 0.5; \
     rm -rf /etc/paygress /var/lib/paygress; rm -f /usr/local/bin/paygress-cli; \
     if id -u paygress >/dev/null 2>&1; then userdel paygress; fi; \
-    getent group paygress >/dev/null && groupdel paygress; true";
+    if getent group paygress >/dev/null; then groupdel paygress; fi";
 const BACKEND_CHECK_LXD: &str =
     "! dpkg-query -W -f=\\${Status} lxd 2>/dev/null | grep -q \"ok installed\"";
 const BACKEND_ACTION_LXD: &str = "export DEBIAN_FRONTEND=noninteractive; \
@@ -334,7 +359,16 @@ mod tests {
             assert!(!s.check.contains('\''), "{}", s.name);
             assert!(!s.action.contains('\''), "{}", s.name);
         }
-        for s in [PREFLIGHT, IDENTITY, EARNINGS, WITHDRAW_ALL, STOP_ACTION] {
+        for s in [
+            PREFLIGHT,
+            IDENTITY,
+            BOOKS,
+            WITHDRAW_ALL,
+            CONFIRM_TOKENS,
+            IS_ACTIVE,
+            START_ACTION,
+            STOP_ACTION,
+        ] {
             assert!(!s.contains('\''));
         }
     }

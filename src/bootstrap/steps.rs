@@ -75,6 +75,8 @@ pub enum StepError {
         step: &'static str,
         err: RemoteError,
     },
+    #[error("step {step} failed: its action ran but its check still fails afterwards{}", if detail.is_empty() { String::new() } else { format!(": {detail}") })]
+    NotDone { step: &'static str, detail: String },
     #[error("step {step} failed (exit {code}): {detail}")]
     Failed {
         step: &'static str,
@@ -102,7 +104,9 @@ pub fn print_plan(what: &str, steps: &[Step]) {
     }
 }
 
-/// Run `steps` in order; stop at the first failure. Prints one line per step.
+/// Run `steps` in order; stop at the first failure. After an action the step's check runs again
+/// and must pass: an action that exits 0 without doing its job fails its step. Prints one line
+/// per step.
 pub async fn run(
     what: &str,
     remote: &Remote,
@@ -131,6 +135,18 @@ pub async fn run(
                     step: s.name,
                     code: o.code.map_or("by signal".into(), |c| c.to_string()),
                     detail: tail(&o),
+                });
+            }
+            // The action said it worked; the check says whether it did.
+            let after = remote
+                .root(s.check, &s.check_input, s.timeout)
+                .await
+                .map_err(|err| StepError::Remote { step: s.name, err })?;
+            if !after.ok() {
+                println!("{what}: [{}/{}] {}: FAILED", i + 1, steps.len(), s.name);
+                return Err(StepError::NotDone {
+                    step: s.name,
+                    detail: tail(&after),
                 });
             }
             restart |= s.needs_restart;

@@ -40,6 +40,9 @@ pub enum ProviderCommand {
         /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Remove nothing: exit 0 when none is left, 1 when some are (printing how many).
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -51,7 +54,7 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
         } => start(config, embedded_relay).await,
         ProviderCommand::Identity { config } => identity(config),
         ProviderCommand::Status(a) => crate::status::run(a).await,
-        ProviderCommand::RemoveWorkloads { config } => remove_workloads(config).await,
+        ProviderCommand::RemoveWorkloads { config, check } => remove_workloads(config, check).await,
     }
 }
 
@@ -86,7 +89,7 @@ fn identity(config: Option<PathBuf>) -> i32 {
     }
 }
 
-async fn remove_workloads(config: Option<PathBuf>) -> i32 {
+async fn remove_workloads(config: Option<PathBuf>, check: bool) -> i32 {
     let cfg = match app::load_config(config) {
         Ok(c) => c,
         Err(e) => {
@@ -94,7 +97,11 @@ async fn remove_workloads(config: Option<PathBuf>) -> i32 {
             return exit::USAGE;
         }
     };
-    match app::remove_own_workloads(&cfg).await {
+    match app::own_workloads(&cfg, !check).await {
+        Ok(n) if check => {
+            println!("{n} workloads of this provider");
+            i32::from(n > 0)
+        }
         Ok(n) => {
             println!("removed {n} workloads");
             0
