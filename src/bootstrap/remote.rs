@@ -8,8 +8,12 @@
 //!   never sees an operator- or buyer-supplied string. Values travel on the command's standard
 //!   input. The sudo password, when one is needed, is the first line of that input (`sudo -S`
 //!   reads it one byte at a time up to the newline and leaves the rest to the command); it is
-//!   never on a command line, in a file or in output, and `-k` makes sudo ask for it every time,
-//!   so it can never fall through to the command when sudo has cached credentials.
+//!   never on a command line, in a file or in output, and `-k` makes sudo ask for it every time.
+//! - After the password comes a constant line, [`SENTINEL`], and every root command starts by
+//!   reading one line and exiting 97 unless it is that line. When sudo does not read the
+//!   password (a NOPASSWD rule for `/bin/bash`, PAM that authenticates without asking), the
+//!   password is that first line: the wrapper exits and no program ever sees it on its input.
+//!   How to become root is probed with this same command form, not with another command.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -124,24 +128,25 @@ impl russh::client::Handler for Checker {
             });
         }
         let file = self.policy.known_hosts.display().to_string();
-        match russh::keys::check_known_hosts_path(
+        match judge(
             &self.host,
             self.port,
             key,
-            &self.policy.known_hosts,
+            &[
+                self.policy.known_hosts.as_path(),
+                Path::new(SYSTEM_KNOWN_HOSTS),
+            ],
         ) {
-            Ok(true) => return Ok(true),
-            Ok(false) => {}
-            Err(russh::keys::Error::KeyChanged { .. }) => {
+            Ok(Known::Same) => return Ok(true),
+            Ok(Known::Unknown) => {}
+            Ok(Known::Other(f)) => {
                 return refuse(RemoteError::KeyChanged {
                     host: hostname,
                     seen: fp,
-                    file,
+                    file: f,
                 })
             }
-            // A missing file is a first contact.
-            Err(_) if !self.policy.known_hosts.exists() => {}
-            Err(e) => return refuse(RemoteError::Protocol(format!("{file}: {e}"))),
+            Err(e) => return refuse(RemoteError::Protocol(e)),
         }
         let accepted = self.policy.accept_new
             || (self.policy.ask
@@ -161,6 +166,39 @@ impl russh::client::Handler for Checker {
         eprintln!("bootstrap: added {hostname} ({fp}) to {file}");
         Ok(true)
     }
+}
+
+/// The system-wide known_hosts, read after the operator's own.
+const SYSTEM_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
+
+/// What the known_hosts files say about the key a host offered.
+#[derive(Debug, PartialEq, Eq)]
+enum Known {
+    /// One of the host's recorded keys is this key.
+    Same,
+    /// No entry for the host at all (of any key type): a first contact.
+    Unknown,
+    /// The host has entries, none of them this key (in this file). Whatever their type: a host
+    /// known by an ed25519 key that now offers an ECDSA or RSA one is not a new host.
+    Other(String),
+}
+
+fn judge(host: &str, port: u16, key: &PublicKey, files: &[&Path]) -> Result<Known, String> {
+    let mut other = None;
+    for f in files {
+        if !f.exists() {
+            continue;
+        }
+        let recorded = russh::keys::known_hosts::known_host_keys_path(host, port, f)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
+            return Ok(Known::Same);
+        }
+        if !recorded.is_empty() && other.is_none() {
+            other = Some(f.display().to_string());
+        }
+    }
+    Ok(other.map_or(Known::Unknown, Known::Other))
 }
 
 fn learn(host: &str, port: u16, key: &PublicKey, file: &Path) -> Result<(), String> {
@@ -207,6 +245,13 @@ pub struct Remote {
 }
 
 const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// The line after the sudo password (or first, without one) that every root command checks.
+pub const SENTINEL: &str = "paygress-root-stdin-v1";
+/// What the root command runs before its script: read the sentinel or exit 97.
+const CHECK_SENTINEL: &str = "read -r m; [ \"$m\" = paygress-root-stdin-v1 ] || exit 97; ";
+/// The exit code of a root command that did not find the sentinel first.
+const NO_SENTINEL: u32 = 97;
 
 /// The root prefix of every command: constants only.
 const SUDO_NOPASSWD: &str = "sudo -n -- /bin/bash -c ";
@@ -296,11 +341,17 @@ impl Remote {
         if id.stdout.trim() == "0" {
             return Ok(Become::Root);
         }
-        // -k: cached credentials do not count; only a NOPASSWD rule passes.
+        // -k: cached credentials do not count; only a NOPASSWD rule for the very command form
+        // every root command uses passes.
         let nopasswd = self
-            .exec_raw("sudo -k -n true", &[], Duration::from_secs(30))
+            .exec_root_with(
+                &Become::SudoNoPassword,
+                "id -u",
+                &[],
+                Duration::from_secs(30),
+            )
             .await?;
-        if nopasswd.ok() {
+        if nopasswd.ok() && nopasswd.stdout.trim() == "0" {
             return Ok(Become::SudoNoPassword);
         }
         let password = match password {
@@ -314,6 +365,11 @@ impl Remote {
         let probe = self
             .exec_root_with(&b, "id -u", &[], Duration::from_secs(30))
             .await?;
+        if probe.code == Some(NO_SENTINEL) {
+            return Err(RemoteError::Protocol(format!(
+                "sudo for {user} ran the command without reading the password; refusing to send it (give {user} a NOPASSWD rule for /bin/bash, or none)"
+            )));
+        }
         if probe.stdout.trim() != "0" {
             return Err(RemoteError::SudoRefused(user.to_string()));
         }
@@ -344,17 +400,16 @@ impl Remote {
             Become::SudoNoPassword => (SUDO_NOPASSWD, None),
             Become::SudoPassword(p) => (SUDO_PASSWD, Some(p)),
         };
-        let command = format!("{prefix}'{script}'");
-        match password {
-            None => self.exec_raw(&command, input, timeout).await,
-            Some(p) => {
-                let mut data = Vec::with_capacity(p.expose().len() + 1 + input.len());
-                data.extend_from_slice(p.expose().as_bytes());
-                data.push(b'\n');
-                data.extend_from_slice(input);
-                self.exec_raw(&command, &data, timeout).await
-            }
+        let command = format!("{prefix}'{CHECK_SENTINEL}{script}'");
+        let mut data = Vec::with_capacity(64 + input.len());
+        if let Some(p) = password {
+            data.extend_from_slice(p.expose().as_bytes());
+            data.push(b'\n');
         }
+        data.extend_from_slice(SENTINEL.as_bytes());
+        data.push(b'\n');
+        data.extend_from_slice(input);
+        self.exec_raw(&command, &data, timeout).await
     }
 
     /// One exec channel: `command` (a constant, or a constant script in single quotes), `input`
@@ -417,4 +472,55 @@ impl Remote {
 fn keep(buf: &mut Vec<u8>, data: &[u8]) {
     let room = MAX_OUTPUT.saturating_sub(buf.len());
     buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPYp+5H21bRjqIHx65EePO4voIq9KxQyojB2iq0L+GB1";
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBMy+PiCfZ2sWwBt4mUnTA/StM4e1B6SD3vV07jA3VRptIrhpV4fX90U+ihhz/5dLgdavbpHcPTTxx8AwaxbdPOA=";
+
+    fn key(line: &str) -> PublicKey {
+        PublicKey::from_openssh(line).unwrap()
+    }
+
+    #[test]
+    fn a_host_known_by_a_key_of_another_type_is_not_unknown() {
+        let d = tempfile::tempdir().unwrap();
+        let kh = d.path().join("known_hosts");
+        std::fs::write(&kh, format!("[h.example]:2222 {ED25519}\n")).unwrap();
+        let none = d.path().join("none");
+        let files = [kh.as_path(), none.as_path()];
+        // Known by ed25519, offering ECDSA: refused as a changed key, never learnt as new.
+        assert_eq!(
+            judge("h.example", 2222, &key(ECDSA), &files).unwrap(),
+            Known::Other(kh.display().to_string())
+        );
+        assert_eq!(
+            judge("h.example", 2222, &key(ED25519), &files).unwrap(),
+            Known::Same
+        );
+        assert_eq!(
+            judge("other.example", 2222, &key(ECDSA), &files).unwrap(),
+            Known::Unknown
+        );
+        // The second file (the system's) counts too.
+        let sys = d.path().join("ssh_known_hosts");
+        std::fs::write(&sys, format!("[h2.example]:22 {ED25519}\nh3.example {ECDSA}\n")).unwrap();
+        let files = [none.as_path(), sys.as_path()];
+        assert_eq!(
+            judge("h3.example", 22, &key(ED25519), &files).unwrap(),
+            Known::Other(sys.display().to_string())
+        );
+        assert_eq!(judge("h3.example", 22, &key(ECDSA), &files).unwrap(), Known::Same);
+    }
+
+    #[test]
+    fn every_root_command_checks_the_sentinel_it_is_sent() {
+        assert!(CHECK_SENTINEL.contains(&format!("= {SENTINEL} ]")));
+        assert!(CHECK_SENTINEL.contains(&format!("exit {NO_SENTINEL}")));
+        assert!(!CHECK_SENTINEL.contains('\''));
+    }
 }
