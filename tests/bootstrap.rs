@@ -584,6 +584,7 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
             "--password-stdin",
             "--host-key",
             &host_key,
+            "--yes",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -591,6 +592,14 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
+    // Without a terminal and without --yes, reset does not start.
+    {
+        let mut a = reset(&[]);
+        a.retain(|x| x != "--yes");
+        let o = cli(&a.iter().map(String::as_str).collect::<Vec<_>>(), &pw, home.path()).await;
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("pass --yes"), "{}", text(&o));
+    }
     let run_reset = |extra: Vec<String>| {
         let home = home.path().to_path_buf();
         let pw = pw.clone();
@@ -1080,6 +1089,7 @@ async fn lxd_backend_installs_and_initialises_inside() {
         "--sudo-password-stdin",
         "--uninstall-backend",
         "lxd",
+        "--yes",
         "--known-hosts",
     ];
     let mut changed = reset.clone();
@@ -1091,7 +1101,7 @@ async fn lxd_backend_installs_and_initialises_inside() {
     let o = cli(&reset, &pw, home.path()).await;
     assert!(o.status.success(), "reset: {}", text(&o));
     assert!(
-        text(&o).contains("earnings on the host: 0 sat"),
+        text(&o).contains("books on the host: 0 sat"),
         "{}",
         text(&o)
     );
@@ -1189,6 +1199,8 @@ async fn on_a_terminal_it_asks_about_the_host_key_and_for_the_sudo_password() {
             panic!("the screen never showed {want:?}: {last}");
         }
     };
+    screen("Remove Paygress from 127.0.0.1").await;
+    tmux(s(&["send-keys", "-t", "0", "y", "Enter"])).await;
     let fp = host.host_key();
     let shown = screen("Trust it? [y/N]").await;
     assert!(shown.contains(&fp), "{shown}");
@@ -1202,7 +1214,7 @@ async fn on_a_terminal_it_asks_about_the_host_key_and_for_the_sudo_password() {
         !done.contains(OPERATOR_PASSWORD),
         "the password was echoed: {done}"
     );
-    assert!(done.contains("earnings on the host: 0 sat"), "{done}");
+    assert!(done.contains("books on the host: 0 sat"), "{done}");
     let learnt = std::fs::read_to_string(&kh).unwrap();
     assert!(learnt.contains(&format!("[127.0.0.1]:{port} ")), "{learnt}");
 }

@@ -291,7 +291,21 @@ const FILES_ACTION: &str = "if [ -e /var/lib/paygress/withdrawn.tokens ]; then \
     if getent group paygress >/dev/null; then groupdel paygress; fi";
 const BACKEND_CHECK_LXD: &str =
     "! dpkg-query -W -f=\\${Status} lxd 2>/dev/null | grep -q \"ok installed\"";
+/// The names of LXD's instances without a Paygress mark (a workload's provider, or a warm
+/// pool's), one a line; nothing when LXD is not there.
+pub const FOREIGN_INSTANCES: &str = "command -v lxc >/dev/null || exit 0; \
+    lxd waitready --timeout=10 >/dev/null 2>&1 || exit 0; \
+    names=$(lxc list --format csv -c n) || exit 1; \
+    for i in $names; do \
+      p=$(lxc config get \"$i\" user.paygress.provider 2>/dev/null); \
+      q=$(lxc config get \"$i\" user.paygress.pool 2>/dev/null); \
+      [ -n \"$p$q\" ] || echo \"$i\"; done";
+/// Purges only while no instance is left at all (ours were removed by the workloads step; any
+/// other one is not ours to destroy).
 const BACKEND_ACTION_LXD: &str = "export DEBIAN_FRONTEND=noninteractive; \
+    if command -v lxc >/dev/null && lxd waitready --timeout=10 >/dev/null 2>&1; then \
+      left=$(lxc list --format csv -c n) || exit 1; \
+      if [ -n \"$left\" ]; then echo \"LXD still has instances: $left; not purging\" >&2; exit 1; fi; fi; \
     systemctl stop lxd.service lxd.socket 2>/dev/null; \
     apt-get purge -y -q lxd lxd-client lxcfs </dev/null >/dev/null && rm -rf /var/lib/lxd";
 const BACKEND_CHECK_SANDBOX: &str =
@@ -368,6 +382,7 @@ mod tests {
             IS_ACTIVE,
             START_ACTION,
             STOP_ACTION,
+            FOREIGN_INSTANCES,
         ] {
             assert!(!s.contains('\''));
         }

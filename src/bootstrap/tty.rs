@@ -18,6 +18,11 @@ fn open_tty() -> Option<std::fs::File> {
         .ok()
 }
 
+/// Whether there is a terminal to ask on.
+pub fn has_tty() -> bool {
+    open_tty().is_some()
+}
+
 /// Ask a yes/no question; `false` without a terminal.
 pub fn confirm(question: &str) -> bool {
     let Some(mut tty) = open_tty() else {

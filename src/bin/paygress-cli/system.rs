@@ -73,6 +73,27 @@ pub async fn run(cmd: SystemCommand) -> i32 {
             return exit::USAGE;
         }
     }
+    if !a.ssh.yes {
+        let what = match a.uninstall_backend {
+            Some(HostBackend::Lxd) => ", and purge LXD",
+            Some(HostBackend::Sandbox) => ", and purge slirp4netns",
+            None => "",
+        };
+        if !paygress::bootstrap::tty::has_tty() {
+            eprintln!(
+                "paygress-cli: reset removes Paygress from {}{what}; there is no terminal to confirm on: pass --yes (nothing was changed)",
+                a.host
+            );
+            return exit::USAGE;
+        }
+        if !paygress::bootstrap::tty::confirm(&format!(
+            "Remove Paygress from {} (service, config, data, binary, user, its workloads{what})? [y/N] ",
+            a.host
+        )) {
+            eprintln!("paygress-cli: reset: not confirmed; nothing was changed");
+            return exit::USAGE;
+        }
+    }
     let opts = match a.ssh.connect_options(&a.host) {
         Ok(o) => o,
         Err(e) => {
@@ -87,9 +108,36 @@ pub async fn run(cmd: SystemCommand) -> i32 {
             return exit::PROVIDER;
         }
     };
+    if a.uninstall_backend == Some(HostBackend::Lxd) {
+        if let Err(e) = no_foreign_instances(&remote).await {
+            eprintln!("paygress-cli: reset: {e}; nothing was changed");
+            remote.close().await;
+            return exit::PROVIDER;
+        }
+    }
     let code = reset_on(&remote, &a, &list).await;
     remote.close().await;
     code
+}
+
+/// Refuses to purge LXD while it holds instances that carry no Paygress mark (made by
+/// someone else: purging would destroy them).
+async fn no_foreign_instances(remote: &Remote) -> Result<(), String> {
+    let o = remote
+        .root(plan::FOREIGN_INSTANCES, &[], Duration::from_secs(120))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !o.ok() {
+        return Err(format!("cannot list LXD's instances: {}", steps::tail(&o)));
+    }
+    let names: Vec<&str> = o.stdout.split_whitespace().collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "LXD on the host has instances Paygress did not make ({}); refusing --uninstall-backend lxd, which would destroy them",
+        names.join(", ")
+    ))
 }
 
 /// The books on the host (`wallet books`): `None` when there is no data dir.
