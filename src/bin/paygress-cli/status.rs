@@ -3,7 +3,8 @@
 //!
 //! Only numbers the provider knows: its doors, relays and last accepted heartbeat and live
 //! workload count come from the status file it keeps ([`paygress::status`]); the earnings are
-//! read from its wallets, as `wallet balance --config` does. Over SSH the host's own
+//! read from the wallet files in its data dir ([`paygress::books`]), which is only read, never
+//! created or added to. Over SSH the host's own
 //! `paygress-cli provider status --json` answers, run as the service's user.
 
 use std::path::PathBuf;
@@ -12,7 +13,6 @@ use std::time::Duration;
 use clap::Args;
 use paygress::app::{self, exit};
 use paygress::bootstrap::remote::Remote;
-use paygress::payments::Payments;
 use serde_json::{json, Value};
 
 use crate::bootstrap::SshArgs;
@@ -85,30 +85,46 @@ async fn remote(a: &StatusArgs, host: &str) -> Result<Value, (i32, String)> {
         .map_err(|_| (exit::PROVIDER, "the host's status is not JSON".to_string()))
 }
 
+/// Reads only: the data dir is never created, nor a wallet, seed or journal in it. Opening its
+/// SQLite files as another user (root, say) would leave files there the provider cannot open,
+/// so it refuses unless run as the data dir's owner.
 async fn local(config: Option<PathBuf>) -> Result<Value, (i32, String)> {
+    use std::os::unix::fs::MetadataExt;
     let cfg = app::load_config(config).map_err(|e| (exit::USAGE, e.to_string()))?;
-    let st = paygress::status::read(&cfg.provider.data_dir).ok();
-    let payments = Payments::open(
-        &cfg.provider.data_dir,
-        &cfg.payments.whitelisted_mints,
-        Duration::from_secs(cfg.payments.mint_timeout_seconds),
-    )
-    .await
-    .map_err(|e| (exit::PROVIDER, e.to_string()))?;
-    let balances = payments
-        .balances()
+    let dir = &cfg.provider.data_dir;
+    if let Ok(m) = std::fs::metadata(dir) {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if m.uid() != me {
+            return Err((
+                exit::USAGE,
+                format!(
+                    "{} belongs to uid {}, not to this user (uid {me}): run provider status as the data dir's owner (e.g. runuser -u paygress --), so that no file there is made by another user",
+                    dir.display(),
+                    m.uid()
+                ),
+            ));
+        }
+    }
+    let st = paygress::status::read(dir).ok();
+    let books = paygress::books::read(dir)
         .await
         .map_err(|e| (exit::PAYMENT, e.to_string()))?;
-    let earnings: Vec<Value> = balances
+    let earnings: Vec<Value> = books
+        .wallets
         .iter()
-        .map(|(m, s)| json!({"mint": m.to_string(), "balance_sats": s}))
+        .map(|w| json!({"mint": w.mints.join(", "), "balance_sats": w.unspent_sats}))
         .collect();
-    let total: u64 = balances.iter().map(|(_, s)| s).sum();
+    let total = books.unspent_sats;
     let running = st.as_ref().is_some_and(paygress::status::is_running);
     // The journal's count is current; the status file's is as of the last heartbeat.
-    let live = paygress::store::Store::open(&cfg.data_path("paygress.sqlite3"))
-        .and_then(|s| s.live_count())
-        .ok();
+    let journal = cfg.data_path("paygress.sqlite3");
+    let live = match journal.exists() {
+        true => paygress::store::Store::open(&journal)
+            .and_then(|s| s.live_count())
+            .ok(),
+        false => None,
+    };
     let mut st = st;
     if let (Some(s), Some(n)) = (st.as_mut(), live) {
         s.live_workloads = n;
@@ -116,6 +132,8 @@ async fn local(config: Option<PathBuf>) -> Result<Value, (i32, String)> {
     Ok(json!({
         "running": running,
         "name": cfg.provider.name,
+        "backend": cfg.backend.kind,
+        "live_workloads": live.or(st.as_ref().map(|s| s.live_workloads)).unwrap_or(0),
         "status": st,
         "earnings": earnings,
         "earnings_total_sats": total,
