@@ -486,7 +486,16 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
             .unwrap()
             .unwrap()
     };
-    assert!(o.status.success(), "spawn: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "spawn: {}\nthe provider's log: {}",
+        text(&o),
+        String::from_utf8_lossy(
+            &host
+                .sh("journalctl -u paygress-provider -n 40 --no-pager -o cat")
+                .stdout
+        )
+    );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let port = r["node_port"].as_u64().unwrap() as u16;
     assert!((ports.0..=ports.1).contains(&port), "{r}");
@@ -560,6 +569,25 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     assert!(o.status.success(), "second bootstrap: {out}");
     assert_eq!(out.matches(": unchanged").count(), 8, "{out}");
     assert!(!out.contains(": done"), "{out}");
+    assert_eq!(fingerprint(&host), before);
+
+    // A rerun that drops the mint holding the 120 sat, or switches the backend under a live
+    // workload, is refused before any step.
+    let swap = |flag: &str, value: &str| -> Vec<String> {
+        let mut v = args.clone();
+        let i = v.iter().position(|x| x == flag).unwrap();
+        v[i + 1] = value.to_string();
+        v
+    };
+    let v = swap("--mints", "http://127.0.0.1:9");
+    let o = cli(&v.iter().map(String::as_str).collect::<Vec<_>>(), &pw, home.path()).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("120 sat) are at a mint the new --mints drops"), "{}", text(&o));
+    let v = swap("--backend", "lxd");
+    let o = cli(&v.iter().map(String::as_str).collect::<Vec<_>>(), &pw, home.path()).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("would orphan them"), "{}", text(&o));
+    assert!(!text(&o).contains("[1/"), "a step ran: {}", text(&o));
     assert_eq!(fingerprint(&host), before);
 
     // Earnings present: reset refuses and changes nothing.
@@ -705,6 +733,34 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         !String::from_utf8_lossy(&journal.stdout).contains(OPERATOR_PASSWORD),
         "the sudo password reached the host's journal"
     );
+}
+
+/// `provider status --config` only reads: a data dir that is not there is not created, and one
+/// that is gets no wallet, seed or journal added.
+#[tokio::test]
+async fn provider_status_here_creates_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let cfg = home.path().join("provider.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[provider]\ndata_dir = {:?}\n\n[payments]\nwhitelisted_mints = [\"http://127.0.0.1:9\"]\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let args = ["provider", "status", "--config", cfg.to_str().unwrap(), "--json"];
+    let o = cli(&args, "", home.path()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["earnings_total_sats"], 0, "{v}");
+    assert!(!data.exists(), "status created the data dir");
+    std::fs::create_dir(&data).unwrap();
+    let o = cli(&args, "", home.path()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let added: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+    assert!(added.is_empty(), "status wrote into the data dir: {added:?}");
 }
 
 #[tokio::test]

@@ -237,6 +237,13 @@ pub fn bootstrap_steps(
     steps
 }
 
+/// What an earlier bootstrap left running, as its own `provider status --json` says (its backend,
+/// live workloads, earnings per wallet); `none` on a host without Paygress.
+pub const PRIOR: &str = "if [ -f /etc/paygress/paygress.toml ] && [ -x /usr/local/bin/paygress-cli ] \
+    && [ -d /var/lib/paygress ] && id -u paygress >/dev/null 2>&1; then \
+      cd / && runuser -u paygress -- /usr/local/bin/paygress-cli provider status \
+      --config /etc/paygress/paygress.toml --json; \
+    else echo none; fi";
 /// Prints `none` when there is no data dir, else the books as `wallet books` prints them (JSON,
 /// every wallet file of the data dir, under its lock). A data dir holding wallets, a journal or
 /// withdrawn tokens that cannot be read (binary or config gone) fails (exit 4): never read as 0.
@@ -383,6 +390,7 @@ mod tests {
             START_ACTION,
             STOP_ACTION,
             FOREIGN_INSTANCES,
+            PRIOR,
         ] {
             assert!(!s.contains('\''));
         }

@@ -260,6 +260,9 @@ async fn bootstrap_on(
     sha256: &str,
     s: &Settings,
 ) -> i32 {
+    // Offers older than this run are some earlier process's (maybe with the same tiers): only
+    // one published after this moment says the service just configured is up.
+    let started = Timestamp::now();
     match remote
         .root(plan::PREFLIGHT, &[], Duration::from_secs(60))
         .await
@@ -282,6 +285,10 @@ async fn bootstrap_on(
             eprintln!("paygress-cli: bootstrap: {e}");
             return exit::PROVIDER;
         }
+    }
+    if let Err((code, e)) = check_prior(remote, a, s).await {
+        eprintln!("paygress-cli: bootstrap: {e}; nothing was changed");
+        return code;
     }
     let list = plan::bootstrap_steps(a.backend, &bridges(a), toml, binary, sha256);
     if let Err(e) = steps::run("bootstrap", remote, &list).await {
@@ -306,7 +313,7 @@ async fn bootstrap_on(
         }
     };
     let wait = Duration::from_secs(a.offer_timeout);
-    let offer = match wait_for_offer(&npub, &a.relays, &s.tiers, wait).await {
+    let offer = match wait_for_offer(&npub, &a.relays, &s.tiers, started, wait).await {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
@@ -332,12 +339,81 @@ async fn bootstrap_on(
     0
 }
 
+/// A rerun may change the mints and the backend, but not so that money or workloads are left
+/// behind: a mint the new config drops must hold nothing, and the backend may change only while
+/// no workload is live (the new backend would never see them again).
+async fn check_prior(remote: &Remote, a: &BootstrapArgs, s: &Settings) -> Result<(), (i32, String)> {
+    let o = remote
+        .root(plan::PRIOR, &[], Duration::from_secs(120))
+        .await
+        .map_err(|e| (exit::PROVIDER, e.to_string()))?;
+    if !o.ok() {
+        return Err((
+            exit::PROVIDER,
+            format!(
+                "cannot read what the earlier install holds: {}",
+                steps::tail(&o)
+            ),
+        ));
+    }
+    if o.stdout.trim() == "none" {
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).map_err(|_| {
+        (
+            exit::PROVIDER,
+            "the earlier install's status is not JSON".to_string(),
+        )
+    })?;
+    let norm = |m: &str| {
+        <cdk::mint_url::MintUrl as std::str::FromStr>::from_str(m)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|_| m.to_string())
+    };
+    let kept: Vec<String> = s.mints.iter().map(|m| norm(m)).collect();
+    let earnings = v["earnings"].as_array().cloned().unwrap_or_default();
+    for w in &earnings {
+        let sats = w["balance_sats"].as_u64().unwrap_or(0);
+        let mints = w["mint"].as_str().unwrap_or("");
+        let dropped = mints
+            .split(", ")
+            .filter(|m| !m.is_empty())
+            .any(|m| !kept.contains(&norm(m)));
+        if sats > 0 && dropped {
+            return Err((
+                exit::PAYMENT,
+                format!(
+                    "the earnings at {mints} ({sats} sat) are at a mint the new --mints drops; keep it in --mints, or take them out first (wallet withdraw on the host)"
+                ),
+            ));
+        }
+    }
+    let live = v["live_workloads"].as_u64().unwrap_or(0);
+    let backend = v["backend"].as_str().unwrap_or("");
+    let wanted = match a.backend {
+        HostBackend::Lxd => "lxd",
+        HostBackend::Sandbox => "sandbox",
+    };
+    if live > 0 && !backend.is_empty() && backend != wanted {
+        return Err((
+            exit::USAGE,
+            format!(
+                "the host's provider runs {live} live workloads on the {backend} backend; switching to {wanted} would orphan them: wait until they end (provider status) or keep --backend {backend}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Wait until an offer by `npub` selling exactly `tiers` (the config just written, not an
-/// older one) is on any of `relays`.
+/// older one), published at or after `since` (this run's start), is on any of `relays`. When
+/// nothing changed and the service was not restarted, that is its next republication (every
+/// `nostr.heartbeat_seconds`).
 async fn wait_for_offer(
     npub: &str,
     relays: &[String],
     tiers: &[paygress::config::Tier],
+    since: Timestamp,
     timeout: Duration,
 ) -> Result<paygress::market::ListedOffer, String> {
     let pk = PublicKey::from_bech32(npub).map_err(|_| "the host printed no valid npub")?;
@@ -349,7 +425,8 @@ async fn wait_for_offer(
     client.wait_for_connection(Duration::from_secs(10)).await;
     let filter = Filter::new()
         .kind(Kind::Custom(paygress::market::OFFER_KIND))
-        .author(pk);
+        .author(pk)
+        .since(since);
     let deadline = tokio::time::Instant::now() + timeout;
     let found = loop {
         if let Ok(ev) = client
@@ -358,6 +435,7 @@ async fn wait_for_offer(
         {
             if let Some(o) = ev
                 .iter()
+                .filter(|e| e.created_at >= since)
                 .filter_map(paygress::market::ListedOffer::parse)
                 .filter(|o| o.offers.pod_specs == tiers)
                 .max_by_key(|o| o.published_at)
@@ -374,7 +452,7 @@ async fn wait_for_offer(
     match found {
         Some(o) => Ok(o),
         None => Err(format!(
-            "no offer by {npub} with the configured tiers appeared on the relays within {} s",
+            "no offer by {npub} with the configured tiers was published on the relays since this run started, within {} s (offers older than this run do not count; is the host's clock right?)",
             timeout.as_secs()
         )),
     }
