@@ -745,7 +745,9 @@ async fn provider_status_here_creates_nothing() {
     std::fs::write(
         &cfg,
         format!(
-            "[provider]\ndata_dir = {:?}\n\n[payments]\nwhitelisted_mints = [\"http://127.0.0.1:9\"]\n",
+            "[provider]\ndata_dir = {:?}\n\n[backend]\nkind = \"sandbox\"\n\n[payments]\nwhitelisted_mints = [\"http://127.0.0.1:9\"]\n\n\
+             [[tiers]]\nid = \"basic\"\nname = \"Basic\"\ndescription = \"1 vCPU\"\n\
+             cpu_millicores = 1000\nmemory_mb = 512\nrate_msats_per_sec = 100\n",
             data.display().to_string()
         ),
     )
