@@ -580,11 +580,25 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
         v
     };
     let v = swap("--mints", "http://127.0.0.1:9");
-    let o = cli(&v.iter().map(String::as_str).collect::<Vec<_>>(), &pw, home.path()).await;
+    let o = cli(
+        &v.iter().map(String::as_str).collect::<Vec<_>>(),
+        &pw,
+        home.path(),
+    )
+    .await;
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(text(&o).contains("120 sat) are at a mint the new --mints drops"), "{}", text(&o));
+    assert!(
+        text(&o).contains("120 sat) are at a mint the new --mints drops"),
+        "{}",
+        text(&o)
+    );
     let v = swap("--backend", "lxd");
-    let o = cli(&v.iter().map(String::as_str).collect::<Vec<_>>(), &pw, home.path()).await;
+    let o = cli(
+        &v.iter().map(String::as_str).collect::<Vec<_>>(),
+        &pw,
+        home.path(),
+    )
+    .await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("would orphan them"), "{}", text(&o));
     assert!(!text(&o).contains("[1/"), "a step ran: {}", text(&o));
@@ -624,14 +638,26 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     {
         let mut a = reset(&[]);
         a.retain(|x| x != "--yes");
-        let o = cli(&a.iter().map(String::as_str).collect::<Vec<_>>(), &pw, home.path()).await;
+        let o = cli(
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            &pw,
+            home.path(),
+        )
+        .await;
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("pass --yes"), "{}", text(&o));
     }
     let run_reset = |extra: Vec<String>| {
         let home = home.path().to_path_buf();
         let pw = pw.clone();
-        async move { cli(&extra.iter().map(String::as_str).collect::<Vec<_>>(), &pw, &home).await }
+        async move {
+            cli(
+                &extra.iter().map(String::as_str).collect::<Vec<_>>(),
+                &pw,
+                &home,
+            )
+            .await
+        }
     };
     // A second wallet file the config does not name (as a rerun with other --mints leaves
     // behind): its 120 sat are counted too. It is a copy, so after the real wallet is withdrawn
@@ -648,11 +674,16 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(out.contains("refusing"), "{out}");
     assert!(
-        out.contains("books on the host: 240 sat in 2 wallets (240 sat spendable), 0 unsettled payments"),
+        out.contains(
+            "books on the host: 240 sat in 2 wallets (240 sat spendable), 0 unsettled payments"
+        ),
         "{out}"
     );
     assert_eq!(files_fingerprint(&host), files_before);
-    assert!(host.sh("systemctl is-active --quiet paygress-provider").status.success());
+    assert!(host
+        .sh("systemctl is-active --quiet paygress-provider")
+        .status
+        .success());
 
     // With --withdraw-to the config's wallet comes out as a token; the stale copy still holds
     // 120 sat, so nothing is deleted and the host's copy of the tokens is confirmed and gone.
@@ -663,8 +694,14 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     assert!(out.contains("still holds 120 sat"), "{out}");
     assert!(out.contains("0stale.sqlite"), "{out}");
     assert!(!out.contains("cashu"), "a token on the terminal: {out}");
-    assert!(host.sh("test -e /var/lib/paygress/nostr.key").status.success());
-    assert!(!host.sh("test -e /var/lib/paygress/withdrawn.tokens").status.success());
+    assert!(host
+        .sh("test -e /var/lib/paygress/nostr.key")
+        .status
+        .success());
+    assert!(!host
+        .sh("test -e /var/lib/paygress/withdrawn.tokens")
+        .status
+        .success());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777,
@@ -677,7 +714,9 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     let o = run_reset(reset(&["--withdraw-to", tokens2.to_str().unwrap()])).await;
     assert!(o.status.success(), "reset: {}", text(&o));
     assert!(
-        text(&o).contains("books on the host: 0 sat in 1 wallets (0 sat spendable), 0 unsettled payments"),
+        text(&o).contains(
+            "books on the host: 0 sat in 1 wallets (0 sat spendable), 0 unsettled payments"
+        ),
         "{}",
         text(&o)
     );
@@ -752,7 +791,13 @@ async fn provider_status_here_creates_nothing() {
         ),
     )
     .unwrap();
-    let args = ["provider", "status", "--config", cfg.to_str().unwrap(), "--json"];
+    let args = [
+        "provider",
+        "status",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--json",
+    ];
     let o = cli(&args, "", home.path()).await;
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -762,7 +807,10 @@ async fn provider_status_here_creates_nothing() {
     let o = cli(&args, "", home.path()).await;
     assert!(o.status.success(), "{}", text(&o));
     let added: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
-    assert!(added.is_empty(), "status wrote into the data dir: {added:?}");
+    assert!(
+        added.is_empty(),
+        "status wrote into the data dir: {added:?}"
+    );
 }
 
 #[tokio::test]

@@ -239,7 +239,8 @@ pub fn bootstrap_steps(
 
 /// What an earlier bootstrap left running, as its own `provider status --json` says (its backend,
 /// live workloads, earnings per wallet); `none` on a host without Paygress.
-pub const PRIOR: &str = "if [ -f /etc/paygress/paygress.toml ] && [ -x /usr/local/bin/paygress-cli ] \
+pub const PRIOR: &str =
+    "if [ -f /etc/paygress/paygress.toml ] && [ -x /usr/local/bin/paygress-cli ] \
     && [ -d /var/lib/paygress ] && id -u paygress >/dev/null 2>&1; then \
       cd / && runuser -u paygress -- /usr/local/bin/paygress-cli provider status \
       --config /etc/paygress/paygress.toml --json; \

@@ -508,13 +508,20 @@ mod tests {
         );
         // The second file (the system's) counts too.
         let sys = d.path().join("ssh_known_hosts");
-        std::fs::write(&sys, format!("[h2.example]:22 {ED25519}\nh3.example {ECDSA}\n")).unwrap();
+        std::fs::write(
+            &sys,
+            format!("[h2.example]:22 {ED25519}\nh3.example {ECDSA}\n"),
+        )
+        .unwrap();
         let files = [none.as_path(), sys.as_path()];
         assert_eq!(
             judge("h3.example", 22, &key(ED25519), &files).unwrap(),
             Known::Other(sys.display().to_string())
         );
-        assert_eq!(judge("h3.example", 22, &key(ECDSA), &files).unwrap(), Known::Same);
+        assert_eq!(
+            judge("h3.example", 22, &key(ECDSA), &files).unwrap(),
+            Known::Same
+        );
     }
 
     #[test]

@@ -342,7 +342,11 @@ async fn bootstrap_on(
 /// A rerun may change the mints and the backend, but not so that money or workloads are left
 /// behind: a mint the new config drops must hold nothing, and the backend may change only while
 /// no workload is live (the new backend would never see them again).
-async fn check_prior(remote: &Remote, a: &BootstrapArgs, s: &Settings) -> Result<(), (i32, String)> {
+async fn check_prior(
+    remote: &Remote,
+    a: &BootstrapArgs,
+    s: &Settings,
+) -> Result<(), (i32, String)> {
     let o = remote
         .root(plan::PRIOR, &[], Duration::from_secs(120))
         .await

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use paygress::app::exit;
+use paygress::books::Books;
 use paygress::bootstrap::remote::Remote;
 use paygress::bootstrap::settings::HostBackend;
-use paygress::books::Books;
 use paygress::bootstrap::{plan, steps};
 use sha2::{Digest, Sha256};
 
@@ -173,14 +173,20 @@ fn refuse(code: i32, message: impl Into<String>) -> Refusal {
 async fn reset_on(remote: &Remote, a: &ResetArgs, list: &[steps::Step]) -> i32 {
     // The provider is stopped before the books are read: a running one could take a payment
     // (or spend proofs for a refund) between the count and the deletion.
-    let was_active = match remote.root(plan::IS_ACTIVE, &[], Duration::from_secs(60)).await {
+    let was_active = match remote
+        .root(plan::IS_ACTIVE, &[], Duration::from_secs(60))
+        .await
+    {
         Ok(o) => o.ok(),
         Err(e) => {
             eprintln!("paygress-cli: reset: {e}; nothing was changed");
             return exit::PROVIDER;
         }
     };
-    match remote.root(plan::STOP_ACTION, &[], Duration::from_secs(120)).await {
+    match remote
+        .root(plan::STOP_ACTION, &[], Duration::from_secs(120))
+        .await
+    {
         Ok(o) if o.ok() => {}
         Ok(o) => {
             eprintln!(
@@ -359,9 +365,18 @@ async fn withdraw(remote: &Remote, file: &Path) -> Result<PathBuf, String> {
         }
         let sum = hex::encode(Sha256::digest(content.as_bytes()));
         let c = remote
-            .root(plan::CONFIRM_TOKENS, format!("{sum}\n").as_bytes(), Duration::from_secs(60))
+            .root(
+                plan::CONFIRM_TOKENS,
+                format!("{sum}\n").as_bytes(),
+                Duration::from_secs(60),
+            )
             .await
-            .map_err(|e| format!("the tokens are in {}, but the host was not told: {e}", written.display()))?;
+            .map_err(|e| {
+                format!(
+                    "the tokens are in {}, but the host was not told: {e}",
+                    written.display()
+                )
+            })?;
         if !c.ok() {
             return Err(format!(
                 "the tokens are in {}, but the host kept its copy: {}",
