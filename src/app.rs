@@ -116,6 +116,42 @@ pub async fn open_provider(cfg: Config) -> Result<Arc<Provider>, StartError> {
     Ok(provider)
 }
 
+/// Remove every workload the provider of `cfg` made on its backend, with the provider stopped
+/// (the data directory's lock is taken). Only workloads carrying this provider's id are listed
+/// by the backend, so nothing else on the host is touched. Returns how many were removed.
+pub async fn remove_own_workloads(cfg: &Config) -> Result<usize, StartError> {
+    own_workloads(cfg, true).await
+}
+
+/// How many workloads carrying this provider's marks the backend has (`destroy`: remove them
+/// too, and say how many were removed).
+pub async fn own_workloads(cfg: &Config, destroy: bool) -> Result<usize, StartError> {
+    let _lock = Provider::lock_data_dir(cfg).map_err(StartError::Provider)?;
+    let store = crate::store::Store::open(&cfg.data_path("paygress.sqlite3"))
+        .map_err(|e| StartError::Provider(e.into()))?;
+    // A provider that never started made nothing (and gets no id here: its first start does).
+    let Some(provider_id) = store
+        .meta("provider_id")
+        .map_err(|e| StartError::Provider(e.into()))?
+    else {
+        return Ok(0);
+    };
+    let backend = backend::from_config(cfg)
+        .await
+        .map_err(StartError::Backend)?;
+    let owned = backend
+        .list(&provider_id)
+        .await
+        .map_err(|e| StartError::Backend(e.to_string()))?;
+    for w in owned.iter().filter(|_| destroy) {
+        backend
+            .destroy(&w.name)
+            .await
+            .map_err(|e| StartError::Backend(format!("{}: {e}", w.name)))?;
+    }
+    Ok(owned.len())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

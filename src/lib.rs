@@ -17,6 +17,8 @@
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod books;
+pub mod bootstrap;
 pub mod buyer;
 pub mod config;
 pub mod crashpoint;
@@ -34,6 +36,7 @@ pub mod provider;
 pub mod relay;
 pub mod secret;
 pub mod settlement;
+pub mod status;
 pub mod store;
 pub mod tls_pin;
 pub mod validate;

@@ -350,6 +350,16 @@ impl Store {
         }
     }
 
+    /// A value from the meta table, if it was ever set.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT v FROM meta WHERE k = ?1", [key], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?)
+        })
+    }
+
     /// A value from the meta table, created with `init` on first use.
     pub fn meta_or_init(
         &self,

@@ -32,6 +32,9 @@ commands+=(tmux)
 # the PVE API server the tests run against, is pinned in tools/e2e/requirements.txt (venv below).
 want+=(iproute2)
 commands+=(ip)
+# dpkg-dev: dpkg-scanpackages indexes the bootstrap test's local apt repository (below).
+want+=(dpkg-dev)
+commands+=(dpkg-scanpackages)
 if [ "${1:-}" = --print-deps ]; then
   printf 'package %s\n' "${want[@]}"
   # npm ships inside some nodejs builds and as its own package in Debian's.
@@ -76,6 +79,26 @@ if /usr/bin/python3 tools/check-setup-deps.py "$control" >/dev/null; then
   exit 1
 fi
 rm -f "$control"
+
+# --- bootstrap (tests/bootstrap.rs): a local apt repository for the test host -----------------
+# The test host (an LXD container) has no route to any mirror, so the packages bootstrap installs
+# there (LXD and its runtime, the sandbox's, sudo for the test's non-root user) are downloaded
+# here, with their whole Depends closure, from the mirror this machine's apt already uses, into
+# /var/cache/paygress/debs, and indexed; the test mounts that directory read-only as the host's
+# only apt source. Redone whenever the list changes (a copy of it marks what is there).
+debs=/var/cache/paygress/debs
+bootstrap_pkgs="nftables iproute2 lxcfs lxd lxd-client dnsmasq-base btrfs-progs debootstrap gpgv debian-archive-keyring slirp4netns sudo"
+if [ "$(cat "$debs/.packages" 2>/dev/null)" != "$bootstrap_pkgs" ] || ! [ -s "$debs/Packages" ]; then
+  $sudo_ mkdir -p "$debs.new"
+  # shellcheck disable=SC2086
+  closure=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+    --no-replaces --no-enhances $bootstrap_pkgs | grep '^[a-z0-9]' | sort -u)
+  # shellcheck disable=SC2086
+  (cd "$debs.new" && $sudo_ apt-get download -qq $closure 2>/dev/null)
+  (cd "$debs.new" && dpkg-scanpackages -m . 2>/dev/null | $sudo_ tee Packages >/dev/null)
+  echo "$bootstrap_pkgs" | $sudo_ tee "$debs.new/.packages" >/dev/null
+  $sudo_ rm -rf "$debs" && $sudo_ mv "$debs.new" "$debs"
+fi
 
 # --- official npm clients for the end-to-end tests ---------------------------------------------
 # Versions are pinned in tools/e2e/package.json; npm reads its registry from the system's config.

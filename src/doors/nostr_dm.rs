@@ -89,6 +89,7 @@ pub async fn run(
         })
     };
     tracing::info!(relays = %relays.join(", "), heartbeat = heartbeat_secs, "marketplace door open");
+    crate::status::door_open("marketplace");
 
     let in_flight: Arc<Mutex<HashSet<EventId>>> = Arc::default();
     let senders = SenderCap::new(provider.config().provider.max_concurrent_per_sender);
@@ -163,11 +164,38 @@ async fn publish_offer(client: &Client, provider: &Provider, heartbeat: u64) {
             return;
         }
     };
-    match client.send_event_builder(builder).await {
-        Ok(out) if !out.success.is_empty() => tracing::debug!("offer published"),
-        Ok(out) => tracing::warn!(failed = ?out.failed, "no relay accepted the offer"),
-        Err(e) => tracing::warn!("marketplace: offer not published: {e}"),
-    }
+    let accepted = match client.send_event_builder(builder).await {
+        Ok(out) if !out.success.is_empty() => {
+            tracing::debug!("offer published");
+            true
+        }
+        Ok(out) => {
+            tracing::warn!(failed = ?out.failed, "no relay accepted the offer");
+            false
+        }
+        Err(e) => {
+            tracing::warn!("marketplace: offer not published: {e}");
+            false
+        }
+    };
+    let mut relays: Vec<crate::status::RelayState> = client
+        .relays()
+        .await
+        .iter()
+        .map(|(url, r)| crate::status::RelayState {
+            url: url.to_string(),
+            connected: r.is_connected(),
+        })
+        .collect();
+    relays.sort_by(|a, b| a.url.cmp(&b.url));
+    let live = provider.store().live_count().unwrap_or(0);
+    crate::status::update(|s| {
+        s.relays = relays;
+        s.live_workloads = live;
+        if accepted {
+            s.last_heartbeat_at = Some(now_secs());
+        }
+    });
 }
 
 async fn handle(

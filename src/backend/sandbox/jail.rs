@@ -951,7 +951,16 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
     }
     let stage = "hiding the provider's directories";
     let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    for secret in spec.secrets.iter().take(MAX_SECRET_FILES) {
+    // Rootless mode has already covered the provider's own directories whole (above); a secret
+    // inside one of them is hidden with it, and its path no longer exists to be covered again.
+    let covered: &[PathBuf] = match &spec.privilege {
+        Privilege::Rootless(r) => &r.hide,
+        _ => &[],
+    };
+    for secret in uncovered(&spec.secrets, covered)
+        .iter()
+        .take(MAX_SECRET_FILES)
+    {
         if secret.is_dir() {
             let mut step = tmpfs("/", "mode=000,size=4k".into(), stage)?;
             step.target = cpath(secret, stage)?;
@@ -964,6 +973,20 @@ fn plan_mounts(spec: &JailSpec) -> Result<Vec<MountStep>, JailError> {
         }
     }
     Ok(m)
+}
+
+/// The secrets still to cover once the directories `covered` are hidden whole, as the real
+/// paths the mounts must land on. Compared canonical: a secret that is a symlink inside a
+/// hidden directory pointing elsewhere is not hidden with it (the file it names is not), and a
+/// mount on the symlink's own path would no longer resolve once its directory is covered.
+fn uncovered(secrets: &[PathBuf], covered: &[PathBuf]) -> Vec<PathBuf> {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let covered: Vec<PathBuf> = covered.iter().map(|d| real(d)).collect();
+    secrets
+        .iter()
+        .map(|s| real(s))
+        .filter(|s| !covered.iter().any(|d| s.starts_with(d)))
+        .collect()
 }
 
 /// Most secret paths one jail covers (each file is a bind mount).
@@ -2309,6 +2332,31 @@ pub fn probe_rootless(uid: u32, gid: u32) -> Result<bool, JailError> {
     // SAFETY: reading one byte into a stack buffer from our pipe (the writer has exited).
     let n = unsafe { libc::read(report_r.as_raw_fd(), verdict.as_mut_ptr().cast(), 1) };
     Ok(n == 1 && verdict[0] == b'1')
+}
+
+#[cfg(test)]
+mod uncovered_tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_linked_from_a_hidden_dir_is_still_covered() {
+        let d = tempfile::tempdir().unwrap();
+        let hidden = d.path().join("hidden");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&hidden).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("key"), b"secret").unwrap();
+        std::fs::write(hidden.join("plain"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.join("key"), hidden.join("link")).unwrap();
+        let left = uncovered(
+            &[hidden.join("plain"), hidden.join("link")],
+            std::slice::from_ref(&hidden),
+        );
+        assert_eq!(
+            left,
+            vec![std::fs::canonicalize(outside.join("key")).unwrap()]
+        );
+    }
 }
 
 #[cfg(test)]

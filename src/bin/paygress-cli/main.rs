@@ -8,6 +8,7 @@
 //! with the server: 0 success, 2 usage (including a request the provider found malformed), 3
 //! payment, 4 provider (including no answer).
 
+mod bootstrap;
 mod buyer_wallet;
 mod demo;
 mod identity;
@@ -15,6 +16,8 @@ mod market;
 mod mcp;
 mod provider;
 mod server;
+mod status;
+mod system;
 mod wallet;
 
 use std::process::ExitCode;
@@ -33,7 +36,8 @@ use paygress::app;
 /// `wallet history`, in ~/.paygress/wallet; `market spawn|topup --amount|--duration` pay from it.
 ///
 /// Providers: `provider start` runs the doors the config enables (Nostr, HTTP); `wallet balance
-/// --config FILE` and `wallet withdraw --config FILE` are the provider's earnings.
+/// --config FILE` and `wallet withdraw --config FILE` are the provider's earnings; `bootstrap`
+/// makes a machine a provider over SSH, `system reset` undoes it.
 #[derive(Debug, Parser)]
 #[command(name = "paygress-cli", version, about, long_about)]
 struct Cli {
@@ -69,6 +73,15 @@ enum Command {
     /// The buyer's MCP server on stdio for your AI assistant: finds providers, buys, runs
     /// commands, pays from the buyer wallet within the caps of the buyer config.
     Mcp(mcp::McpArgs),
+    /// Make a Debian/Ubuntu machine a provider over SSH: backend, binary, config, Nostr
+    /// identity, a hardened systemd service; waits until its offer is on the relays.
+    /// Idempotent: a rerun changes nothing and says so.
+    Bootstrap(Box<bootstrap::BootstrapArgs>),
+    /// Manage a bootstrapped host (`system reset`: remove Paygress from it).
+    System {
+        #[command(subcommand)]
+        command: Box<system::SystemCommand>,
+    },
     /// Walk through buying a pod in demo mode (test tokens), printed or run (--run).
     Demo(demo::DemoArgs),
     /// The buyer wallet (~/.paygress/wallet: fund, receive, send, balance, history), or with
@@ -98,6 +111,8 @@ fn main() -> ExitCode {
             Command::Spawn(a) => server::spawn(a).await,
             Command::Topup(a) => server::topup(a).await,
             Command::Status(a) => server::status(a).await,
+            Command::Bootstrap(a) => bootstrap::run(*a).await,
+            Command::System { command } => system::run(*command).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Mcp(args) => mcp::run(args).await,
             Command::Wallet { command } => wallet::run(command).await,

@@ -24,13 +24,96 @@ pub enum ProviderCommand {
         #[arg(long, value_name = "ADDR")]
         embedded_relay: Option<SocketAddr>,
     },
+    /// Print the provider's npub, creating its Nostr key (0600, in the data dir as the config
+    /// names it) when there is none yet. The secret is never printed.
+    Identity {
+        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// What the provider is doing: doors open, relays connected, last heartbeat accepted, live
+    /// workloads, earnings per mint; here (--config) or on a bootstrapped host (--host).
+    Status(crate::status::StatusArgs),
+    /// Remove every workload this provider made on its backend (only those carrying its own
+    /// marks), with the provider stopped. `system reset` runs it on the host.
+    RemoveWorkloads {
+        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Remove nothing: exit 0 when none is left, 1 when some are (printing how many).
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 pub async fn run(cmd: ProviderCommand) -> i32 {
-    let ProviderCommand::Start {
-        config,
-        embedded_relay,
-    } = cmd;
+    match cmd {
+        ProviderCommand::Start {
+            config,
+            embedded_relay,
+        } => start(config, embedded_relay).await,
+        ProviderCommand::Identity { config } => identity(config),
+        ProviderCommand::Status(a) => crate::status::run(a).await,
+        ProviderCommand::RemoveWorkloads { config, check } => remove_workloads(config, check).await,
+    }
+}
+
+fn identity(config: Option<PathBuf>) -> i32 {
+    let cfg = match app::load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::USAGE;
+        }
+    };
+    let keys = match &cfg.nostr.private_key {
+        Some(k) => paygress::identity::parse_secret_key(k, "NOSTR_PRIVATE_KEY"),
+        None => {
+            let file = cfg
+                .nostr
+                .private_key_file
+                .clone()
+                .unwrap_or_else(|| "nostr.key".into());
+            paygress::identity::load_or_create(&cfg.data_path(file))
+        }
+    };
+    match keys {
+        Ok(k) => {
+            println!("{}", paygress::identity::npub(&k));
+            0
+        }
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            exit::PROVIDER
+        }
+    }
+}
+
+async fn remove_workloads(config: Option<PathBuf>, check: bool) -> i32 {
+    let cfg = match app::load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::USAGE;
+        }
+    };
+    match app::own_workloads(&cfg, !check).await {
+        Ok(n) if check => {
+            println!("{n} workloads of this provider");
+            i32::from(n > 0)
+        }
+        Ok(n) => {
+            println!("removed {n} workloads");
+            0
+        }
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            exit::PROVIDER
+        }
+    }
+}
+
+async fn start(config: Option<PathBuf>, embedded_relay: Option<SocketAddr>) -> i32 {
     let mut cfg = match app::load_config(config) {
         Ok(c) => c,
         Err(e) => {
@@ -66,6 +149,11 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
     let shutdown = CancellationToken::new();
     let reaper = provider.start_reaper(shutdown.clone());
     let cfg = provider.config().clone();
+    paygress::status::init(
+        &cfg.provider.data_dir,
+        &provider.npub(),
+        cfg.nostr.heartbeat_seconds,
+    );
     let mut tasks = Vec::new();
     if cfg.nostr.marketplace {
         let heartbeat = Duration::from_secs(cfg.nostr.heartbeat_seconds);
@@ -87,6 +175,7 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
     if cfg.nostr.contextvm {
         match app::start_contextvm(&provider, &[], shutdown.clone()).await {
             Ok(t) => tasks.push(tokio::spawn(async move {
+                paygress::status::door_open("contextvm");
                 match t.await {
                     Ok(r) => r.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
@@ -115,6 +204,7 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
         match paygress::doors::http::start(provider.clone(), addr, opts, shutdown.clone()).await {
             Ok((bound, task)) => {
                 eprintln!("paygress: HTTP door at http://{bound}");
+                paygress::status::door_open(format!("http {bound}"));
                 tasks.push(tokio::spawn(async move {
                     task.await.map_err(|e| e.to_string())
                 }));
@@ -143,5 +233,6 @@ pub async fn run(cmd: ProviderCommand) -> i32 {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = reaper.await;
+    paygress::status::stopped();
     code
 }

@@ -58,14 +58,28 @@ pub enum WalletCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Provider: take sats out of the earnings as a Cashu token, printed on stdout.
+    /// Provider: the books of the data dir as JSON: every wallets/*.sqlite whatever mint it is
+    /// for, its proofs by state (unspent, reserved, pending), the payments journal's unsettled
+    /// rows and withdrawn tokens not yet confirmed. Takes the data dir's lock (the provider must
+    /// be stopped). `system reset` reads it before deleting anything.
+    Books {
+        /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Provider: take sats out of the earnings as a Cashu token, printed on stdout. With --all,
+    /// every token is first appended to withdrawn.tokens in the data dir (0600, fsynced), and
+    /// tokens already there from an earlier unconfirmed withdrawal are printed again.
     Withdraw {
         /// Provider configuration (TOML). Also PAYGRESS_CONFIG.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
         /// Amount in sats.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        amount: u64,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..), required_unless_present = "all", conflicts_with = "all")]
+        amount: Option<u64>,
+        /// Withdraw the whole balance at every mint: one token a line.
+        #[arg(long, conflicts_with = "mint")]
+        all: bool,
         /// Mint to withdraw from (default: the first whitelisted mint).
         #[arg(long, value_name = "URL")]
         mint: Option<String>,
@@ -153,14 +167,31 @@ pub async fn run(cmd: WalletCommand) -> i32 {
                 }
             }
         }
+        WalletCommand::Books { config } => books(config).await,
         WalletCommand::Withdraw {
             config,
             amount,
             mint,
+            all,
         } => {
+            let data_dir = match app::load_config(config.clone()) {
+                Ok(c) => c.provider.data_dir,
+                Err(e) => {
+                    eprintln!("paygress-cli: {e}");
+                    return exit::USAGE;
+                }
+            };
             let (payments, _lock) = match open_payments(config, true).await {
                 Ok(p) => p,
                 Err(code) => return code,
+            };
+            let amount = match (all, amount) {
+                (true, _) => return withdraw_all(&payments, &data_dir).await,
+                (false, Some(a)) => a,
+                (false, None) => {
+                    eprintln!("paygress-cli: pass --amount SATS or --all");
+                    return exit::USAGE;
+                }
             };
             let mint = match mint {
                 Some(m) => match payments.mint(&m) {
@@ -194,4 +225,90 @@ pub async fn run(cmd: WalletCommand) -> i32 {
             }
         }
     }
+}
+
+/// The data dir's books as JSON, under its lock.
+async fn books(config: Option<PathBuf>) -> i32 {
+    let cfg = match app::load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::USAGE;
+        }
+    };
+    let _lock = match cfg.provider.data_dir.exists() {
+        true => match paygress::datadir_lock::DataDirLock::acquire(&cfg.provider.data_dir) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("paygress-cli: {e}");
+                return exit::PROVIDER;
+            }
+        },
+        false => None,
+    };
+    match paygress::books::read(&cfg.provider.data_dir).await {
+        Ok(b) => match serde_json::to_string(&b) {
+            Ok(s) => {
+                println!("{s}");
+                0
+            }
+            Err(e) => {
+                eprintln!("paygress-cli: {e}");
+                exit::PROVIDER
+            }
+        },
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            exit::PROVIDER
+        }
+    }
+}
+
+/// Every balance out, one token a line; stops at the first failure (what was printed is out).
+/// Each token is kept in the data dir (fsynced) before it is printed, and tokens kept by an
+/// earlier run that was never confirmed are printed first: the SSH stream that carries them is
+/// not a place money can live.
+async fn withdraw_all(payments: &Payments, data_dir: &std::path::Path) -> i32 {
+    // Finish or undo what a killed swap or refund left reserved or pending.
+    payments.recover().await;
+    match paygress::books::pending(data_dir) {
+        Ok(old) => {
+            for t in old {
+                println!("{t}");
+            }
+        }
+        Err(e) => {
+            eprintln!("paygress-cli: cannot read the withdrawn tokens kept earlier: {e}");
+            return exit::PROVIDER;
+        }
+    }
+    let balances = match payments.balances().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("paygress-cli: {e}");
+            return exit::PAYMENT;
+        }
+    };
+    for (mint, sats) in balances {
+        if sats == 0 {
+            continue;
+        }
+        match payments.withdraw(&mint, sats).await {
+            Ok(token) => {
+                let t = token.expose().to_string();
+                if let Err(e) = paygress::books::keep_pending(data_dir, std::slice::from_ref(&t)) {
+                    // The proofs are sent; the token must reach the operator all the same.
+                    eprintln!("paygress-cli: cannot keep the withdrawn token in the data dir: {e}");
+                    println!("{t}");
+                    return exit::PROVIDER;
+                }
+                println!("{t}");
+            }
+            Err(e) => {
+                eprintln!("paygress-cli: {mint}: {e}");
+                return exit::PAYMENT;
+            }
+        }
+    }
+    0
 }
