@@ -348,6 +348,24 @@ async fn key_login_and_a_two_cpu_tier() {
     );
 
     b.create(&s).await.expect("create");
+    // The host keys create reports (read while the login was being made) are the container's
+    // own: the buyer's client, pinned to exactly them, logs in.
+    let pinned = b.host_key_fingerprints(&n);
+    assert!(!pinned.is_empty(), "create reported no host key fingerprints");
+    let agent_key = paygress::buyer::ssh::load_or_create_key(&key).expect("key");
+    let seen = paygress::buyer::ssh::run(
+        "127.0.0.1",
+        s.host_port.unwrap(),
+        "alice",
+        &agent_key,
+        &pinned,
+        "id -un",
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("a login pinned to the reported host keys");
+    assert_eq!(seen.stdout.trim(), "alice");
+    assert!(pinned.contains(&seen.host_key), "{seen:?} vs {pinned:?}");
     let out = ssh_key(s.host_port.unwrap(), "alice", &key, LIMITS_CMD)
         .await
         .expect("key login");
