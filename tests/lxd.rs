@@ -366,6 +366,22 @@ async fn key_login_and_a_two_cpu_tier() {
     .expect("a login pinned to the reported host keys");
     assert_eq!(seen.stdout.trim(), "alice");
     assert!(pinned.contains(&seen.host_key), "{seen:?} vs {pinned:?}");
+    // And they are all of them: what OpenSSH's own ssh-keyscan finds on the port.
+    let scan = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ssh-keyscan -p \"$1\" 127.0.0.1 2>/dev/null | ssh-keygen -lf - | awk '{print $2}' | sort -u")
+        .arg("sh")
+        .arg(s.host_port.unwrap().to_string())
+        .output()
+        .expect("ssh-keyscan");
+    let mut scanned: Vec<String> = String::from_utf8_lossy(&scan.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut reported = pinned.clone();
+    scanned.sort();
+    reported.sort();
+    assert_eq!(reported, scanned, "reported host keys vs ssh-keyscan");
     let out = ssh_key(s.host_port.unwrap(), "alice", &key, LIMITS_CMD)
         .await
         .expect("key login");
