@@ -351,7 +351,10 @@ async fn key_login_and_a_two_cpu_tier() {
     // The host keys create reports (read while the login was being made) are the container's
     // own: the buyer's client, pinned to exactly them, logs in.
     let pinned = b.host_key_fingerprints(&n);
-    assert!(!pinned.is_empty(), "create reported no host key fingerprints");
+    assert!(
+        !pinned.is_empty(),
+        "create reported no host key fingerprints"
+    );
     let agent_key = paygress::buyer::ssh::load_or_create_key(&key).expect("key");
     let seen = paygress::buyer::ssh::run(
         "127.0.0.1",

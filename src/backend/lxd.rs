@@ -795,20 +795,18 @@ impl LxdBackend {
             }
         };
         let mut t_create = Instant::now();
-        let result: Result<Vec<String>, BackendError> = match self
-            .wait_operation(&accepted, self.ready_timeout())
-            .await
-        {
-            Ok(_) => {
-                t_create = Instant::now();
-                self.provision(spec, &nonce).await
-            }
-            Err(e) => Err(map_create_error(
-                &e,
-                &spec.image,
-                spec.host_port.unwrap_or_default(),
-            )),
-        };
+        let result: Result<Vec<String>, BackendError> =
+            match self.wait_operation(&accepted, self.ready_timeout()).await {
+                Ok(_) => {
+                    t_create = Instant::now();
+                    self.provision(spec, &nonce).await
+                }
+                Err(e) => Err(map_create_error(
+                    &e,
+                    &spec.image,
+                    spec.host_port.unwrap_or_default(),
+                )),
+            };
         match result {
             Ok(keys) => {
                 tracing::info!(
