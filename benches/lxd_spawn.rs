@@ -24,6 +24,8 @@
 //! (default paygress-debian-12). Pool size: `LXD_BENCH_WARM` (default 2). Storage pool:
 //! `LXD_BENCH_POOL` (default: the default profile's) — used by all sides.
 //! `LXD_BENCH_IDMAP_ISOLATED=0`: both LXD providers without `security.idmap.isolated`.
+//! `LXD_BENCH_COLD_IMAGE_B=ALIAS`: one more side, the cold path on another image (an A/B of
+//! image changes in the same interleaved run).
 //! Needs root, LXD set up (`provider/lxd-setup.sh`), the image (`provider/build-base-image.sh`),
 //! `lxc`, `ssh` and `sshpass`.
 
@@ -55,11 +57,9 @@ struct Key {
 }
 
 fn make_key() -> Key {
-    let key = russh::keys::PrivateKey::random(
-        &mut rand::rngs::OsRng,
-        russh::keys::Algorithm::Ed25519,
-    )
-    .expect("key");
+    let key =
+        russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
+            .expect("key");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("id_ed25519");
     let text = key
@@ -493,7 +493,10 @@ fn main() {
         idmap_isolated,
         ..LxdConfig::default()
     };
-    let (mint, warm_lxd, warm, cold, money) = rt.block_on(async {
+    let image_b = std::env::var("LXD_BENCH_COLD_IMAGE_B")
+        .ok()
+        .filter(|i| !i.is_empty());
+    let (mint, warm_lxd, warm, cold, cold_b, money) = rt.block_on(async {
         let mint = TestMint::start().await;
         let warm_lxd = LxdBackend::connect(lxd(warm_n))
             .await
@@ -503,10 +506,19 @@ fn main() {
             .unwrap_or_else(|e| panic!("LXD is not usable: {e}"));
         let warm = seller(&mint, Arc::new(warm_lxd.clone()), &image).await;
         let cold = seller(&mint, Arc::new(cold_lxd), &image).await;
+        let cold_b = match &image_b {
+            Some(b) => {
+                let lxd_b = LxdBackend::connect(lxd(0))
+                    .await
+                    .unwrap_or_else(|e| panic!("LXD is not usable: {e}"));
+                Some(seller(&mint, Arc::new(lxd_b), b).await)
+            }
+            None => None,
+        };
         let money = seller(&mint, Arc::new(FakeBackend::new()), &image).await;
         // One of each untimed: keysets fetched, connections made, caches warm.
         let _ = paid_spawn(&money, &mint, &key, Login::Skip).await;
-        (mint, warm_lxd, warm, cold, money)
+        (mint, warm_lxd, warm, cold, cold_b, money)
     });
 
     // The pool's cost: what LXD counts for each idle member (its cgroup: processes and cache).
@@ -553,18 +565,24 @@ fn main() {
     let (mut a_ans, mut a_login) = (Vec::new(), Vec::new());
     let (mut c_ans, mut c_login, mut x_login, mut m_ans) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut b_login = Vec::new();
     #[derive(Clone, Copy)]
     enum Side {
         Warm,
         Agent,
         Cold,
+        ColdB,
         Cli,
     }
     for round in 0..n {
         let (mut w, mut a, mut c, mut x) = (None, None, None, None);
         // Rotate the order, so no side always follows another's delete.
-        let mut order = [Side::Warm, Side::Agent, Side::Cold, Side::Cli];
-        order.rotate_left(round % 4);
+        let mut order = vec![Side::Warm, Side::Agent, Side::Cold, Side::Cli];
+        if cold_b.is_some() {
+            order.push(Side::ColdB);
+        }
+        let len = order.len();
+        order.rotate_left(round % len);
         for side in order {
             let warm_spawn = |login: Login, what: &str| {
                 rt.block_on(async {
@@ -589,6 +607,18 @@ fn main() {
                         let _ = cold.provider.backend().destroy(&r.name).await;
                         r
                     }))
+                }
+                Side::ColdB => {
+                    if let Some(sb) = &cold_b {
+                        let r = rt.block_on(async {
+                            let r = paid_spawn(sb, &mint, &key, Login::Password)
+                                .await
+                                .unwrap_or_else(|e| panic!("cold B, round {round}: {e}"));
+                            let _ = sb.provider.backend().destroy(&r.name).await;
+                            r
+                        });
+                        b_login.push(r.login);
+                    }
                 }
                 Side::Cli => {
                     x = Some(
@@ -635,14 +665,20 @@ fn main() {
     println!();
     println!("{:<58} {:>10} {:>10}", "", "median", "p90");
     let rows = [
-        ("(a) warm: paid spawn_pod → first SSH login (password)", &w_login),
+        (
+            "(a) warm: paid spawn_pod → first SSH login (password)",
+            &w_login,
+        ),
         ("    warm: paid spawn_pod → answer", &w_ans),
         ("    agent: the same → first russh key login", &a_login),
         ("    agent: paid spawn_pod → answer", &a_ans),
         ("    money path alone (MCP + swap + journal)", &m_ans),
         ("    one login alone: OpenSSH, password (sshpass)", &w_ssh),
         ("    one login alone: OpenSSH, key", &w_key),
-        ("    one login alone: russh (the buyer's client), key", &w_russh),
+        (
+            "    one login alone: russh (the buyer's client), key",
+            &w_russh,
+        ),
         ("(b) cold: paid spawn_pod → first SSH login", &c_login),
         ("    cold: paid spawn_pod → answer", &c_ans),
         ("(c) lxc CLI flow → first SSH login", &x_login),
@@ -650,6 +686,16 @@ fn main() {
     for (label, v) in rows {
         let (med, p90) = stats(v);
         println!("{label:<58} {med:>8.0}ms {p90:>8.0}ms");
+    }
+    if let Some(b) = &image_b {
+        let (med, p90) = stats(&b_login);
+        let label = format!("(b') cold on image {b} → first SSH login");
+        println!("{label:<58} {med:>8.0}ms {p90:>8.0}ms");
+        let (c, _) = stats(&c_login);
+        println!(
+            "ratio cold on {b} / cold on {image} (medians): {:.2}",
+            med / c
+        );
     }
     let (w, _) = stats(&w_login);
     let (ag, _) = stats(&a_login);
