@@ -564,7 +564,30 @@ impl LxdBackend {
             .await
             .map_err(|e| e.api("claiming a warm container"))?;
         self.map_name(&spec.name, inst);
+        let t_sold = Instant::now();
+        let (_, user_ms, banner_ms) = self.hand_over(inst, spec, port, &m.nonce, deadline).await?;
+        tracing::debug!(
+            instance = inst,
+            mark_ms = (t_sold - t0).as_millis() as u64,
+            user_ms,
+            banner_ms,
+            "LXD warm claim"
+        );
+        Ok(())
+    }
 
+    /// Give a running instance (a sold member, or a cold one just started) its SSH forward and
+    /// the buyer's login, and wait until it answers as itself on `port`: steps 2-4 of the module
+    /// docs. Returns the banner seen and how long the login and the banner took (ms).
+    pub(super) async fn hand_over(
+        &self,
+        inst: &str,
+        spec: &WorkloadSpec,
+        port: u16,
+        nonce: &str,
+        deadline: Instant,
+    ) -> Result<(Banner, u64, u64), BackendError> {
+        let path = format!("/1.0/instances/{inst}");
         // 2. The SSH forward, answered in the background.
         self.settle_begin(inst);
         let device =
@@ -601,7 +624,7 @@ impl LxdBackend {
             Ok::<_, BackendError>(t_sold.elapsed())
         };
         let answering = async {
-            let b = wait_for_ssh(&self.check_host, port, Some(&m.nonce), deadline).await?;
+            let b = wait_for_ssh(&self.check_host, port, Some(nonce), deadline).await?;
             Ok::<_, BackendError>((b, t_sold.elapsed()))
         };
         tokio::pin!(login, answering);
@@ -619,13 +642,6 @@ impl LxdBackend {
             }
         }
         let (banner, banner_t) = banner.unwrap_or((Banner::Anonymous, Duration::ZERO));
-        tracing::debug!(
-            instance = inst,
-            mark_ms = (t_sold - t0).as_millis() as u64,
-            user_ms = user_ms.unwrap_or_default().as_millis() as u64,
-            banner_ms = banner_t.as_millis() as u64,
-            "LXD warm claim"
-        );
         if banner == Banner::Anonymous && !device_ok {
             // Without our nonce the banner proves nothing until LXD confirms the device.
             match rx.await {
@@ -634,7 +650,11 @@ impl LxdBackend {
                 Err(_) => return Err(BackendError::Api("the SSH forward request was lost".into())),
             }
         }
-        Ok(())
+        Ok((
+            banner,
+            user_ms.unwrap_or_default().as_millis() as u64,
+            banner_t.as_millis() as u64,
+        ))
     }
 
     /// The instance behind a workload name: the name itself, unless it is a sold warm container
@@ -815,8 +835,8 @@ mod tests {
         assert!(is_valid_instance_name(&new_member_name()));
     }
 
-    /// A member is made with the cold body minus the name, the ownership marks and the SSH
-    /// forward: the same limits, task limit, id map, egress network and root disk quota.
+    /// A member is made with the cold body minus the name and the ownership marks (neither has
+    /// the SSH forward until it is handed over): the same limits, task limit, id map, egress network and root disk quota.
     #[test]
     fn members_are_made_like_cold_workloads() {
         let t = Tier {
@@ -855,11 +875,6 @@ mod tests {
         let c = o.get_mut("config").unwrap().as_object_mut().unwrap();
         c.remove(KEY_PROVIDER);
         c.remove(KEY_EXPIRES_AT);
-        o.get_mut("devices")
-            .unwrap()
-            .as_object_mut()
-            .unwrap()
-            .remove(SSH_DEVICE);
         assert_eq!(cold, member);
         assert_eq!(member["devices"]["eth0"]["network"], "wl0");
         assert_eq!(member["devices"]["root"]["size"], "3GB");
