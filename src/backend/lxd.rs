@@ -11,13 +11,13 @@
 //!
 //! # Making a workload
 //!
-//! [`LxdBackend::create`] sends **one** `POST /1.0/instances` that carries everything: the image
-//! alias, the tier's limits (`limits.cpu`, `limits.memory`, the root disk size when the storage
-//! pool can enforce one), `security.privileged=false`, nesting only if the operator asked, the
-//! ownership and deadline marks (`user.paygress.provider`, `user.paygress.expires_at`) and the
-//! SSH proxy device from the allocated host port to the container's `127.0.0.1:22`. Adding the
-//! device in the same request matters: adding it afterwards is a second round trip and a second
-//! device start, about a second each time (see below).
+//! [`LxdBackend::create`] sends one `POST /1.0/instances` with the image alias, the tier's limits
+//! (`limits.cpu`, `limits.memory`, the root disk size when the storage pool can enforce one),
+//! `security.privileged=false`, nesting only if the operator asked, and the ownership and
+//! deadline marks (`user.paygress.provider`, `user.paygress.expires_at`); it starts the instance
+//! bare and then hands it over exactly as a sold warm member is (see [`pool`]): the SSH proxy
+//! device from the allocated host port to the container's `127.0.0.1:22`, the login, and the
+//! wait for the container's own banner, all at once.
 //!
 //! The login user is made without ever putting buyer input into a shell command line: one `exec`
 //! runs a constant script (`useradd`, then `chpasswd` fed from a file), and the username reaches
@@ -29,30 +29,35 @@
 //! # Why spawn is fast
 //!
 //! LXD starts a proxy device by spawning a `forkproxy` helper and then polling the helper's log
-//! for "Started" — once immediately, and then only after a fixed one-second sleep. So the start
-//! operation of an instance with a proxy device never finishes in less than about a second, even
-//! though the helper listens within milliseconds. Waiting for that operation would put a second of
-//! nothing on every spawn. Instead, create does not wait for it before going on: as soon as the
-//! container runs it creates the user, and it watches the host port for the SSH banner, while the
-//! start operation is watched alongside only for failure (a taken port fails it within ~0.1 s).
+//! for "Started" — once immediately, and then only after a fixed one-second sleep. So a request
+//! that starts a proxy device (an instance start with one, or the update that adds one) never
+//! finishes in less than about a second, even though the helper listens within milliseconds, and
+//! while it runs LXD answers file requests on the instance only at its end. So the instance is
+//! made and started without the device (started bare it runs in ~0.6-0.8 s on one vCPU), and the
+//! update that adds the device is not waited for: it is watched alongside only for failure (a
+//! taken port fails it within ~0.1 s) while the login is made and the host port is watched for
+//! the SSH banner. Nothing is pushed into the stopped instance either: a file written there made
+//! the following start ~1 s slower in most runs (measured with the REST API).
 //!
 //! The catch is that a banner on the host port proves nothing by itself: another program could be
 //! listening there. So every instance gets a random, non-secret nonce (`user.paygress.nonce`),
 //! which the base image's LXD template puts in sshd's `VersionAddendum`; a banner carrying the
 //! nonce can only come from this very container through its own proxy device. If the image has no
-//! such template (any other image), create falls back to waiting for the start operation, which
+//! such template (any other image), create falls back to waiting for the device update, which
 //! is correct everywhere and only slower. Before anything is created, the host port is also
 //! probed locally, so a taken port is a precise `Capacity` error that costs nothing.
 //!
 //! The banner read matters in itself: the proxy accepts TCP connections before sshd inside is
-//! up, so a bare connect is no proof of readiness; a line starting `SSH-` is.
+//! up, so a bare connect is no proof of readiness; a line starting `SSH-` is. The host key
+//! fingerprints of the spawn answer are then taken from the same port, one key exchange per key
+//! type ended at the host key check (the key files through the file API would wait for the
+//! device update).
 //!
-//! One consequence: for up to a second after create returns, LXD is still finishing that start
-//! operation and refuses other state changes on the instance ("busy"). So the instance is
-//! *settling* until the operation ends, as a sold warm container is (see [`pool`]): an `extend`
-//! meanwhile (the core moves the deadline mark right after create) is recorded and written when
-//! it ends, and stop, resume and destroy wait for it; every mutating call also retries while LXD
-//! says busy, within its timeout.
+//! One consequence: for up to a second after create returns, LXD is still finishing the device
+//! update and refuses other updates of the instance ("busy"). So the instance is *settling*
+//! until it ends (see [`pool`]): an `extend` meanwhile (the core moves the deadline mark right
+//! after create) is recorded and written when it ends, and stop, resume and destroy wait for it;
+//! every mutating call also retries while LXD says busy, within its timeout.
 //!
 //! With `warm_pool` set, a spawn first tries a booted, unsold container from the pool and only
 //! sets the login and adds the SSH forward (see [`pool`]); this section is the cold path, taken
@@ -236,8 +241,9 @@ struct RootPool {
 
 /// What every instance of a tier and image is made with, cold or warm: the image, the limits,
 /// the isolation settings, the network and the root disk. No name, no ownership marks and no SSH
-/// forward: a cold create adds them in the same request ([`create_body`]), a warm pool member
-/// gets its pool marks instead and the rest when it is sold (see [`pool`]).
+/// forward: a cold create adds the name and marks in the same request ([`create_body`]) and the
+/// forward once the instance runs; a warm pool member gets its pool marks instead and the rest
+/// when it is sold (see [`pool`]).
 fn instance_body(
     tier: &Tier,
     image: &str,

@@ -20,7 +20,8 @@
 //!    core's name to the member's), and the pool marks removed. From here on a restart sees a
 //!    sold workload, never a pool member, so no credential is ever set in something that could
 //!    go back to the pool;
-//! 2. adds the SSH proxy device, *without* waiting for LXD's answer: LXD polls its forkproxy
+//! 2. (from here on a cold instance, once started, goes the same way: `hand_over`) adds the SSH
+//!    proxy device, *without* waiting for LXD's answer: LXD polls its forkproxy
 //!    helper once and then only after a fixed second, so that request takes a second however
 //!    fast the helper is (see the module docs of `lxd.rs`). The answer is watched for failure (a
 //!    taken port) while
