@@ -1,4 +1,4 @@
-//! SSH readiness: reading the SSH banner on the host port.
+//! SSH readiness and identity on the host port: the banner, and the host keys sshd presents.
 //!
 //! The proxy accepts TCP connections before sshd inside is up, so a bare connect is no proof of
 //! readiness; a line starting `SSH-` is. The banner carries the instance's nonce (see the module
