@@ -890,13 +890,14 @@ impl LxdBackend {
             self.hand_over(name, spec, port, nonce, deadline).await?;
         // The host keys as the instance's sshd presents them on the port (see
         // `banner::presented_host_keys`); the key files only when the banner is not provably ours.
-        let mut keys = Vec::new();
-        if banner == Banner::Ours {
-            keys = presented_host_keys(&self.check_host, port).await;
-        }
-        if keys.is_empty() {
-            keys = self.read_host_keys(name).await;
-        }
+        let presented = match banner {
+            Banner::Ours => presented_host_keys(&self.check_host, port).await,
+            Banner::Anonymous => None,
+        };
+        let keys = match presented {
+            Some(keys) => keys,
+            None => self.read_host_keys(name).await,
+        };
         tracing::debug!(
             name,
             start_ms,
