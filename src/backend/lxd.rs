@@ -964,7 +964,7 @@ impl Backend for LxdBackend {
             }
         }
 
-        if let Some(m) = self.take_member(&spec.tier, &spec.image) {
+        if let Some(m) = self.take_current_member(&spec.tier, &spec.image).await {
             match self.claim(&m, spec, port).await {
                 Ok(()) => {
                     tracing::info!(

@@ -96,7 +96,13 @@ pub(super) struct Member {
     pub instance: String,
     pub nonce: String,
     pub host_keys: Vec<String>,
+    /// The fingerprint of the image it was made from (`volatile.base_image`): a member whose
+    /// image alias has since moved (a rebuilt image) is never sold.
+    pub base_image: String,
 }
+
+/// LXD's record of the image an instance was made from.
+const KEY_BASE_IMAGE: &str = "volatile.base_image";
 
 /// A (tier, image) pair the pool keeps members for.
 #[derive(Debug, Clone)]
@@ -253,8 +259,18 @@ impl LxdBackend {
             let shape = config_value(&inst, KEY_POOL_SHAPE).unwrap_or("");
             let running = inst.get("status").and_then(Value::as_str) == Some("Running");
             let nonce = config_value(&inst, KEY_NONCE).unwrap_or("").to_string();
-            let fits = shapes.iter().any(|s| s.key == shape)
-                && adopted.get(shape).map_or(0, VecDeque::len) < want;
+            let base_image = config_value(&inst, KEY_BASE_IMAGE)
+                .unwrap_or("")
+                .to_string();
+            let image = shapes
+                .iter()
+                .find(|s| s.key == shape)
+                .map(|s| s.image.clone());
+            let current = match &image {
+                Some(i) => self.alias_target(i).await.as_deref() == Some(base_image.as_str()),
+                None => false,
+            };
+            let fits = current && adopted.get(shape).map_or(0, VecDeque::len) < want;
             if fits && running && !nonce.is_empty() && ssh_port_of(&inst).is_none() {
                 let host_keys = self.read_host_keys(&name).await;
                 adopted
@@ -264,6 +280,7 @@ impl LxdBackend {
                         instance: name,
                         nonce,
                         host_keys,
+                        base_image,
                     });
             } else {
                 if let Err(e) = self.remove(&name).await {
@@ -505,6 +522,10 @@ impl LxdBackend {
         match r {
             Ok(()) => {
                 let host_keys = self.read_host_keys(&name).await;
+                let base_image = match self.instance(&name).await {
+                    Ok(Some(i)) => config_value(&i, KEY_BASE_IMAGE).unwrap_or("").to_string(),
+                    _ => String::new(),
+                };
                 tracing::debug!(
                     name,
                     ms = t0.elapsed().as_millis() as u64,
@@ -514,11 +535,72 @@ impl LxdBackend {
                     instance: name,
                     nonce,
                     host_keys,
+                    base_image,
                 })
             }
             Err(e) => {
                 let _ = self.remove(&name).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// The fingerprint an image alias points at now.
+    pub(super) async fn alias_target(&self, alias: &str) -> Option<String> {
+        if alias.is_empty() || alias.contains(['/', '?', '#', '%', ' ']) {
+            return None;
+        }
+        let v = self
+            .get(&format!("/1.0/images/aliases/{alias}"))
+            .await
+            .ok()?;
+        v.get("target").and_then(Value::as_str).map(String::from)
+    }
+
+    /// Take a ready member for this tier and image whose image is still what the alias names
+    /// (never the same member twice). Members made from an image the alias no longer points at
+    /// (the operator rebuilt it, e.g. for a security fix) are removed, not sold.
+    pub(super) async fn take_current_member(&self, tier: &Tier, image: &str) -> Option<Member> {
+        let mut m = self.take_member(tier, image)?;
+        let Some(target) = self.alias_target(image).await else {
+            // LXD did not say: the member goes back untouched, and this spawn goes cold.
+            self.give_back(tier, image, m);
+            return None;
+        };
+        loop {
+            if m.base_image == target {
+                return Some(m);
+            }
+            tracing::info!(
+                name = %m.instance,
+                "LXD warm pool: a member of an earlier image of {image} is removed"
+            );
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.remove(&m.instance).await {
+                    tracing::warn!(name = %m.instance, "LXD warm pool: cannot remove a member: {}", e.message());
+                }
+            });
+            m = self.take_member(tier, image)?;
+        }
+    }
+
+    /// Put an untouched member back at the head of its queue.
+    fn give_back(&self, tier: &Tier, image: &str, m: Member) {
+        let mut st = self.pool.state();
+        let key = st
+            .shapes
+            .iter()
+            .find(|s| s.tier == *tier && s.image == image)
+            .map(|s| s.key.clone());
+        match key {
+            Some(k) if st.running => st.ready.entry(k).or_default().push_front(m),
+            _ => {
+                drop(st);
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = me.remove(&m.instance).await;
+                });
             }
         }
     }
