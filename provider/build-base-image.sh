@@ -17,7 +17,7 @@
 #   so a rerun (or a fresh LXD) imports without running debootstrap again. A cache made by an
 #   older tuning is unpacked, tuned again (every step of tune_rootfs is idempotent) and repacked,
 #   which needs no mirror. The alias is moved to the new image in one request, so a container
-#   created meanwhile never finds it missing.
+#   created meanwhile never finds it missing; the previous image is kept (see the end).
 # - Fast boot and fast logins (tune_rootfs): sshd starts as soon as the journal's socket is
 #   there instead of after network.target, units that do nothing in a container are
 #   masked, and the per-login motd regeneration is off. The reasons, and why none of it weakens
@@ -38,7 +38,7 @@ set -euo pipefail
 # it needs to verify the mirror's signatures, so they are named) and the commands it runs.
 # `lxc` comes from provider/lxd-setup.sh, which must run first. Checked by tools/check-setup-deps.py.
 PACKAGES=(debootstrap gpgv debian-archive-keyring)
-COMMANDS=(debootstrap wget gpgv tar gzip chroot awk find mktemp du cut)
+COMMANDS=(debootstrap wget gpgv tar gzip chroot awk find mktemp du cut sha256sum)
 if [ "${1:-}" = --print-deps ]; then
     printf 'package %s\n' "${PACKAGES[@]}"
     printf 'command %s\n' "${COMMANDS[@]}"
@@ -58,6 +58,10 @@ META_TAR="$CACHE_DIR/$ALIAS.meta.tar.gz"
 # are then tuned again. Version 1 had no stamp (everything up to the nonce template).
 TUNE_VERSION=2
 TUNE_STAMP="$ROOTFS_TAR.tune"
+# SHA-256 of Debian's own ssh.service the copy in tune_rootfs was made from (bookworm,
+# openssh-server 1:9.2p1-2+deb12u*). If Debian changes its unit, the build stops here so the copy
+# is reviewed instead of silently freezing an old unit.
+DEBIAN_SSH_UNIT_SHA256=35b2858970feb78e985900b33ba8cb84249dfadbf296155e5639cafcf1dd40a3
 
 log() { printf 'build-base-image: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -80,7 +84,6 @@ install_packages() {
 }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
-install_packages
 command -v lxc >/dev/null || die "lxc not found: run provider/lxd-setup.sh first"
 lxd waitready --timeout=10 >/dev/null 2>&1 || die "LXD is not running: run provider/lxd-setup.sh first"
 
@@ -212,6 +215,10 @@ NET
     # drop-in, never removed, so this is the whole unit, Debian's own lines otherwise (an upgrade
     # of openssh-server does not replace it; it changes nothing sshd does, only when it starts).
     # The ExecStartPre of the host-key drop-in below still applies.
+    local unit=$rootfs/usr/lib/systemd/system/ssh.service
+    [ -f "$unit" ] || unit=$rootfs/lib/systemd/system/ssh.service
+    [ "$(sha256sum <"$unit" | cut -d' ' -f1)" = "$DEBIAN_SSH_UNIT_SHA256" ] \
+        || die "Debian's ssh.service changed ($unit): review the copy in tune_rootfs, then update DEBIAN_SSH_UNIT_SHA256"
     cat >"$rootfs/etc/systemd/system/ssh.service" <<'UNIT'
 [Unit]
 Description=OpenBSD Secure Shell server
@@ -266,6 +273,8 @@ UNIT
 
 build_rootfs() {
     local mirror work rootfs t
+    # Only debootstrap needs packages (and maybe the mirror); a cached tree does not.
+    install_packages
     mirror=${PAYGRESS_IMAGE_MIRROR:-}
     if [ -z "$mirror" ]; then
         mirror=$(apt_mirror) || die "no apt source for suite '$SUITE' found in /etc/apt; set PAYGRESS_IMAGE_MIRROR"
@@ -382,7 +391,10 @@ if [ -n "$old" ]; then
     log "replacing existing image $ALIAS"
     lxc query -X PUT "/1.0/images/aliases/$ALIAS" \
         --data "{\"target\": \"$new\", \"description\": \"\"}" >/dev/null
-    [ "$old" = "$new" ] || lxc image delete "$old"
+    # The previous image is kept: a create that already resolved the alias to it must not fail
+    # half-way. The backend's warm pool removes its members made from it (their base image is
+    # no longer the alias's target); delete the image once nothing is made from it any more.
+    [ "$old" = "$new" ] || log "previous image $old kept; remove it with: lxc image delete $old"
 else
     lxc image alias create "$ALIAS" "$new"
 fi
