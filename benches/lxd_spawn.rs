@@ -13,8 +13,10 @@
 //! - **cli**: what an operator would type — `lxc launch` with the same limits, `lxc exec`
 //!   useradd and chpasswd, `lxc config device add … proxy`, then `sshpass ssh` until it logs in.
 //!
-//! All three end at the same point, the first successful SSH login on 127.0.0.1:PORT, on the same
-//! image and pool; each instance is deleted (untimed) before the next round. Beside them, to show
+//! All end at the same point, the first successful SSH login on 127.0.0.1:PORT, on the same
+//! image and pool (the paid sides stage a key and a password, the CLI flow sets a password only);
+//! a login refused after a spawn's answer is counted and printed (there should be none); the
+//! agent's login pins the host keys the answer names; each instance is deleted (untimed) before the next round. Beside them, to show
 //! what bounds the warm path, every round also times the same `spawn_pod` on a provider whose
 //! backend does nothing (the money path: MCP, validation, swap, journal) and, into the warm
 //! container once it is up, one more login of each kind alone: OpenSSH with the password
@@ -214,21 +216,30 @@ fn ssh_key_once(port: u16, user: &str, key: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-/// One key login with the project's own client (what `paygress-cli mcp` uses), running `true`.
-async fn russh_once(port: u16, user: &str, key: &russh::keys::PrivateKey) -> bool {
+/// One key login with the project's own client (what `paygress-cli mcp` uses), running `true`,
+/// with the host key pinned to `pinned` (the spawn answer's fingerprints) as the agent does.
+async fn russh_once(
+    port: u16,
+    user: &str,
+    key: &russh::keys::PrivateKey,
+    pinned: &[String],
+) -> bool {
     matches!(
-        paygress::buyer::ssh::run("127.0.0.1", port, user, key, &[], "true", Duration::from_secs(10)).await,
+        paygress::buyer::ssh::run("127.0.0.1", port, user, key, pinned, "true", Duration::from_secs(10)).await,
         Ok(o) if o.exit_code == Some(0)
     )
 }
 
-/// Retry the login until it works (the CLI flow has no readiness signal of its own).
-fn ssh_until_login(port: u16, user: &str, pw: &str, limit: Duration) -> Result<(), String> {
+/// Retry the login until it works (the CLI flow has no readiness signal of its own); how many
+/// attempts failed first (after a spawn's answer there should be none).
+fn ssh_until_login(port: u16, user: &str, pw: &str, limit: Duration) -> Result<u32, String> {
     let end = Instant::now() + limit;
+    let mut failed = 0;
     while Instant::now() < end {
         if ssh_once(port, user, pw) {
-            return Ok(());
+            return Ok(failed);
         }
+        failed += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!("no SSH login on port {port} within {limit:?}"))
@@ -276,6 +287,8 @@ struct Paid {
     ssh_only: Duration,
     ssh_key: Duration,
     russh_key: Duration,
+    /// Login attempts refused after the answer (a spawn answers only once a login works).
+    refused: u32,
     name: String,
 }
 
@@ -314,6 +327,14 @@ async fn paid_spawn(s: &Seller, mint: &TestMint, key: &Key, login: Login) -> Res
     }
     let port = body["node_port"].as_u64().ok_or("no node_port")? as u16;
     let pod = body["pod_npub"].as_str().ok_or("no pod_npub")?.to_string();
+    let pinned: Vec<String> = body["ssh_host_key_fingerprints"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     let name = s
         .provider
         .store()
@@ -323,11 +344,13 @@ async fn paid_spawn(s: &Seller, mint: &TestMint, key: &Key, login: Login) -> Res
         .name;
     let (mut login_t, mut ssh_only, mut ssh_key, mut russh_key) =
         (answer, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut refused = 0;
     match login {
         Login::Skip => {}
         Login::Agent => {
             let end = Instant::now() + Duration::from_secs(60);
-            while !russh_once(port, USER, &key.key).await {
+            while !russh_once(port, USER, &key.key, &pinned).await {
+                refused += 1;
                 if Instant::now() > end {
                     return Err(format!("no russh login on port {port}"));
                 }
@@ -337,7 +360,7 @@ async fn paid_spawn(s: &Seller, mint: &TestMint, key: &Key, login: Login) -> Res
         }
         Login::Password => {
             let pw2 = pw.clone();
-            tokio::task::spawn_blocking(move || {
+            refused = tokio::task::spawn_blocking(move || {
                 ssh_until_login(port, USER, &pw2, Duration::from_secs(60))
             })
             .await
@@ -361,7 +384,7 @@ async fn paid_spawn(s: &Seller, mint: &TestMint, key: &Key, login: Login) -> Res
             }
             ssh_key = t2.elapsed();
             let t3 = Instant::now();
-            if !russh_once(port, USER, &key.key).await {
+            if !russh_once(port, USER, &key.key, &pinned).await {
                 return Err("the russh key login failed".into());
             }
             russh_key = t3.elapsed();
@@ -373,6 +396,7 @@ async fn paid_spawn(s: &Seller, mint: &TestMint, key: &Key, login: Login) -> Res
         ssh_only,
         ssh_key,
         russh_key,
+        refused,
         name,
     })
 }
@@ -566,6 +590,7 @@ fn main() {
     let (mut c_ans, mut c_login, mut x_login, mut m_ans) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut b_login = Vec::new();
+    let (mut refused_w, mut refused_a, mut refused_c) = (0u32, 0u32, 0u32);
     #[derive(Clone, Copy)]
     enum Side {
         Warm,
@@ -581,8 +606,11 @@ fn main() {
         if cold_b.is_some() {
             order.push(Side::ColdB);
         }
-        let len = order.len();
-        order.rotate_left(round % len);
+        // A fresh order every round, so no side always follows another's delete or refill.
+        {
+            use rand::seq::SliceRandom;
+            order.shuffle(&mut rand::thread_rng());
+        }
         for side in order {
             let warm_spawn = |login: Login, what: &str| {
                 rt.block_on(async {
@@ -593,6 +621,10 @@ fn main() {
                         .await
                         .unwrap_or_else(|e| panic!("{what}, round {round}: {e}"));
                     let _ = warm.provider.backend().destroy(&r.name).await;
+                    // The refill this spawn caused ends here, untimed, not during the next side.
+                    if !warm_lxd.wait_pool_full(Duration::from_secs(300)).await {
+                        panic!("the warm pool did not refill");
+                    }
                     r
                 })
             };
@@ -649,6 +681,9 @@ fn main() {
             ms(x.login),
             ms(m.answer)
         );
+        refused_w += w.refused;
+        refused_a += a.refused;
+        refused_c += c.refused;
         w_ans.push(w.answer);
         w_login.push(w.login);
         w_ssh.push(w.ssh_only);
@@ -709,6 +744,9 @@ fn main() {
             idle_mib.len()
         );
     }
+    println!(
+        "login attempts refused after the spawn's answer (each should be 0): warm {refused_w}, agent {refused_a}, cold {refused_c}"
+    );
     println!();
     println!("ratio warm/cli (medians): {:.3}  (target ≤ 0.10)", w / x);
     println!("ratio agent/cli (medians): {:.3}  (target ≤ 0.10)", ag / x);
