@@ -12,8 +12,16 @@
 #   client id on the bridge).
 # - The rootfs is stored as an uncompressed tar: the `dir` storage pool unpacks the image for
 #   every new container, and skipping gzip there is the biggest single saving in spawn time.
-# - Idempotent: if the alias exists nothing is done; the built tarballs are cached under
-#   /var/cache/paygress so a rerun (or a fresh LXD) imports without running debootstrap again.
+# - Idempotent: if the alias exists and was made by the current tuning (TUNE_VERSION, kept in the
+#   image's properties) nothing is done; the built tarballs are cached under /var/cache/paygress
+#   so a rerun (or a fresh LXD) imports without running debootstrap again. A cache made by an
+#   older tuning is unpacked, tuned again (every step of tune_rootfs is idempotent) and repacked,
+#   which needs no mirror. The alias is moved to the new image in one request, so a container
+#   created meanwhile never finds it missing; the previous image is kept (see the end).
+# - Fast boot and fast logins (tune_rootfs): sshd starts as soon as the journal's socket is
+#   there instead of after network.target, units that do nothing in a container are
+#   masked, and the per-login motd regeneration is off. The reasons, and why none of it weakens
+#   anything, are next to each step.
 #
 # Settings (environment):
 #   PAYGRESS_IMAGE_ALIAS    image alias                  (default paygress-debian-12)
@@ -30,7 +38,7 @@ set -euo pipefail
 # it needs to verify the mirror's signatures, so they are named) and the commands it runs.
 # `lxc` comes from provider/lxd-setup.sh, which must run first. Checked by tools/check-setup-deps.py.
 PACKAGES=(debootstrap gpgv debian-archive-keyring)
-COMMANDS=(debootstrap wget gpgv tar gzip chroot awk find mktemp du cut)
+COMMANDS=(debootstrap wget gpgv tar gzip chroot awk find mktemp du cut sha256sum)
 if [ "${1:-}" = --print-deps ]; then
     printf 'package %s\n' "${PACKAGES[@]}"
     printf 'command %s\n' "${COMMANDS[@]}"
@@ -46,6 +54,14 @@ HOST_KEY_TYPES=${PAYGRESS_IMAGE_HOST_KEY_TYPES:-ed25519 ecdsa}
 case " $HOST_KEY_TYPES " in *[!a-z0-9\ ]*) echo "bad PAYGRESS_IMAGE_HOST_KEY_TYPES" >&2; exit 1;; esac
 ROOTFS_TAR="$CACHE_DIR/$ALIAS.rootfs.tar"
 META_TAR="$CACHE_DIR/$ALIAS.meta.tar.gz"
+# Bump when tune_rootfs changes: cached rootfs tarballs and imported images of an older tuning
+# are then tuned again. Version 1 had no stamp (everything up to the nonce template).
+TUNE_VERSION=2
+TUNE_STAMP="$ROOTFS_TAR.tune"
+# SHA-256 of Debian's own ssh.service the copy in tune_rootfs was made from (bookworm,
+# openssh-server 1:9.2p1-2+deb12u*). If Debian changes its unit, the build stops here so the copy
+# is reviewed instead of silently freezing an old unit.
+DEBIAN_SSH_UNIT_SHA256=35b2858970feb78e985900b33ba8cb84249dfadbf296155e5639cafcf1dd40a3
 
 log() { printf 'build-base-image: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -68,11 +84,15 @@ install_packages() {
 }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
-install_packages
 command -v lxc >/dev/null || die "lxc not found: run provider/lxd-setup.sh first"
 lxd waitready --timeout=10 >/dev/null 2>&1 || die "LXD is not running: run provider/lxd-setup.sh first"
 
-if lxc image info "$ALIAS" >/dev/null 2>&1 && [ "$REBUILD" != 1 ]; then
+# The tuning an imported image was made with (its `paygress.tune` property; none: 1).
+image_tune() {
+    lxc image show "$ALIAS" 2>/dev/null | awk '$1 == "paygress.tune:" { gsub(/"/, "", $2); print $2; f = 1 } END { if (!f) print 1 }'
+}
+
+if lxc image info "$ALIAS" >/dev/null 2>&1 && [ "$REBUILD" != 1 ] && [ "$(image_tune)" = "$TUNE_VERSION" ]; then
     log "image $ALIAS already present; nothing to do"
     exit 0
 fi
@@ -110,24 +130,10 @@ apt_mirror() {
     done | head -n1 | grep .
 }
 
-build_rootfs() {
-    local mirror work rootfs t
-    mirror=${PAYGRESS_IMAGE_MIRROR:-}
-    if [ -z "$mirror" ]; then
-        mirror=$(apt_mirror) || die "no apt source for suite '$SUITE' found in /etc/apt; set PAYGRESS_IMAGE_MIRROR"
-    fi
-    log "debootstrap $SUITE from $mirror"
-    mkdir -p "$CACHE_DIR"
-    work=$(mktemp -d "$CACHE_DIR/build.XXXXXX")
-    # shellcheck disable=SC2064 # expand $work now
-    trap "rm -rf '$work'" EXIT
-    rootfs="$work/rootfs"
-    t=$(now)
-    debootstrap --variant=minbase --include=openssh-server,systemd-sysv,udev,iproute2 \
-        "$SUITE" "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
-        || { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
-    log "debootstrap done in $(elapsed "$t")"
-
+# Everything done to the debootstrapped tree. Idempotent: it is also applied again to a cached
+# tree of an older TUNE_VERSION.
+tune_rootfs() {
+    local rootfs=$1 keygen nameserver t
     # Nothing host-specific or secret may stay in the image.
     rm -f "$rootfs"/etc/ssh/ssh_host_*
     : >"$rootfs/etc/machine-id"
@@ -199,6 +205,94 @@ NET
     if [ -n "$nameserver" ]; then printf 'nameserver %s\n' "$nameserver" >"$rootfs/etc/resolv.conf"; fi
     echo debian >"$rootfs/etc/hostname"
 
+    # --- Version 2: boot and login speed. -------------------------------------------------------
+    # sshd early. Debian orders ssh.service after network.target, i.e. after systemd-networkd,
+    # which waits for udevd and its coldplug: sshd listened ~0.6 s into a container's boot on one
+    # vCPU. sshd needs none of it: it listens on the wildcard address, the backend reaches it on
+    # the container's own loopback through the proxy device, and the root file system (all it
+    # reads) is mounted by LXD before init runs. Only the journal socket is waited for, so its
+    # log goes where the rest does. An ordering can only be added in a
+    # drop-in, never removed, so this is the whole unit, Debian's own lines otherwise (an upgrade
+    # of openssh-server does not replace it; it changes nothing sshd does, only when it starts).
+    # The ExecStartPre of the host-key drop-in below still applies.
+    local unit=$rootfs/usr/lib/systemd/system/ssh.service
+    [ -f "$unit" ] || unit=$rootfs/lib/systemd/system/ssh.service
+    [ "$(sha256sum <"$unit" | cut -d' ' -f1)" = "$DEBIAN_SSH_UNIT_SHA256" ] \
+        || die "Debian's ssh.service changed ($unit): review the copy in tune_rootfs, then update DEBIAN_SSH_UNIT_SHA256"
+    cat >"$rootfs/etc/systemd/system/ssh.service" <<'UNIT'
+[Unit]
+Description=OpenBSD Secure Shell server
+Documentation=man:sshd(8) man:sshd_config(5)
+# Paygress: started as soon as the journal's socket is up, not after network.target (see
+# provider/build-base-image.sh). LXD mounts the root file system before init starts.
+DefaultDependencies=no
+After=systemd-journald.socket
+Conflicts=shutdown.target
+Before=shutdown.target
+ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
+
+[Service]
+EnvironmentFile=-/etc/default/ssh
+ExecStartPre=/usr/sbin/sshd -t
+ExecStart=/usr/sbin/sshd -D $SSHD_OPTS
+ExecReload=/usr/sbin/sshd -t
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=process
+Restart=on-failure
+RestartPreventExitStatus=255
+Type=notify
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+
+[Install]
+WantedBy=multi-user.target
+Alias=sshd.service
+UNIT
+    # With sshd up that early, systemd-tmpfiles would create /run/nologin ("System is booting
+    # up") after sshd answers and systemd-user-sessions remove it later, so a login could be
+    # refused right after the backend saw the banner. That file only guards logins during boot on
+    # a multi-user host; here the container is one buyer's, so it is never made (an operator's
+    # /etc/nologin still works).
+    ln -sf /dev/null "$rootfs/etc/tmpfiles.d/systemd-nologin.conf"
+    # Units with nothing to do in an unprivileged container, masked (each is CPU on every boot
+    # of a 1-vCPU container, and the timers wake idle pool members): module loading (the
+    # host's kernel; a container cannot load modules), pstore (the host's), network settings from
+    # the kernel command line (the host's), ext4 scrubbing and fstrim (the host's storage).
+    for u in modprobe@.service systemd-modules-load.service systemd-pstore.service \
+        systemd-network-generator.service e2scrub_reap.service e2scrub_all.timer fstrim.timer; do
+        ln -sf /dev/null "$rootfs/etc/systemd/system/$u"
+    done
+    rm -f "$rootfs/etc/systemd/system/sysinit.target.wants/systemd-network-generator.service" \
+        "$rootfs/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service" \
+        "$rootfs/etc/systemd/system/timers.target.wants/e2scrub_all.timer" \
+        "$rootfs/etc/systemd/system/timers.target.wants/fstrim.timer"
+    # No motd regeneration on every login: pam_motd runs run-parts /etc/update-motd.d (a shell and
+    # uname) in each session, ~25 ms of every login measured in a pool member. Cosmetic only.
+    sed -i '/pam_motd\.so/d' "$rootfs/etc/pam.d/sshd"
+}
+
+build_rootfs() {
+    local mirror work rootfs t
+    # Only debootstrap needs packages (and maybe the mirror); a cached tree does not.
+    install_packages
+    mirror=${PAYGRESS_IMAGE_MIRROR:-}
+    if [ -z "$mirror" ]; then
+        mirror=$(apt_mirror) || die "no apt source for suite '$SUITE' found in /etc/apt; set PAYGRESS_IMAGE_MIRROR"
+    fi
+    log "debootstrap $SUITE from $mirror"
+    mkdir -p "$CACHE_DIR"
+    work=$(mktemp -d "$CACHE_DIR/build.XXXXXX")
+    # shellcheck disable=SC2064 # expand $work now
+    trap "rm -rf '$work'" EXIT
+    rootfs="$work/rootfs"
+    t=$(now)
+    debootstrap --variant=minbase --include=openssh-server,systemd-sysv,udev,iproute2 \
+        "$SUITE" "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
+        || { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
+    log "debootstrap done in $(elapsed "$t")"
+
+    tune_rootfs "$rootfs"
+
     t=$(now)
     tar --numeric-owner --xattrs -C "$rootfs" -cf "$work/rootfs.tar" .
     log "rootfs tar $(du -m "$work/rootfs.tar" | cut -f1) MB in $(elapsed "$t")"
@@ -206,6 +300,26 @@ NET
 
     # Publish into the cache atomically: a half-written tarball must never look like a cache hit.
     mv "$work/rootfs.tar" "$ROOTFS_TAR.tmp" && mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+    echo "$TUNE_VERSION" >"$TUNE_STAMP"
+    rm -rf "$work"
+    trap - EXIT
+}
+
+# A cached tree of an older tuning: unpack, tune again, repack (no mirror needed).
+retune_cached() {
+    local work t
+    log "tuning cached $ROOTFS_TAR again (tuning $(cat "$TUNE_STAMP" 2>/dev/null || echo 1) -> $TUNE_VERSION)"
+    work=$(mktemp -d "$CACHE_DIR/build.XXXXXX")
+    # shellcheck disable=SC2064 # expand $work now
+    trap "rm -rf '$work'" EXIT
+    mkdir "$work/rootfs"
+    t=$(now)
+    tar --numeric-owner --xattrs -xpf "$ROOTFS_TAR" -C "$work/rootfs"
+    tune_rootfs "$work/rootfs"
+    tar --numeric-owner --xattrs -C "$work/rootfs" -cf "$work/rootfs.tar" .
+    mv "$work/rootfs.tar" "$ROOTFS_TAR.tmp" && mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+    echo "$TUNE_VERSION" >"$TUNE_STAMP"
+    log "tuned again in $(elapsed "$t")"
     rm -rf "$work"
     trap - EXIT
 }
@@ -224,6 +338,7 @@ properties:
   os: debian
   release: ${SUITE}
   architecture: amd64
+  paygress.tune: "${TUNE_VERSION}"
 templates:
   /etc/hostname:
     when: [create, copy]
@@ -257,15 +372,30 @@ HOSTS
 
 if [ "$REBUILD" = 1 ] || [ ! -s "$ROOTFS_TAR" ]; then
     build_rootfs
+elif [ "$(cat "$TUNE_STAMP" 2>/dev/null || echo 1)" != "$TUNE_VERSION" ]; then
+    retune_cached
 else
     log "using cached $ROOTFS_TAR"
 fi
 build_meta
 
-if lxc image info "$ALIAS" >/dev/null 2>&1; then
-    log "replacing existing image $ALIAS"
-    lxc image delete "$ALIAS"
-fi
+fingerprint() { lxc image info "$1" 2>/dev/null | awk '$1 == "Fingerprint:" { print $2 }' || true; }
 t=$(now)
-lxc image import "$META_TAR" "$ROOTFS_TAR" --alias "$ALIAS" >/dev/null
+out=$(lxc image import "$META_TAR" "$ROOTFS_TAR" 2>&1) || die "image import failed: $out"
+new=$(printf '%s\n' "$out" | awk '/fingerprint:/ { print $NF }' | tail -n1)
+[ -n "$new" ] || die "image import printed no fingerprint: $out"
+old=$(fingerprint "$ALIAS")
+if [ -n "$old" ]; then
+    # One request moves the alias, so a create meanwhile never finds it missing. Instances made
+    # from the old image keep working (the storage driver keeps what they still share).
+    log "replacing existing image $ALIAS"
+    lxc query -X PUT "/1.0/images/aliases/$ALIAS" \
+        --data "{\"target\": \"$new\", \"description\": \"\"}" >/dev/null
+    # The previous image is kept: a create that already resolved the alias to it must not fail
+    # half-way. The backend's warm pool removes its members made from it (their base image is
+    # no longer the alias's target); delete the image once nothing is made from it any more.
+    [ "$old" = "$new" ] || log "previous image $old kept; remove it with: lxc image delete $old"
+else
+    lxc image alias create "$ALIAS" "$new"
+fi
 log "imported $ALIAS in $(elapsed "$t")"

@@ -348,6 +348,43 @@ async fn key_login_and_a_two_cpu_tier() {
     );
 
     b.create(&s).await.expect("create");
+    // The host keys create reports (read while the login was being made) are the container's
+    // own: the buyer's client, pinned to exactly them, logs in.
+    let pinned = b.host_key_fingerprints(&n);
+    assert!(
+        !pinned.is_empty(),
+        "create reported no host key fingerprints"
+    );
+    let agent_key = paygress::buyer::ssh::load_or_create_key(&key).expect("key");
+    let seen = paygress::buyer::ssh::run(
+        "127.0.0.1",
+        s.host_port.unwrap(),
+        "alice",
+        &agent_key,
+        &pinned,
+        "id -un",
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("a login pinned to the reported host keys");
+    assert_eq!(seen.stdout.trim(), "alice");
+    assert!(pinned.contains(&seen.host_key), "{seen:?} vs {pinned:?}");
+    // And they are all of them: what OpenSSH's own ssh-keyscan finds on the port.
+    let scan = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ssh-keyscan -p \"$1\" 127.0.0.1 2>/dev/null | ssh-keygen -lf - | awk '{print $2}' | sort -u")
+        .arg("sh")
+        .arg(s.host_port.unwrap().to_string())
+        .output()
+        .expect("ssh-keyscan");
+    let mut scanned: Vec<String> = String::from_utf8_lossy(&scan.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut reported = pinned.clone();
+    scanned.sort();
+    reported.sort();
+    assert_eq!(reported, scanned, "reported host keys vs ssh-keyscan");
     let out = ssh_key(s.host_port.unwrap(), "alice", &key, LIMITS_CMD)
         .await
         .expect("key login");

@@ -629,3 +629,97 @@ async fn a_dead_providers_members_are_removed_and_a_live_ones_are_kept() {
     );
     b.stop_warm_pool().await;
 }
+
+/// Removes a test's own image alias, image and helper container, whatever happens.
+struct ImageCleanup {
+    alias: String,
+    image: Option<String>,
+    container: String,
+}
+
+impl Drop for ImageCleanup {
+    fn drop(&mut self) {
+        let _ = lxc(&["image", "alias", "delete", &self.alias]);
+        if let Some(fp) = &self.image {
+            let _ = lxc(&["image", "delete", fp]);
+        }
+        let _ = lxc(&["delete", "--force", &self.container]);
+    }
+}
+
+fn fingerprint_of(alias: &str) -> String {
+    let out = lxc(&["image", "info", alias]).expect("image info");
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Fingerprint: "))
+        .expect("fingerprint")
+        .trim()
+        .to_string()
+}
+
+/// The operator rebuilds the image (the alias moves to a new one, e.g. for a security fix): a
+/// member made from the old image is removed, never sold; the spawn gets the new image.
+#[tokio::test]
+async fn a_member_of_a_replaced_image_is_never_sold() {
+    let provider = format!("prov-pool-{}", suffix());
+    let _guard = Cleanup(provider.clone());
+    let alias = format!("pgt-img-{}", suffix());
+    let mut images = ImageCleanup {
+        alias: alias.clone(),
+        image: None,
+        container: format!("pgt-pub-{}", suffix()),
+    };
+    lxc(&["image", "alias", "create", &alias, &fingerprint_of(IMAGE)]).expect("alias");
+    let t = tier(256);
+    let b = pooled(1);
+    b.start_warm_pool(
+        &provider,
+        std::slice::from_ref(&t),
+        std::slice::from_ref(&alias),
+    )
+    .await;
+    assert!(b.wait_pool_full(FULL).await, "pool never filled");
+    let member = b.pool_status().members[0].clone();
+
+    // A "rebuilt" image: the same tree published as a new image, and the alias moved to it.
+    lxc(&["init", IMAGE, &images.container]).expect("init");
+    let out = lxc(&["publish", &images.container, "--compression", "none"]).expect("publish");
+    let new_fp = out
+        .split_whitespace()
+        .last()
+        .expect("fingerprint")
+        .to_string();
+    images.image = Some(new_fp.clone());
+    let body = format!("{{\"target\": \"{new_fp}\", \"description\": \"\"}}");
+    lxc(&[
+        "query",
+        "-X",
+        "PUT",
+        &format!("/1.0/images/aliases/{alias}"),
+        "--data",
+        &body,
+    ])
+    .expect("move the alias");
+
+    let mut s = spec(&provider, &t, "erin", "erin-pass-1");
+    s.image = alias.clone();
+    b.create(&s).await.expect("spawn");
+    let inst = b.instance_name(&s.name).await;
+    assert_ne!(inst, member, "the old image's member was sold");
+    let cfg = b.instance_config(&s.name).await.unwrap().expect("config");
+    assert_eq!(
+        cfg.get("volatile.base_image").map(String::as_str),
+        Some(new_fp.as_str())
+    );
+    // The stale member is removed.
+    let mut gone = false;
+    for _ in 0..150 {
+        if lxc(&["info", &member]).is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "the old image's member {member} is still there");
+    b.destroy(&s.name).await.unwrap();
+    b.stop_warm_pool().await;
+}

@@ -107,6 +107,20 @@ pub struct CommandOutput {
 /// Most bytes kept of each output stream.
 pub const MAX_OUTPUT: usize = 256 * 1024;
 
+/// The client's settings. `nodelay`: russh leaves Nagle's algorithm on by default, and an SSH
+/// login is a handful of small writes in a row (NEWKEYS then the service request; the channel
+/// open, then `env` and `exec`). With Nagle each second write waits for the peer's delayed ACK,
+/// ~40 ms on Linux, twice per login: measured with sshd's own debug timestamps in a pool member,
+/// a login spent ~80 of its ~150 ms waiting on exactly those two ACKs (`benches/lxd_spawn.rs`
+/// prints the login with this client beside OpenSSH's).
+fn client_config(timeout: Duration) -> russh::client::Config {
+    russh::client::Config {
+        inactivity_timeout: Some(timeout + Duration::from_secs(5)),
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
 /// Connect to `host:port`, verify the host key against `pinned` (empty: learn it — only right
 /// after a purchase), log in as `user` with `key`, run `command`.
 pub async fn run(
@@ -139,10 +153,7 @@ pub async fn run_with_input(
         pinned: pinned.to_vec(),
         seen: seen.clone(),
     };
-    let config = Arc::new(russh::client::Config {
-        inactivity_timeout: Some(timeout + Duration::from_secs(5)),
-        ..Default::default()
-    });
+    let config = Arc::new(client_config(timeout));
     let seen_key = || seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
     let connect = tokio::time::timeout(
         Duration::from_secs(15),
@@ -224,4 +235,17 @@ pub async fn run_with_input(
 fn keep(buf: &mut Vec<u8>, data: &[u8]) {
     let room = MAX_OUTPUT.saturating_sub(buf.len());
     buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small writes go out at once: no login waits for a delayed ACK.
+    #[test]
+    fn the_client_sends_without_nagle() {
+        let c = client_config(Duration::from_secs(10));
+        assert!(c.nodelay);
+        assert_eq!(c.inactivity_timeout, Some(Duration::from_secs(15)));
+    }
 }

@@ -20,7 +20,8 @@
 //!    core's name to the member's), and the pool marks removed. From here on a restart sees a
 //!    sold workload, never a pool member, so no credential is ever set in something that could
 //!    go back to the pool;
-//! 2. adds the SSH proxy device, *without* waiting for LXD's answer: LXD polls its forkproxy
+//! 2. (from here on a cold instance, once started, goes the same way: `hand_over`) adds the SSH
+//!    proxy device, *without* waiting for LXD's answer: LXD polls its forkproxy
 //!    helper once and then only after a fixed second, so that request takes a second however
 //!    fast the helper is (see the module docs of `lxd.rs`). The answer is watched for failure (a
 //!    taken port) while
@@ -95,7 +96,13 @@ pub(super) struct Member {
     pub instance: String,
     pub nonce: String,
     pub host_keys: Vec<String>,
+    /// The fingerprint of the image it was made from (`volatile.base_image`): a member whose
+    /// image alias has since moved (a rebuilt image) is never sold.
+    pub base_image: String,
 }
+
+/// LXD's record of the image an instance was made from.
+const KEY_BASE_IMAGE: &str = "volatile.base_image";
 
 /// A (tier, image) pair the pool keeps members for.
 #[derive(Debug, Clone)]
@@ -252,8 +259,18 @@ impl LxdBackend {
             let shape = config_value(&inst, KEY_POOL_SHAPE).unwrap_or("");
             let running = inst.get("status").and_then(Value::as_str) == Some("Running");
             let nonce = config_value(&inst, KEY_NONCE).unwrap_or("").to_string();
-            let fits = shapes.iter().any(|s| s.key == shape)
-                && adopted.get(shape).map_or(0, VecDeque::len) < want;
+            let base_image = config_value(&inst, KEY_BASE_IMAGE)
+                .unwrap_or("")
+                .to_string();
+            let image = shapes
+                .iter()
+                .find(|s| s.key == shape)
+                .map(|s| s.image.clone());
+            let current = match &image {
+                Some(i) => self.alias_target(i).await.as_deref() == Some(base_image.as_str()),
+                None => false,
+            };
+            let fits = current && adopted.get(shape).map_or(0, VecDeque::len) < want;
             if fits && running && !nonce.is_empty() && ssh_port_of(&inst).is_none() {
                 let host_keys = self.read_host_keys(&name).await;
                 adopted
@@ -263,6 +280,7 @@ impl LxdBackend {
                         instance: name,
                         nonce,
                         host_keys,
+                        base_image,
                     });
             } else {
                 if let Err(e) = self.remove(&name).await {
@@ -504,6 +522,10 @@ impl LxdBackend {
         match r {
             Ok(()) => {
                 let host_keys = self.read_host_keys(&name).await;
+                let base_image = match self.instance(&name).await {
+                    Ok(Some(i)) => config_value(&i, KEY_BASE_IMAGE).unwrap_or("").to_string(),
+                    _ => String::new(),
+                };
                 tracing::debug!(
                     name,
                     ms = t0.elapsed().as_millis() as u64,
@@ -513,11 +535,72 @@ impl LxdBackend {
                     instance: name,
                     nonce,
                     host_keys,
+                    base_image,
                 })
             }
             Err(e) => {
                 let _ = self.remove(&name).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// The fingerprint an image alias points at now.
+    pub(super) async fn alias_target(&self, alias: &str) -> Option<String> {
+        if alias.is_empty() || alias.contains(['/', '?', '#', '%', ' ']) {
+            return None;
+        }
+        let v = self
+            .get(&format!("/1.0/images/aliases/{alias}"))
+            .await
+            .ok()?;
+        v.get("target").and_then(Value::as_str).map(String::from)
+    }
+
+    /// Take a ready member for this tier and image whose image is still what the alias names
+    /// (never the same member twice). Members made from an image the alias no longer points at
+    /// (the operator rebuilt it, e.g. for a security fix) are removed, not sold.
+    pub(super) async fn take_current_member(&self, tier: &Tier, image: &str) -> Option<Member> {
+        let mut m = self.take_member(tier, image)?;
+        let Some(target) = self.alias_target(image).await else {
+            // LXD did not say: the member goes back untouched, and this spawn goes cold.
+            self.give_back(tier, image, m);
+            return None;
+        };
+        loop {
+            if m.base_image == target {
+                return Some(m);
+            }
+            tracing::info!(
+                name = %m.instance,
+                "LXD warm pool: a member of an earlier image of {image} is removed"
+            );
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.remove(&m.instance).await {
+                    tracing::warn!(name = %m.instance, "LXD warm pool: cannot remove a member: {}", e.message());
+                }
+            });
+            m = self.take_member(tier, image)?;
+        }
+    }
+
+    /// Put an untouched member back at the head of its queue.
+    fn give_back(&self, tier: &Tier, image: &str, m: Member) {
+        let mut st = self.pool.state();
+        let key = st
+            .shapes
+            .iter()
+            .find(|s| s.tier == *tier && s.image == image)
+            .map(|s| s.key.clone());
+        match key {
+            Some(k) if st.running => st.ready.entry(k).or_default().push_front(m),
+            _ => {
+                drop(st);
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = me.remove(&m.instance).await;
+                });
             }
         }
     }
@@ -564,7 +647,30 @@ impl LxdBackend {
             .await
             .map_err(|e| e.api("claiming a warm container"))?;
         self.map_name(&spec.name, inst);
+        let t_sold = Instant::now();
+        let (_, user_ms, banner_ms) = self.hand_over(inst, spec, port, &m.nonce, deadline).await?;
+        tracing::debug!(
+            instance = inst,
+            mark_ms = (t_sold - t0).as_millis() as u64,
+            user_ms,
+            banner_ms,
+            "LXD warm claim"
+        );
+        Ok(())
+    }
 
+    /// Give a running instance (a sold member, or a cold one just started) its SSH forward and
+    /// the buyer's login, and wait until it answers as itself on `port`: steps 2-4 of the module
+    /// docs. Returns the banner seen and how long the login and the banner took (ms).
+    pub(super) async fn hand_over(
+        &self,
+        inst: &str,
+        spec: &WorkloadSpec,
+        port: u16,
+        nonce: &str,
+        deadline: Instant,
+    ) -> Result<(Banner, u64, u64), BackendError> {
+        let path = format!("/1.0/instances/{inst}");
         // 2. The SSH forward, answered in the background.
         self.settle_begin(inst);
         let device =
@@ -601,7 +707,7 @@ impl LxdBackend {
             Ok::<_, BackendError>(t_sold.elapsed())
         };
         let answering = async {
-            let b = wait_for_ssh(&self.check_host, port, Some(&m.nonce), deadline).await?;
+            let b = wait_for_ssh(&self.check_host, port, Some(nonce), deadline).await?;
             Ok::<_, BackendError>((b, t_sold.elapsed()))
         };
         tokio::pin!(login, answering);
@@ -619,13 +725,6 @@ impl LxdBackend {
             }
         }
         let (banner, banner_t) = banner.unwrap_or((Banner::Anonymous, Duration::ZERO));
-        tracing::debug!(
-            instance = inst,
-            mark_ms = (t_sold - t0).as_millis() as u64,
-            user_ms = user_ms.unwrap_or_default().as_millis() as u64,
-            banner_ms = banner_t.as_millis() as u64,
-            "LXD warm claim"
-        );
         if banner == Banner::Anonymous && !device_ok {
             // Without our nonce the banner proves nothing until LXD confirms the device.
             match rx.await {
@@ -634,7 +733,11 @@ impl LxdBackend {
                 Err(_) => return Err(BackendError::Api("the SSH forward request was lost".into())),
             }
         }
-        Ok(())
+        Ok((
+            banner,
+            user_ms.unwrap_or_default().as_millis() as u64,
+            banner_t.as_millis() as u64,
+        ))
     }
 
     /// The instance behind a workload name: the name itself, unless it is a sold warm container
@@ -815,8 +918,8 @@ mod tests {
         assert!(is_valid_instance_name(&new_member_name()));
     }
 
-    /// A member is made with the cold body minus the name, the ownership marks and the SSH
-    /// forward: the same limits, task limit, id map, egress network and root disk quota.
+    /// A member is made with the cold body minus the name and the ownership marks (neither has
+    /// the SSH forward until it is handed over): the same limits, task limit, id map, egress network and root disk quota.
     #[test]
     fn members_are_made_like_cold_workloads() {
         let t = Tier {
@@ -855,11 +958,6 @@ mod tests {
         let c = o.get_mut("config").unwrap().as_object_mut().unwrap();
         c.remove(KEY_PROVIDER);
         c.remove(KEY_EXPIRES_AT);
-        o.get_mut("devices")
-            .unwrap()
-            .as_object_mut()
-            .unwrap()
-            .remove(SSH_DEVICE);
         assert_eq!(cold, member);
         assert_eq!(member["devices"]["eth0"]["network"], "wl0");
         assert_eq!(member["devices"]["root"]["size"], "3GB");

@@ -534,9 +534,9 @@ impl LxdBackend {
 
     /// The fingerprints of the container's SSH host keys, read through the file API (the base
     /// image makes them on first boot; create returns after sshd answers, so they exist).
+    /// The three are read at once (each is a round trip to LXD's file server in the instance).
     pub(super) async fn read_host_keys(&self, name: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for t in ["ed25519", "ecdsa", "rsa"] {
+        let read = |t: &'static str| async move {
             let full = self.path(&format!(
                 "/1.0/instances/{name}/files?path=/etc/ssh/ssh_host_{t}_key.pub"
             ));
@@ -550,13 +550,14 @@ impl LxdBackend {
                     timeout: self.timeout(),
                 })
                 .await;
-            let Ok((200, bytes)) = r else { continue };
+            let Ok((200, bytes)) = r else { return None };
             let text = String::from_utf8_lossy(&bytes);
-            if let Ok(k) = russh::keys::PublicKey::from_openssh(text.trim()) {
-                out.push(k.fingerprint(russh::keys::HashAlg::Sha256).to_string());
-            }
-        }
-        out
+            russh::keys::PublicKey::from_openssh(text.trim())
+                .ok()
+                .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256).to_string())
+        };
+        let (a, b, c) = tokio::join!(read("ed25519"), read("ecdsa"), read("rsa"));
+        [a, b, c].into_iter().flatten().collect()
     }
 
     /// Write a file into the instance through the file API (no shell involved).

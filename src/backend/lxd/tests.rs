@@ -30,7 +30,7 @@ fn spec() -> WorkloadSpec {
 }
 
 #[test]
-fn create_body_carries_everything_in_one_request() {
+fn create_body_carries_everything_but_the_forward() {
     let cfg = LxdConfig::default();
     let b = create_body(&spec(), &cfg, "pgabc", None);
     assert_eq!(b["name"], "pg-test-1");
@@ -50,8 +50,10 @@ fn create_body_carries_everything_in_one_request() {
     assert_eq!(c[KEY_PROVIDER], "prov123");
     assert_eq!(c[KEY_EXPIRES_AT], "1900000000");
     assert_eq!(c[KEY_NONCE], "pgabc");
+    // The SSH forward is added once the instance runs (see `provision`).
+    assert!(b["devices"].get(SSH_DEVICE).is_none());
     assert_eq!(
-        b["devices"][SSH_DEVICE],
+        proxy_device(&cfg.ssh_listen_address, 30022),
         json!({"type": "proxy", "listen": "tcp:0.0.0.0:30022", "connect": "tcp:127.0.0.1:22", "bind": "host"})
     );
     // dir pool: no size, so no root override at all.
@@ -73,7 +75,10 @@ fn create_body_options() {
     };
     let b = create_body(&spec(), &cfg, "n", Some(&sized));
     assert_eq!(b["config"]["security.nesting"], "true");
-    assert_eq!(b["devices"][SSH_DEVICE]["listen"], "tcp:[::]:30022");
+    assert_eq!(
+        proxy_device(&cfg.ssh_listen_address, 30022)["listen"],
+        "tcp:[::]:30022"
+    );
     assert_eq!(
         b["devices"]["root"],
         json!({"type": "disk", "path": "/", "pool": "fast", "size": "5GB"})
