@@ -1074,9 +1074,12 @@ async fn lxd_backend_installs_and_initialises_inside() {
     host.proxy("mint", mint_port, true);
     host.proxy("relay", relay_port, true);
     host.sh_ok("mkdir -p /var/cache/paygress");
+    // The whole cache: the tarballs and the stamp of the tuning they were made with (without
+    // it the script tunes the tree again, which unpacks device nodes a container cannot make).
     for f in [
         "paygress-debian-12.meta.tar.gz",
         "paygress-debian-12.rootfs.tar",
+        "paygress-debian-12.rootfs.tar.tune",
     ] {
         lxc_ok(&[
             "file",
