@@ -7,6 +7,8 @@
 //! earnings, the workloads it made). What it does on the host is a list of named, checked steps
 //! ([`steps`]) of constant scripts ([`plan`]) sent over one checked SSH session ([`remote`]).
 
+pub mod known_hosts;
+pub mod libc;
 pub mod plan;
 pub mod remote;
 pub mod settings;

@@ -15,8 +15,11 @@ pub const UNIT_FILE: &str = include_str!("../../provider/paygress-provider.servi
 const LXD_SETUP: &str = include_str!("../../provider/lxd-setup.sh");
 const BUILD_IMAGE: &str = include_str!("../../provider/build-base-image.sh");
 
-/// Prints the machine, and fails (exit 3) without systemd or apt.
+/// Prints the machine, then the C library (`glibc 2.36`, or `other: ` and the first line of
+/// `ldd --version`), and fails (exit 3) without systemd or apt.
 pub const PREFLIGHT: &str = "uname -m; \
+    v=$(getconf GNU_LIBC_VERSION 2>/dev/null) && [ -n \"$v\" ] && echo \"$v\" \
+    || echo \"other: $(ldd --version 2>&1 | head -n 1)\"; \
     [ -d /run/systemd/system ] || { echo \"this host does not run systemd\" >&2; exit 3; }; \
     command -v apt-get >/dev/null || { echo \"this host has no apt-get (Debian or Ubuntu needed)\" >&2; exit 3; }";
 
@@ -268,6 +271,11 @@ pub const CONFIRM_TOKENS: &str = "read -r sum || exit 1; f=/var/lib/paygress/wit
     echo \"$sum  $f\" | sha256sum --status -c - \
     || { echo \"the withdrawn tokens written locally differ from $f; it is kept\" >&2; exit 1; }; \
     rm -f \"$f\" && sync /var/lib/paygress";
+/// When the running service became active, in Unix seconds (host clock); fails when it is not
+/// active.
+pub const SERVICE_STARTED: &str = "systemctl is-active --quiet paygress-provider || exit 1; \
+    t=$(systemctl show -p ActiveEnterTimestamp --value paygress-provider) && [ -n \"$t\" ] \
+    && date -d \"$t\" +%s";
 /// Whether the service runs now (to start it again when reset refuses).
 pub const IS_ACTIVE: &str = "systemctl is-active --quiet paygress-provider";
 /// Start the service again after a refused reset.
@@ -383,6 +391,7 @@ mod tests {
         }
         for s in [
             PREFLIGHT,
+            SERVICE_STARTED,
             IDENTITY,
             BOOKS,
             WITHDRAW_ALL,
@@ -394,6 +403,27 @@ mod tests {
             PRIOR,
         ] {
             assert!(!s.contains('\''));
+        }
+    }
+
+    /// The preflight's first two lines, as this machine prints them (the script is run here by
+    /// bash; without systemd it then exits 3, after printing them).
+    #[test]
+    fn the_preflight_prints_the_machine_and_its_libc() {
+        let o = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(PREFLIGHT)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(std::env::consts::ARCH), "{out}");
+        let libc = super::super::libc::parse_host_libc(lines.next().unwrap_or(""));
+        if cfg!(target_env = "gnu") {
+            assert!(
+                matches!(libc, super::super::libc::HostLibc::Glibc(_)),
+                "{libc:?}"
+            );
         }
     }
 

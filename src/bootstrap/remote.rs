@@ -3,7 +3,9 @@
 //! Why it looks like this:
 //! - A host key is never accepted blindly: it is pinned (`--host-key SHA256:…`), or found in a
 //!   known_hosts file, or — on first contact only — shown and accepted by the operator (a tty
-//!   question, or `--yes`), then learnt into that file. A changed key is refused.
+//!   question, or `--yes`), then learnt into that file. A changed key is refused, and a key a
+//!   known_hosts file lists `@revoked` is refused whatever else says yes (a pin, `--yes`): see
+//!   [`super::known_hosts`] for how lines are matched.
 //! - Every command line sent is a constant of this crate (see [`super::plan`]): the remote shell
 //!   never sees an operator- or buyer-supplied string. Values travel on the command's standard
 //!   input. The sudo password, when one is needed, is the first line of that input (`sudo -S`
@@ -22,6 +24,7 @@ use std::time::Duration;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
 use russh::ChannelMsg;
 
+use super::known_hosts::{judge, Known};
 use crate::secret::Secret;
 
 /// Why talking to the host failed. No variant carries a password.
@@ -41,11 +44,19 @@ pub enum RemoteError {
         seen: String,
         file: String,
     },
-    #[error("{host} is not in {file} (key {seen}); pass --host-key {seen} after checking it, or --yes to accept it")]
+    #[error("the host key of {host} ({seen}) is marked @revoked in {file}; refusing to connect, whatever --host-key or --yes say")]
+    Revoked {
+        host: String,
+        seen: String,
+        file: String,
+    },
+    #[error("{host} is not in {file} (key {seen}){note}; pass --host-key {seen} after checking it, or --yes to accept it")]
     UnknownHost {
         host: String,
         seen: String,
         file: String,
+        /// Why matching `@cert-authority` lines did not count, when there are some.
+        note: String,
     },
     #[error("{0}: cannot read the SSH key: {1}")]
     Key(String, String),
@@ -117,6 +128,22 @@ impl russh::client::Handler for Checker {
             Ok(false)
         };
         let hostname = format!("{}:{}", self.host, self.port);
+        let files = [
+            self.policy.known_hosts.as_path(),
+            Path::new(SYSTEM_KNOWN_HOSTS),
+        ];
+        // A revoked key is refused first: neither a pin nor --yes overrides it.
+        let known = match judge(&self.host, self.port, key, &files) {
+            Ok(k) => k,
+            Err(e) => return refuse(RemoteError::Protocol(e)),
+        };
+        if let Known::Revoked(f) = known {
+            return refuse(RemoteError::Revoked {
+                host: hostname,
+                seen: fp,
+                file: f,
+            });
+        }
         if let Some(pin) = &self.policy.pinned {
             if pin.trim() == fp {
                 return Ok(true);
@@ -128,26 +155,19 @@ impl russh::client::Handler for Checker {
             });
         }
         let file = self.policy.known_hosts.display().to_string();
-        match judge(
-            &self.host,
-            self.port,
-            key,
-            &[
-                self.policy.known_hosts.as_path(),
-                Path::new(SYSTEM_KNOWN_HOSTS),
-            ],
-        ) {
-            Ok(Known::Same) => return Ok(true),
-            Ok(Known::Unknown) => {}
-            Ok(Known::Other(f)) => {
+        let note = match known {
+            Known::Same => return Ok(true),
+            Known::Other(f) => {
                 return refuse(RemoteError::KeyChanged {
                     host: hostname,
                     seen: fp,
                     file: f,
                 })
             }
-            Err(e) => return refuse(RemoteError::Protocol(e)),
-        }
+            // (Revoked returned above.)
+            Known::Revoked(_) | Known::Unknown { ca_lines: false } => String::new(),
+            Known::Unknown { ca_lines: true } => " (@cert-authority lines match it, but they vouch for host certificates and bootstrap checks the plain host key: they do not make a key known)".to_string(),
+        };
         let accepted = self.policy.accept_new
             || (self.policy.ask
                 && super::tty::confirm(&format!(
@@ -158,6 +178,7 @@ impl russh::client::Handler for Checker {
                 host: hostname,
                 seen: fp,
                 file,
+                note,
             });
         }
         if let Err(e) = learn(&self.host, self.port, key, &self.policy.known_hosts) {
@@ -170,36 +191,6 @@ impl russh::client::Handler for Checker {
 
 /// The system-wide known_hosts, read after the operator's own.
 const SYSTEM_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
-
-/// What the known_hosts files say about the key a host offered.
-#[derive(Debug, PartialEq, Eq)]
-enum Known {
-    /// One of the host's recorded keys is this key.
-    Same,
-    /// No entry for the host at all (of any key type): a first contact.
-    Unknown,
-    /// The host has entries, none of them this key (in this file). Whatever their type: a host
-    /// known by an ed25519 key that now offers an ECDSA or RSA one is not a new host.
-    Other(String),
-}
-
-fn judge(host: &str, port: u16, key: &PublicKey, files: &[&Path]) -> Result<Known, String> {
-    let mut other = None;
-    for f in files {
-        if !f.exists() {
-            continue;
-        }
-        let recorded = russh::keys::known_hosts::known_host_keys_path(host, port, f)
-            .map_err(|e| format!("{}: {e}", f.display()))?;
-        if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
-            return Ok(Known::Same);
-        }
-        if !recorded.is_empty() && other.is_none() {
-            other = Some(f.display().to_string());
-        }
-    }
-    Ok(other.map_or(Known::Unknown, Known::Other))
-}
 
 fn learn(host: &str, port: u16, key: &PublicKey, file: &Path) -> Result<(), String> {
     if let Some(dir) = file.parent() {
@@ -477,52 +468,6 @@ fn keep(buf: &mut Vec<u8>, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ED25519: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPYp+5H21bRjqIHx65EePO4voIq9KxQyojB2iq0L+GB1";
-    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBMy+PiCfZ2sWwBt4mUnTA/StM4e1B6SD3vV07jA3VRptIrhpV4fX90U+ihhz/5dLgdavbpHcPTTxx8AwaxbdPOA=";
-
-    fn key(line: &str) -> PublicKey {
-        PublicKey::from_openssh(line).unwrap()
-    }
-
-    #[test]
-    fn a_host_known_by_a_key_of_another_type_is_not_unknown() {
-        let d = tempfile::tempdir().unwrap();
-        let kh = d.path().join("known_hosts");
-        std::fs::write(&kh, format!("[h.example]:2222 {ED25519}\n")).unwrap();
-        let none = d.path().join("none");
-        let files = [kh.as_path(), none.as_path()];
-        // Known by ed25519, offering ECDSA: refused as a changed key, never learnt as new.
-        assert_eq!(
-            judge("h.example", 2222, &key(ECDSA), &files).unwrap(),
-            Known::Other(kh.display().to_string())
-        );
-        assert_eq!(
-            judge("h.example", 2222, &key(ED25519), &files).unwrap(),
-            Known::Same
-        );
-        assert_eq!(
-            judge("other.example", 2222, &key(ECDSA), &files).unwrap(),
-            Known::Unknown
-        );
-        // The second file (the system's) counts too.
-        let sys = d.path().join("ssh_known_hosts");
-        std::fs::write(
-            &sys,
-            format!("[h2.example]:22 {ED25519}\nh3.example {ECDSA}\n"),
-        )
-        .unwrap();
-        let files = [none.as_path(), sys.as_path()];
-        assert_eq!(
-            judge("h3.example", 22, &key(ED25519), &files).unwrap(),
-            Known::Other(sys.display().to_string())
-        );
-        assert_eq!(
-            judge("h3.example", 22, &key(ECDSA), &files).unwrap(),
-            Known::Same
-        );
-    }
 
     #[test]
     fn every_root_command_checks_the_sentinel_it_is_sent() {

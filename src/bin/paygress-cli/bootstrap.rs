@@ -12,7 +12,7 @@ use nostr_sdk::prelude::*;
 use paygress::app::exit;
 use paygress::bootstrap::remote::{Auth, ConnectOptions, HostKeyPolicy, Remote};
 use paygress::bootstrap::settings::{self, HostBackend, Settings};
-use paygress::bootstrap::{plan, steps, tty};
+use paygress::bootstrap::{libc, plan, steps, tty};
 use sha2::{Digest, Sha256};
 
 /// How to reach and log in to the host (shared with `system reset`).
@@ -268,13 +268,24 @@ async fn bootstrap_on(
         .await
     {
         Ok(o) if o.ok() => {
-            if !arch_matches(&o.stdout) {
+            let mut lines = o.stdout.lines();
+            let machine = lines.next().unwrap_or("");
+            if !arch_matches(machine) {
                 eprintln!(
-                    "paygress-cli: bootstrap: the host is {} and this paygress-cli is built for {}: run the bootstrap from a paygress-cli built for the host's architecture",
-                    o.stdout.trim(),
+                    "paygress-cli: bootstrap: the host is {} and this paygress-cli is built for {}: run the bootstrap from a paygress-cli built for the host's architecture; nothing was changed",
+                    machine.trim(),
                     std::env::consts::ARCH
                 );
                 return exit::USAGE;
+            }
+            let host_libc = libc::parse_host_libc(lines.next().unwrap_or(""));
+            let verdict = libc::needed_glibc(&binary).and_then(|n| libc::check(n, &host_libc));
+            if let Err(e) = verdict {
+                eprintln!("paygress-cli: bootstrap: {e}; nothing was changed");
+                return match e {
+                    libc::LibcError::Elf(_) => exit::PROVIDER,
+                    _ => exit::USAGE,
+                };
             }
         }
         Ok(o) => {
@@ -291,10 +302,20 @@ async fn bootstrap_on(
         return code;
     }
     let list = plan::bootstrap_steps(a.backend, &bridges(a), toml, binary, sha256);
-    if let Err(e) = steps::run("bootstrap", remote, &list).await {
-        eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
-        return exit::PROVIDER;
-    }
+    let done = match steps::run("bootstrap", remote, &list).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
+            return exit::PROVIDER;
+        }
+    };
+    // Nothing changed, so the service was not restarted: the running one already serves this
+    // config, and any offer it published since it started counts (not only one after this run
+    // began, which would mean waiting up to a heartbeat for its next republication).
+    let since = match done.iter().all(|(_, o)| *o == steps::Outcome::Unchanged) {
+        true => service_started(remote).await.unwrap_or(started),
+        false => started,
+    };
     let npub = match remote
         .root(plan::IDENTITY, &[], Duration::from_secs(60))
         .await
@@ -313,7 +334,7 @@ async fn bootstrap_on(
         }
     };
     let wait = Duration::from_secs(a.offer_timeout);
-    let offer = match wait_for_offer(&npub, &a.relays, &s.tiers, started, wait).await {
+    let offer = match wait_for_offer(&npub, &a.relays, &s.tiers, since, wait).await {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
@@ -337,6 +358,17 @@ async fn bootstrap_on(
     }
     println!("logs: journalctl -u {} -f", settings::UNIT_NAME);
     0
+}
+
+/// When the running service became active, by the host's clock (which stamps its offers);
+/// `None` when it cannot be told.
+async fn service_started(remote: &Remote) -> Option<Timestamp> {
+    let o = remote
+        .root(plan::SERVICE_STARTED, &[], Duration::from_secs(30))
+        .await
+        .ok()?;
+    let secs: u64 = o.stdout.trim().parse().ok().filter(|s| *s > 0 && o.ok())?;
+    Some(Timestamp::from_secs(secs))
 }
 
 /// A rerun may change the mints and the backend, but not so that money or workloads are left
@@ -410,9 +442,9 @@ async fn check_prior(
 }
 
 /// Wait until an offer by `npub` selling exactly `tiers` (the config just written, not an
-/// older one), published at or after `since` (this run's start), is on any of `relays`. When
-/// nothing changed and the service was not restarted, that is its next republication (every
-/// `nostr.heartbeat_seconds`).
+/// older one), published at or after `since`, is on any of `relays`. `since` is this run's
+/// start when a step changed something (the service was restarted), else the running
+/// service's start: its offers since then are of this very config.
 async fn wait_for_offer(
     npub: &str,
     relays: &[String],
@@ -456,7 +488,8 @@ async fn wait_for_offer(
     match found {
         Some(o) => Ok(o),
         None => Err(format!(
-            "no offer by {npub} with the configured tiers was published on the relays since this run started, within {} s (offers older than this run do not count; is the host's clock right?)",
+            "no offer by {npub} with the configured tiers was published on the relays since {}, within {} s (older offers do not count; is the host's clock right?)",
+            since.to_human_datetime(),
             timeout.as_secs()
         )),
     }
