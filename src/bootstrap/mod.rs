@@ -8,6 +8,7 @@
 //! ([`steps`]) of constant scripts ([`plan`]) sent over one checked SSH session ([`remote`]).
 
 pub mod plan;
+pub mod pve;
 pub mod remote;
 pub mod settings;
 pub mod steps;
