@@ -426,6 +426,142 @@ pub fn steps(t: &Targets, template: Option<&str>) -> Vec<Step> {
     ]
 }
 
+/// One `pveum`/`pveam` subcommand the scripts run, and the API method it maps to, as the
+/// CLI's command table (`$cmddef`) says: pveum.pm for pveum, pve-manager's `PVE/CLI/pveam.pm`
+/// for pveam. `path` is `None` for pveam's own local methods (`list`, `update`, `available`),
+/// which are not API calls. Positional arguments fill the named parameters in order; options
+/// are `--NAME VALUE` with NAME a parameter of the method (or `output-format`, the CLI's
+/// standard output option, where the command table gives it).
+#[derive(Debug, Clone, Copy)]
+pub struct CliCall {
+    pub cli: &'static str,
+    pub method: &'static str,
+    pub path: Option<&'static str>,
+    pub positional: &'static [&'static str],
+    pub options: &'static [&'static str],
+    pub output_format: bool,
+}
+
+/// Every subcommand the scripts of this module run (a test checks the scripts use no other,
+/// and each against PVE's API schema).
+pub const CLI_CALLS: &[CliCall] = &[
+    CliCall {
+        cli: "pveum role list",
+        method: "GET",
+        path: Some("/access/roles"),
+        positional: &[],
+        options: &[],
+        output_format: true,
+    },
+    CliCall {
+        cli: "pveum role add",
+        method: "POST",
+        path: Some("/access/roles"),
+        positional: &["roleid"],
+        options: &["privs"],
+        output_format: false,
+    },
+    CliCall {
+        cli: "pveum role modify",
+        method: "PUT",
+        path: Some("/access/roles/{roleid}"),
+        positional: &["roleid"],
+        options: &["privs"],
+        output_format: false,
+    },
+    CliCall {
+        cli: "pveum user list",
+        method: "GET",
+        path: Some("/access/users"),
+        positional: &[],
+        options: &[],
+        output_format: true,
+    },
+    CliCall {
+        cli: "pveum user add",
+        method: "POST",
+        path: Some("/access/users"),
+        positional: &["userid"],
+        options: &["comment"],
+        output_format: false,
+    },
+    CliCall {
+        cli: "pveum user token list",
+        method: "GET",
+        path: Some("/access/users/{userid}/token"),
+        positional: &["userid"],
+        options: &[],
+        output_format: true,
+    },
+    CliCall {
+        cli: "pveum user token add",
+        method: "POST",
+        path: Some("/access/users/{userid}/token/{tokenid}"),
+        positional: &["userid", "tokenid"],
+        options: &["privsep", "comment"],
+        output_format: true,
+    },
+    // `remove` is pveum's alias of `delete` (`remove => { alias => 'delete' }`).
+    CliCall {
+        cli: "pveum user token remove",
+        method: "DELETE",
+        path: Some("/access/users/{userid}/token/{tokenid}"),
+        positional: &["userid", "tokenid"],
+        options: &[],
+        output_format: true,
+    },
+    CliCall {
+        cli: "pveum acl list",
+        method: "GET",
+        path: Some("/access/acl"),
+        positional: &[],
+        options: &[],
+        output_format: true,
+    },
+    CliCall {
+        cli: "pveum acl modify",
+        method: "PUT",
+        path: Some("/access/acl"),
+        positional: &["path"],
+        options: &["roles", "users", "tokens", "propagate"],
+        output_format: false,
+    },
+    CliCall {
+        cli: "pveam list",
+        method: "GET",
+        path: None,
+        positional: &["storage"],
+        options: &[],
+        output_format: false,
+    },
+    CliCall {
+        cli: "pveam update",
+        method: "PUT",
+        path: None,
+        positional: &[],
+        options: &[],
+        output_format: false,
+    },
+    CliCall {
+        cli: "pveam available",
+        method: "GET",
+        path: None,
+        positional: &[],
+        options: &["section"],
+        output_format: false,
+    },
+    // `download => ['PVE::API2::Nodes::Nodeinfo', 'apl_download', ['storage', 'template'],
+    // { node => $nodename }]`.
+    CliCall {
+        cli: "pveam download",
+        method: "POST",
+        path: Some("/nodes/{node}/aplinfo"),
+        positional: &["storage", "template"],
+        options: &[],
+        output_format: false,
+    },
+];
+
 /// Every constant script of this module (for the tests that read them).
 pub const SCRIPTS: &[&str] = &[
     PREFLIGHT,
