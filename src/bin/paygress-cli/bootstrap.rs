@@ -113,6 +113,16 @@ pub struct BootstrapArgs {
     pub location: String,
     /// What sells the compute: LXD containers, the embedded sandbox (weaker isolation), or
     /// LXC guests of the Proxmox VE host itself (PVE 8 or newer; see the --pve-* options).
+    ///
+    /// proxmox: bootstrap first checks that the host is Proxmox VE 8 or newer with pveproxy
+    /// running; a host that is not is refused before anything changes. Then, with pveum on
+    /// the host, it makes one role per ACL path holding exactly the privileges the backend
+    /// needs, the user paygress@pve (no password) and its API token paygress@pve!provider
+    /// (privilege separation on; the secret is written on the host into
+    /// /etc/paygress/proxmox-token, 0600, and never crosses the wire), and the ACLs on /vms,
+    /// /storage/<storage>, /storage/<template storage> and /sdn/zones/localnetwork/<bridge>.
+    /// The config talks to https://127.0.0.1:8006 and pins the SHA-256 fingerprint of the
+    /// node certificate read on the host.
     #[arg(long, value_enum, default_value = "lxd")]
     pub backend: HostBackend,
     /// Mints whose tokens are accepted (repeat, or comma-separated). At least one.
@@ -143,25 +153,19 @@ pub struct BootstrapArgs {
     /// --backend lxd: the address of the workloads' bridge (paygressbr0, with the egress ACL).
     #[arg(long, value_name = "A.B.C.D/N", default_value = "10.78.0.1/24", value_parser = plan::parse_bridge_addr)]
     pub lxd_workload_bridge_addr: String,
-    #[command(flatten)]
-    pub pve: PveArgs,
     /// Print the steps without connecting or changing anything.
     #[arg(long)]
     pub dry_run: bool,
     /// How long to wait for the offer on the relays after the start, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub offer_timeout: u64,
+    #[command(flatten)]
+    pub pve: PveArgs,
 }
 
-/// `--backend proxmox` only. Bootstrap checks the host is Proxmox VE 8 or newer with pveproxy
-/// running (a host that is not is refused before anything changes), then makes, with pveum on
-/// the host: one role per ACL path holding exactly the privileges the backend needs, the user
-/// paygress@pve (no password) and its API token paygress@pve!provider (privilege separation on;
-/// its secret is written on the host into /etc/paygress/proxmox-token, 0600, and never crosses
-/// the wire), the ACLs on /vms, /storage/<storage>, /storage/<template storage> and
-/// /sdn/zones/localnetwork/<bridge>. The config talks to https://127.0.0.1:8006 and pins the
-/// node certificate's SHA-256 fingerprint read on the host.
+/// The `--pve-*` options (`--backend proxmox` only).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Proxmox VE (--backend proxmox)")]
 pub struct PveArgs {
     /// --backend proxmox: the PVE node the guests live on (default: the host's own node name,
     /// read on the host).
@@ -475,11 +479,21 @@ async fn bootstrap_on(
         return code;
     }
     let mut toml = toml.to_string();
+    // A new token secret (or the user made) needs the service restarted by the later steps.
+    let mut restart = false;
     if a.backend == HostBackend::Proxmox {
         let list = plan::pve_steps(&a.pve.targets(), a.pve.pve_template.as_deref());
-        if let Err(e) = steps::run("bootstrap (proxmox)", remote, &list).await {
-            eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
-            return exit::PROVIDER;
+        match steps::run("bootstrap (proxmox)", remote, &list).await {
+            Ok(done) => {
+                restart = done.iter().any(|(name, o)| {
+                    *o == steps::Outcome::Changed
+                        && list.iter().any(|s| s.name == *name && s.needs_restart)
+                })
+            }
+            Err(e) => {
+                eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
+                return exit::PROVIDER;
+            }
         }
         // Read again: the template step may just have downloaded the template.
         let facts = match pve_facts(remote, &pve_input).await {
@@ -513,7 +527,7 @@ async fn bootstrap_on(
         };
     }
     let list = plan::bootstrap_steps(a.backend, &bridges(a), &toml, binary, sha256);
-    if let Err(e) = steps::run("bootstrap", remote, &list).await {
+    if let Err(e) = steps::run_after("bootstrap", remote, &list, restart).await {
         eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
         return exit::PROVIDER;
     }
