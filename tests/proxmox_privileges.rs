@@ -292,3 +292,44 @@ async fn every_privilege_of_the_table_is_needed() {
         }
     }
 }
+
+/// `--pve-network dhcp` (bootstrap's default) reads the guest's address from
+/// `/lxc/{vmid}/interfaces`: the table covers that too.
+#[tokio::test]
+async fn dhcp_mode_needs_no_more_than_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = launch(&grants(dir.path(), None), dir.path());
+    let mut cfg = p.cfg.clone();
+    cfg.network = toml::from_str(&format!("mode = \"dhcp\"\nssh_port = {}\n", p.ssh_port)).unwrap();
+    // The DHCP server: every running guest asking for DHCP gets 127.A.B.(40 + n).
+    let (leases, block) = (p.pve.clone(), p.block);
+    let dhcp = tokio::spawn(async move {
+        loop {
+            for g in leases.workloads().await {
+                let net = g["config"]["net0"].as_str().unwrap_or_default().to_string();
+                if g["status"] == "running" && net.contains("ip=dhcp") {
+                    let vmid = g["vmid"].as_u64().unwrap();
+                    let ip =
+                        std::net::Ipv4Addr::new(127, block.0, block.1, 40 + (vmid % 100) as u8);
+                    leases.lease(vmid, ip).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let b = ProxmoxBackend::connect(cfg).await.expect("connect");
+    let s = spec("pv-dhcp");
+    let ep = b
+        .create(&s)
+        .await
+        .expect("a DHCP guest with the least privileges");
+    assert_eq!(ep.host, Some(format!("127.{}.{}.40", p.block.0, p.block.1)));
+    assert!(p
+        .pve
+        .requests()
+        .await
+        .iter()
+        .any(|(m, path, _)| m == "GET" && path.ends_with("/lxc/10000/interfaces")));
+    b.destroy(&s.name).await.expect("destroy");
+    dhcp.abort();
+}
