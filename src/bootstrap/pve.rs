@@ -305,36 +305,40 @@ const ROLES_ACTION: &str = "set -o pipefail; \
         *) pveum role add \"$r\" --privs \"$p\" </dev/null || exit 1;; esac; \
     done";
 
-const PVE_USER_CHECK: &str = "set -o pipefail; pveum user list --output-format json \
-    | tr -d \"[:space:]\" | grep -qF \"\\\"userid\\\":\\\"paygress@pve\\\"\"";
+const PVE_USER_CHECK: &str = "set -o pipefail; \
+    have=$(pveum user list --output-format json | tr -d \"[:space:]\") || exit 1; \
+    case \"$have\" in *\"\\\"userid\\\":\\\"paygress@pve\\\"\"*) ;; *) exit 1;; esac";
 const PVE_USER_ACTION: &str = "pveum user add paygress@pve \
     --comment \"Paygress provider (made by paygress-cli bootstrap)\" </dev/null";
 
-/// Token listed and its secret file in place (owner paygress, 0600, one line).
-const TOKEN_CHECK: &str =
-    "set -o pipefail; pveum user token list paygress@pve --output-format json \
-    | tr -d \"[:space:]\" | grep -qF \"\\\"tokenid\\\":\\\"provider\\\"\" \
-    && [ \"$(stat -c %U:%a /etc/paygress/proxmox-token 2>/dev/null)\" = paygress:600 ] \
+/// Token listed and its secret file in place (owner paygress, 0600, not empty). The list is
+/// read whole before it is matched (no `grep -q` closing a pipe early under `pipefail`).
+const TOKEN_CHECK: &str = "set -o pipefail; \
+    have=$(pveum user token list paygress@pve --output-format json | tr -d \"[:space:]\") || exit 1; \
+    case \"$have\" in *\"\\\"tokenid\\\":\\\"provider\\\"\"*) ;; *) exit 1;; esac; \
+    [ \"$(stat -c %U:%a /etc/paygress/proxmox-token 2>/dev/null)\" = paygress:600 ] \
     && [ -s /etc/paygress/proxmox-token ]";
 /// A token whose secret file is gone is removed first (its secret cannot be read again). The
 /// secret goes from pveum's standard output through `tr` and `sed` into a private file and is
 /// moved in place; nothing of it is printed.
-const TOKEN_ACTION: &str = "set -e -o pipefail; umask 077; \
-    if pveum user token list paygress@pve --output-format json | tr -d \"[:space:]\" \
-       | grep -qF \"\\\"tokenid\\\":\\\"provider\\\"\"; then \
-      pveum user token remove paygress@pve provider </dev/null >/dev/null; fi; \
-    install -d -m 0755 /etc/paygress; \
-    t=$(mktemp /etc/paygress/.proxmox-token.XXXXXX); \
-    pveum user token add paygress@pve provider --privsep 1 \
+const TOKEN_ACTION: &str = "set -o pipefail; umask 077; \
+    have=$(pveum user token list paygress@pve --output-format json | tr -d \"[:space:]\") || exit 1; \
+    case \"$have\" in *\"\\\"tokenid\\\":\\\"provider\\\"\"*) \
+      pveum user token remove paygress@pve provider </dev/null >/dev/null || exit 1;; esac; \
+    install -d -m 0755 /etc/paygress || exit 1; \
+    t=$(mktemp /etc/paygress/.proxmox-token.XXXXXX) || exit 1; \
+    if ! pveum user token add paygress@pve provider --privsep 1 \
       --comment \"Paygress provider (made by paygress-cli bootstrap)\" --output-format json </dev/null \
-      | tr -d \"[:space:]\" | sed -n \"s/.*\\\"value\\\":\\\"\\([^\\\"]*\\)\\\".*/\\1/p\" >\"$t\"; \
-    if ! [ -s \"$t\" ]; then rm -f \"$t\"; echo \"pveum printed no token secret\" >&2; exit 1; fi; \
-    chown paygress:paygress \"$t\"; chmod 0600 \"$t\"; mv -f \"$t\" /etc/paygress/proxmox-token";
+      | tr -d \"[:space:]\" | sed -n \"s/.*\\\"value\\\":\\\"\\([^\\\"]*\\)\\\".*/\\1/p\" >\"$t\" \
+      || ! [ -s \"$t\" ]; then rm -f \"$t\"; echo \"pveum made no token secret\" >&2; exit 1; fi; \
+    chown paygress:paygress \"$t\" && chmod 0600 \"$t\" && mv -f \"$t\" /etc/paygress/proxmox-token \
+    || { rm -f \"$t\"; exit 1; }";
 
 /// Input: one line per ACL, `PATH ROLE`. Both the user and the token (privilege separation:
 /// the token gets the intersection of its own and its user's rights).
 const ACL_CHECK: &str = "set -o pipefail; \
-    have=$(pveum acl list --output-format json | tr -d \"[:space:]\") || exit 1; \
+    have=$(pveum acl list --output-format json | tr -d \"[:space:]\" \
+      | sed \"s/\\\"propagate\\\":\\\"1\\\"/\\\"propagate\\\":1/g\") || exit 1; \
     while read -r p r; do [ -n \"$p\" ] || continue; \
       for who in \"token\\\",\\\"ugid\\\":\\\"paygress@pve!provider\" \"user\\\",\\\"ugid\\\":\\\"paygress@pve\"; do \
         case \"$have\" in *\"{\\\"path\\\":\\\"$p\\\",\\\"propagate\\\":1,\\\"roleid\\\":\\\"$r\\\",\\\"type\\\":\\\"$who\\\"}\"*) ;; \
