@@ -165,8 +165,11 @@ fn python() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/e2e/.venv/bin/python")
 }
 
-/// From fakepve's bundled schema: path → method → parameter names; and PVE 9's privileges.
-fn schema() -> (BTreeMap<String, BTreeMap<String, Vec<String>>>, Vec<String>) {
+/// Path → method → parameter names.
+type Methods = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+/// From fakepve's bundled schema: the methods of the paths called; and PVE 9's privileges.
+fn schema() -> (Methods, Vec<String>) {
     let paths: Vec<&str> = pve::CLI_CALLS.iter().filter_map(|c| c.path).collect();
     let out = Command::new(python())
         .args([
