@@ -5,7 +5,7 @@
 //! - **One table of privileges.** [`LEAST_PRIVILEGES`] is the only place that says what the
 //!   token may do, on which paths. The bootstrap steps make one role per entry and put it on
 //!   that entry's path only (a single role on several paths would grant every privilege on every
-//!   one of them); `tests/proxmox.rs` launches fakepve with exactly these grants, runs the
+//!   one of them); `tests/proxmox_privileges.rs` launches fakepve with exactly these grants, runs the
 //!   backend's whole life cycle, then takes each privilege away in turn and sees it fail.
 //! - **The secret never leaves the host.** `pveum user token add … --output-format json` prints
 //!   the secret once; the action pipes that straight into a 0600 file owned by `paygress`
