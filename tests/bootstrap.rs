@@ -1145,6 +1145,7 @@ async fn every_help_and_usage_error() {
         "pve-user",
         "pve-token",
         "pve-acl",
+        "pve-image",
         "binary",
         "config",
         "identity",
@@ -1162,6 +1163,8 @@ async fn every_help_and_usage_error() {
         "/storage/local PaygressTemplates",
         "/sdn/zones/localnetwork/vmbr7 PaygressBridge",
         "https://127.0.0.1:8006",
+        "local:vztmpl/paygress-debian-12-standard_12.7-1_amd64-",
+        "add the Paygress first-boot login",
     ] {
         assert!(out.contains(w), "{w}: {out}");
     }

@@ -847,7 +847,7 @@ pub const LOGIN_MARK: &str = "paygress-user=";
 /// (`provider/proxmox/paygress-login.sh`) reads the name from that line, creates the user with
 /// root's keys and password hash, and locks root. PVE validates every line with ssh-keygen, so
 /// the name rides in a real key's comment.
-fn lxc_keys(spec: &WorkloadSpec) -> Result<String, BackendError> {
+pub fn lxc_keys(spec: &WorkloadSpec) -> Result<String, BackendError> {
     let key =
         russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
             .map_err(|e| BackendError::Api(format!("cannot make the marker key: {e}")))?;

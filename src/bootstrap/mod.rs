@@ -9,6 +9,7 @@
 
 pub mod plan;
 pub mod pve;
+pub mod pve_image;
 pub mod remote;
 pub mod settings;
 pub mod steps;

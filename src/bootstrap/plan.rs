@@ -427,6 +427,7 @@ mod tests {
         ]
         .iter()
         .chain(pve::SCRIPTS)
+        .chain(super::super::pve_image::SCRIPTS)
         {
             assert!(!s.contains('\''));
         }

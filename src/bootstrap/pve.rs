@@ -13,7 +13,8 @@
 //!   rerun that finds the token but not its file removes the token and makes a new one (the old
 //!   secret cannot be had again).
 //! - **Nothing changes on a host that is not PVE.** [`PREFLIGHT`] only reads: `pveversion`
-//!   (`pve-manager/X.Y.Z/…`, major ≥ [`MIN_MAJOR`]), `pveum`, `pveam`, an active `pveproxy`;
+//!   (`pve-manager/X.Y.Z/…`, major ≥ [`MIN_MAJOR`]), `pveum`, `pveam`, `pvesm`, `openssl`, and
+//!   `tar`, `zstd`, `base64` for the template's repack, an active `pveproxy`;
 //!   it also prints the node name and the certificate fingerprint the config pins.
 //! - **Values on standard input.** The storage, bridge and template names are checked here
 //!   against PVE's own formats (a bad one is a usage error before any connection) and reach the
@@ -222,7 +223,7 @@ pub const PREFLIGHT: &str = "read -r tstore || exit 1; read -r tname; \
     m=${v#pve-manager/}; m=${m%%.*}; \
     case \"$m\" in \"\"|*[!0-9]*) echo \"cannot read the major version from: $v\" >&2; exit 3;; esac; \
     [ \"$m\" -ge 8 ] || { echo \"Proxmox VE $m is too old: 8 or newer is needed ($v)\" >&2; exit 3; }; \
-    for c in pveum pveam openssl; do command -v \"$c\" >/dev/null || { echo \"not a usable Proxmox VE host: $c is missing\" >&2; exit 3; }; done; \
+    for c in pveum pveam pvesm openssl tar zstd base64; do command -v \"$c\" >/dev/null || { echo \"not a usable Proxmox VE host: $c is missing\" >&2; exit 3; }; done; \
     systemctl is-active --quiet pveproxy || { echo \"pveproxy is not active: the API on port 8006 is down\" >&2; exit 3; }; \
     c=/etc/pve/local/pveproxy-ssl.pem; [ -f \"$c\" ] || c=/etc/pve/local/pve-ssl.pem; \
     [ -f \"$c\" ] || { echo \"no node certificate (/etc/pve/local/pve-ssl.pem)\" >&2; exit 3; }; \

@@ -12,7 +12,7 @@ use nostr_sdk::prelude::*;
 use paygress::app::exit;
 use paygress::bootstrap::remote::{Auth, ConnectOptions, HostKeyPolicy, Remote};
 use paygress::bootstrap::settings::{self, HostBackend, PveNetwork, PveSettings, Settings};
-use paygress::bootstrap::{plan, pve, steps, tty};
+use paygress::bootstrap::{plan, pve, pve_image, steps, tty};
 use sha2::{Digest, Sha256};
 
 /// How to reach and log in to the host (shared with `system reset`).
@@ -179,8 +179,8 @@ pub struct PveArgs {
     pub pve_template_storage: Option<String>,
     /// --backend proxmox: the template sold as the default image, a file name as `pveam
     /// available` lists it (default: the newest debian-12-standard on the template storage,
-    /// downloaded with pveam when none is there). Buyers log in as their own user only with a
-    /// template holding provider/proxmox/paygress-login.sh (see the README).
+    /// downloaded with pveam when none is there). Bootstrap derives from it the template the
+    /// config names: the same tree plus the Paygress first-boot login (step pve-image).
     #[arg(long, value_name = "FILE", value_parser = pve::check_template_name)]
     pub pve_template: Option<String>,
     /// --backend proxmox: the bridge guests attach to (default: vmbr0).
@@ -389,6 +389,16 @@ pub async fn run(a: BootstrapArgs) -> i32 {
                 "bootstrap (proxmox)",
                 &plan::pve_steps(&a.pve.targets(), a.pve.pve_template.as_deref()),
             );
+            steps::print_plan(
+                "bootstrap (proxmox, once the stock template is there)",
+                &[pve_image::image_step(
+                    &a.pve.targets(),
+                    a.pve
+                        .pve_template
+                        .as_deref()
+                        .unwrap_or("debian-12-standard_12.7-1_amd64.tar.zst"),
+                )],
+            );
             println!("bootstrap: then write the config with {} and the fingerprint read on the host, and:", pve::API_URL);
         }
         steps::print_plan("bootstrap", &steps);
@@ -496,7 +506,7 @@ async fn bootstrap_on(
             }
         }
         // Read again: the template step may just have downloaded the template.
-        let facts = match pve_facts(remote, &pve_input).await {
+        let mut facts = match pve_facts(remote, &pve_input).await {
             Ok(f) => f,
             Err((code, e)) => {
                 eprintln!("paygress-cli: bootstrap: {e}");
@@ -510,6 +520,26 @@ async fn bootstrap_on(
             );
             return exit::PROVIDER;
         }
+        // The stock template has no Paygress login: derive the one the config names.
+        let t = a.pve.targets();
+        let Some(stock) = facts
+            .template
+            .as_deref()
+            .and_then(|v| pve_image::stock_name(&t.template_storage, v))
+            .map(str::to_string)
+        else {
+            eprintln!(
+                "paygress-cli: bootstrap: the template {:?} is not a file on storage {}",
+                facts.template, t.template_storage
+            );
+            return exit::PROVIDER;
+        };
+        let image = [pve_image::image_step(&t, &stock)];
+        if let Err(e) = steps::run("bootstrap (proxmox)", remote, &image).await {
+            eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
+            return exit::PROVIDER;
+        }
+        facts.template = Some(pve_image::image_volid(&t, &stock));
         let mut s = s.clone();
         s.proxmox = match a.pve.settings(Some(&facts)) {
             Ok(p) => Some(p),
