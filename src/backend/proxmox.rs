@@ -999,5 +999,14 @@ mod tests {
         let mut c = base.clone();
         c.templates.insert("debian".into(), "debian.tar".into());
         assert!(c.validate().unwrap_err().contains("ostemplate"));
+        // PVE's node names (capitals allowed), as bootstrap reads and checks them.
+        let mut c = base.clone();
+        c.node = "PVE01".into();
+        assert!(c.validate().is_ok());
+        for bad in ["pve.example", "-pve", "pve/x", ""] {
+            let mut c = base.clone();
+            c.node = bad.into();
+            assert!(c.validate().unwrap_err().contains("node"), "{bad}");
+        }
     }
 }

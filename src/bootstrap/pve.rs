@@ -258,8 +258,9 @@ pub enum PveHostError {
     BadFingerprint(String),
 }
 
-/// Parse [`PREFLIGHT`]'s output.
-pub fn parse_facts(stdout: &str) -> Result<Facts, PveHostError> {
+/// Parse [`PREFLIGHT`]'s output. `node` is the operator's `--pve-node`: when given, it is the
+/// node (already checked) and the host's own name is not checked.
+pub fn parse_facts(stdout: &str, node: Option<&str>) -> Result<Facts, PveHostError> {
     let get = |k: &str| {
         stdout
             .lines()
@@ -267,7 +268,10 @@ pub fn parse_facts(stdout: &str) -> Result<Facts, PveHostError> {
             .map(|v| v.trim().to_string())
     };
     let version = get("version").ok_or(PveHostError::Incomplete("version"))?;
-    let node = get("node").ok_or(PveHostError::Incomplete("node"))?;
+    let node = match node {
+        Some(n) => n.to_string(),
+        None => get("node").ok_or(PveHostError::Incomplete("node"))?,
+    };
     let fingerprint = get("fingerprint").ok_or(PveHostError::Incomplete("fingerprint"))?;
     let template = get("template").ok_or(PveHostError::Incomplete("template"))?;
     if check_node(&node).is_err() {
@@ -312,11 +316,15 @@ const PVE_USER_CHECK: &str = "set -o pipefail; \
 const PVE_USER_ACTION: &str = "pveum user add paygress@pve \
     --comment \"Paygress provider (made by paygress-cli bootstrap)\" </dev/null";
 
-/// Token listed and its secret file in place (owner paygress, 0600, not empty). The list is
-/// read whole before it is matched (no `grep -q` closing a pipe early under `pipefail`).
+/// Token listed with privilege separation (`privsep` 1: a token without it would hold all of
+/// its user's rights; keys are sorted, so `privsep` comes right before `tokenid`) and its secret
+/// file in place (owner paygress, 0600, not empty). A token that fails this is made again by
+/// [`TOKEN_ACTION`]. The list is read whole before it is matched (no `grep -q` closing a pipe
+/// early under `pipefail`).
 const TOKEN_CHECK: &str = "set -o pipefail; \
-    have=$(pveum user token list paygress@pve --output-format json | tr -d \"[:space:]\") || exit 1; \
-    case \"$have\" in *\"\\\"tokenid\\\":\\\"provider\\\"\"*) ;; *) exit 1;; esac; \
+    have=$(pveum user token list paygress@pve --output-format json | tr -d \"[:space:]\" \
+      | sed \"s/\\\"privsep\\\":\\\"1\\\"/\\\"privsep\\\":1/g\") || exit 1; \
+    case \"$have\" in *\"\\\"privsep\\\":1,\\\"tokenid\\\":\\\"provider\\\"\"*) ;; *) exit 1;; esac; \
     [ \"$(stat -c %U:%a /etc/paygress/proxmox-token 2>/dev/null)\" = paygress:600 ] \
     && [ -s /etc/paygress/proxmox-token ]";
 /// A token whose secret file is gone is removed first (its secret cannot be read again). The
@@ -356,9 +364,11 @@ const TEMPLATE_CHECK: &str = "read -r s || exit 1; read -r n; \
     pveam list \"$s\" | awk -v v=\"$s:vztmpl/\" -v w=\"$n\" \
       \"NR > 1 && ((w != \\\"\\\" && \\$1 == v w) || (w == \\\"\\\" && index(\\$1, v \\\"debian-12-standard_\\\") == 1)) { f = 1 } END { exit !f }\"";
 /// `pveam update`, then download the named template, or the newest `debian-12-standard` the
-/// index offers.
+/// index offers. `pveam update` exits 0 when it fails (pveam.pm prints `update failed - see
+/// /var/log/pveam.log …` to standard error and returns), so its error output is read.
 const TEMPLATE_ACTION: &str = "set -o pipefail; read -r s || exit 1; read -r n; \
-    pveam update </dev/null >/dev/null || { echo \"pveam update failed (see /var/log/pveam.log)\" >&2; exit 1; }; \
+    e=$(pveam update </dev/null 2>&1 >/dev/null) && case \"$e\" in *\"update failed\"*) false;; esac \
+      || { echo \"pveam update failed (see /var/log/pveam.log)\" >&2; exit 1; }; \
     if [ -z \"$n\" ]; then n=$(pveam available --section system \
       | awk \"index(\\$2, \\\"debian-12-standard_\\\") == 1 { print \\$2 }\" | sort -V | tail -n 1); fi; \
     [ -n \"$n\" ] || { echo \"pveam offers no debian-12-standard template\" >&2; exit 1; }; \
@@ -670,7 +680,7 @@ mod tests {
         let out = format!(
             "version=pve-manager/8.2.4/faa83925c9641325\nnode=pve\nfingerprint={fp}\ntemplate=local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst\n"
         );
-        let f = parse_facts(&out).unwrap();
+        let f = parse_facts(&out, None).unwrap();
         assert_eq!(f.node, "pve");
         assert_eq!(f.fingerprint, fp);
         assert_eq!(
@@ -681,17 +691,24 @@ mod tests {
             "template=local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
             "template=",
         );
-        assert_eq!(parse_facts(&none).unwrap().template, None);
+        assert_eq!(parse_facts(&none, None).unwrap().template, None);
         assert!(matches!(
-            parse_facts(&out.replace("node=pve", "node=bad.name")),
+            parse_facts(&out.replace("node=pve", "node=bad.name"), None),
             Err(PveHostError::BadNode(_))
         ));
         assert!(matches!(
-            parse_facts(&out.replace(&fp, "AB:CD")),
+            parse_facts(&out.replace(&fp, "AB:CD"), None),
             Err(PveHostError::BadFingerprint(_))
         ));
+        // --pve-node given: the host's own name is not the node, and not checked.
         assert_eq!(
-            parse_facts("node=pve\n"),
+            parse_facts(&out.replace("node=pve", "node=bad.name"), Some("pve2"))
+                .unwrap()
+                .node,
+            "pve2"
+        );
+        assert_eq!(
+            parse_facts("node=pve\n", None),
             Err(PveHostError::Incomplete("version"))
         );
     }

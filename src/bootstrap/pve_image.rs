@@ -208,6 +208,22 @@ mod tests {
         assert_eq!(stock_name("local", "local:iso/a.iso"), None);
     }
 
+    /// Every constant script of the Proxmox steps parses (`bash -n`).
+    #[test]
+    fn every_proxmox_script_parses() {
+        for s in SCRIPTS.iter().chain(super::super::pve::SCRIPTS) {
+            let o = std::process::Command::new("bash")
+                .args(["-n", "-c", s])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{s}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+
     #[test]
     fn scripts_are_constants_and_values_stay_on_stdin() {
         for s in SCRIPTS {

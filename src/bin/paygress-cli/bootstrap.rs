@@ -479,9 +479,26 @@ async fn bootstrap_on(
         a.pve.pve_template.as_deref().unwrap_or("")
     );
     if a.backend == HostBackend::Proxmox {
-        if let Err((code, e)) = pve_facts(remote, &pve_input).await {
-            eprintln!("paygress-cli: bootstrap: {e}");
-            return code;
+        let facts = match pve_facts(remote, &pve_input, a.pve.pve_node.as_deref()).await {
+            Ok(f) => f,
+            Err((code, e)) => {
+                eprintln!("paygress-cli: bootstrap: {e}");
+                return code;
+            }
+        };
+        // The config from what the host said, checked now: a value the config refuses must
+        // stop the run before any PVE step changes something.
+        let mut s = s.clone();
+        s.proxmox = match a.pve.settings(Some(&facts)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("paygress-cli: {e}");
+                return exit::USAGE;
+            }
+        };
+        if let Err(e) = s.to_toml() {
+            eprintln!("paygress-cli: bootstrap: {e}; nothing was changed");
+            return exit::USAGE;
         }
     }
     if let Err((code, e)) = check_prior(remote, a, s).await {
@@ -506,7 +523,7 @@ async fn bootstrap_on(
             }
         }
         // Read again: the template step may just have downloaded the template.
-        let mut facts = match pve_facts(remote, &pve_input).await {
+        let mut facts = match pve_facts(remote, &pve_input, a.pve.pve_node.as_deref()).await {
             Ok(f) => f,
             Err((code, e)) => {
                 eprintln!("paygress-cli: bootstrap: {e}");
@@ -606,13 +623,17 @@ async fn bootstrap_on(
 }
 
 /// Run the read-only Proxmox preflight: the host's facts, or why it is refused (nothing changed).
-async fn pve_facts(remote: &Remote, input: &str) -> Result<pve::Facts, (i32, String)> {
+async fn pve_facts(
+    remote: &Remote,
+    input: &str,
+    node: Option<&str>,
+) -> Result<pve::Facts, (i32, String)> {
     let o = remote
         .root(pve::PREFLIGHT, input.as_bytes(), Duration::from_secs(120))
         .await
         .map_err(|e| (exit::PROVIDER, e.to_string()))?;
     match o.code {
-        Some(0) => pve::parse_facts(&o.stdout).map_err(|e| (exit::PROVIDER, e.to_string())),
+        Some(0) => pve::parse_facts(&o.stdout, node).map_err(|e| (exit::PROVIDER, e.to_string())),
         Some(3) => Err((
             exit::USAGE,
             pve::PveHostError::NotPve(steps::tail(&o)).to_string(),
