@@ -406,6 +406,30 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     assert!(text(&o).contains("not the pinned"), "{}", text(&o));
     assert!(!host.sh("test -e /etc/paygress").status.success());
 
+    // This host is no Proxmox VE host: --backend proxmox is refused at its read-only
+    // preflight, naming what is missing, and nothing on the host changes.
+    let before_pve = host.sh_ok("ls -la /etc /usr/local/bin; getent passwd | sort | md5sum");
+    let mut pve_args = args.clone();
+    let i = pve_args.iter().position(|a| a == "--backend").unwrap() + 1;
+    pve_args[i] = "proxmox".into();
+    let pvev: Vec<&str> = pve_args.iter().map(String::as_str).collect();
+    let o = cli(&pvev, &pw, home.path()).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    for w in [
+        "not a Proxmox VE host",
+        "pveversion is missing",
+        "nothing was changed",
+    ] {
+        assert!(text(&o).contains(w), "{w}: {}", text(&o));
+    }
+    assert!(!text(&o).contains("] user: "), "no step ran: {}", text(&o));
+    assert!(!host.sh("test -e /etc/paygress").status.success());
+    assert!(!host.sh("id -u paygress").status.success());
+    assert_eq!(
+        host.sh_ok("ls -la /etc /usr/local/bin; getent passwd | sort | md5sum"),
+        before_pve
+    );
+
     // A step that fails names itself, and the run is simply redone: here the host has no
     // package source for a moment.
     host.sh_ok(
@@ -907,6 +931,18 @@ async fn every_help_and_usage_error() {
                 "--sell-sandbox-to-strangers",
                 "--lxd-bridge-addr",
                 "--lxd-workload-bridge-addr",
+                "proxmox",
+                "--pve-node",
+                "--pve-storage",
+                "--pve-template-storage",
+                "--pve-template",
+                "--pve-bridge",
+                "--pve-network",
+                "--pve-pool",
+                "--pve-gateway",
+                "--pve-prefix-len",
+                "paygress@pve!provider",
+                "/etc/paygress/proxmox-token",
             ],
         ),
         (vec!["system", "--help"], vec!["reset"]),
@@ -1016,6 +1052,48 @@ async fn every_help_and_usage_error() {
             "for --backend sandbox",
         ),
         (with(&["--lxd-bridge-addr", "10.0.0.1"]), "a.b.c.d/n"),
+        // Names checked against PVE's own formats before anything connects.
+        (
+            with(&["--backend", "proxmox", "--pve-node", "pve.example"]),
+            "not a PVE node name",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-storage", "1local"]),
+            "not a PVE storage id",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-template-storage", "a;b"]),
+            "not a PVE storage id",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-bridge", "vmbr0 x"]),
+            "not a bridge name",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-template", "../x.tar.zst"]),
+            "not a container template file name",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-network", "nat"]),
+            "--pve-network",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-network", "static"]),
+            "needs --pve-pool",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-pool", "10.0.0.9-10.0.0.1"]),
+            "FIRST must not come after LAST",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-gateway", "10.0.0.1"]),
+            "are for --pve-network static",
+        ),
+        (
+            with(&["--backend", "proxmox", "--pve-prefix-len", "40"]),
+            "--pve-prefix-len",
+        ),
+        (with(&["--pve-bridge", "vmbr1"]), "for --backend proxmox"),
         (with(&["--lxd-workload-bridge-addr", "$(id)/24"]), "IPv4"),
         (with(&["--ssh-ports", "x"]), "START-END"),
         (with(&["--port", "70000"]), "--port"),
@@ -1054,6 +1132,17 @@ async fn every_help_and_usage_error() {
                 "k8s",
             ],
             "--uninstall-backend",
+        ),
+        (
+            vec![
+                "system",
+                "reset",
+                "--host",
+                "h",
+                "--uninstall-backend",
+                "proxmox",
+            ],
+            "pveum user delete paygress@pve",
         ),
         (vec!["wallet", "withdraw", "--config", "/x"], "--amount"),
         (
@@ -1097,6 +1186,55 @@ async fn every_help_and_usage_error() {
             text(&o)
         );
     }
+    // The Proxmox dry run: the read-only preflight, then the pveum/pveam steps with the
+    // table's paths, then the common steps.
+    let o = cli(
+        &with(&[
+            "--dry-run",
+            "--backend",
+            "proxmox",
+            "--pve-storage",
+            "tank",
+            "--pve-bridge",
+            "vmbr7",
+        ]),
+        "",
+        home.path(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    for step in [
+        "user",
+        "pve-template",
+        "pve-roles",
+        "pve-user",
+        "pve-token",
+        "pve-acl",
+        "pve-image",
+        "binary",
+        "config",
+        "identity",
+        "unit",
+        "service",
+    ] {
+        assert!(out.contains(&format!("] {step}: ")), "{step}: {out}");
+    }
+    for w in [
+        "Proxmox VE 8 or newer",
+        "pveum role add/modify PaygressGuests, PaygressDisks, PaygressTemplates, PaygressBridge",
+        "pveum user token add paygress@pve provider --privsep 1",
+        "/vms PaygressGuests",
+        "/storage/tank PaygressDisks",
+        "/storage/local PaygressTemplates",
+        "/sdn/zones/localnetwork/vmbr7 PaygressBridge",
+        "https://127.0.0.1:8006",
+        "local:vztmpl/paygress-debian-12-standard_12.7-1_amd64-",
+        "add the Paygress first-boot login",
+    ] {
+        assert!(out.contains(w), "{w}: {out}");
+    }
+    assert!(!out.contains("] packages: "), "{out}");
     let o = cli(
         &["system", "reset", "--host", "h", "--dry-run"],
         "",

@@ -35,6 +35,10 @@ commands+=(ip)
 # dpkg-dev: dpkg-scanpackages indexes the bootstrap test's local apt repository (below).
 want+=(dpkg-dev)
 commands+=(dpkg-scanpackages)
+# zstd: tests/pve_image.rs compresses the Debian 12 tree as a Proxmox `vztmpl` .tar.zst is, and
+# bootstrap's template repack it runs packs with `tar --zstd`.
+want+=(zstd)
+commands+=(zstd)
 if [ "${1:-}" = --print-deps ]; then
   printf 'package %s\n' "${want[@]}"
   # npm ships inside some nodejs builds and as its own package in Debian's.

@@ -847,7 +847,7 @@ pub const LOGIN_MARK: &str = "paygress-user=";
 /// (`provider/proxmox/paygress-login.sh`) reads the name from that line, creates the user with
 /// root's keys and password hash, and locks root. PVE validates every line with ssh-keygen, so
 /// the name rides in a real key's comment.
-fn lxc_keys(spec: &WorkloadSpec) -> Result<String, BackendError> {
+pub fn lxc_keys(spec: &WorkloadSpec) -> Result<String, BackendError> {
     let key =
         russh::keys::PrivateKey::random(&mut rand::rngs::OsRng, russh::keys::Algorithm::Ed25519)
             .map_err(|e| BackendError::Api(format!("cannot make the marker key: {e}")))?;
@@ -999,5 +999,14 @@ mod tests {
         let mut c = base.clone();
         c.templates.insert("debian".into(), "debian.tar".into());
         assert!(c.validate().unwrap_err().contains("ostemplate"));
+        // PVE's node names (capitals allowed), as bootstrap reads and checks them.
+        let mut c = base.clone();
+        c.node = "PVE01".into();
+        assert!(c.validate().is_ok());
+        for bad in ["pve.example", "-pve", "pve/x", ""] {
+            let mut c = base.clone();
+            c.node = bad.into();
+            assert!(c.validate().unwrap_err().contains("node"), "{bad}");
+        }
     }
 }

@@ -10,6 +10,8 @@
 pub mod known_hosts;
 pub mod libc;
 pub mod plan;
+pub mod pve;
+pub mod pve_image;
 pub mod remote;
 pub mod settings;
 pub mod steps;

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::pve;
 use super::settings::HostBackend;
 use super::steps::Step;
 
@@ -121,7 +122,31 @@ pub fn parse_bridge_addr(s: &str) -> Result<String, String> {
     Ok(format!("{ip}/{prefix}"))
 }
 
-/// The whole bootstrap, in order. `binary` is the file uploaded, `sha256` its hex checksum.
+fn user_step(backend: HostBackend) -> Step {
+    let (user_check, user_action) = match backend {
+        HostBackend::Lxd => (USER_CHECK_LXD, USER_ACTION_LXD),
+        HostBackend::Sandbox | HostBackend::Proxmox => (USER_CHECK, USER_ACTION),
+    };
+    Step::new(
+        "user",
+        "create the system user paygress (no login, no home)",
+    )
+    .check(user_check, Vec::new())
+    .action(user_action, Vec::new())
+    .restarts()
+}
+
+/// `--backend proxmox`, before [`bootstrap_steps`]: the system user (the token file's owner),
+/// then the template, roles, PVE user, token and ACLs of [`pve::steps`]. The config of the
+/// later steps names the template these steps made sure of, so it is written after them.
+pub fn pve_steps(targets: &pve::Targets, template: Option<&str>) -> Vec<Step> {
+    let mut steps = vec![user_step(HostBackend::Proxmox)];
+    steps.extend(pve::steps(targets, template));
+    steps
+}
+
+/// The whole bootstrap, in order (for Proxmox: after [`pve_steps`]). `binary` is the file
+/// uploaded, `sha256` its hex checksum.
 pub fn bootstrap_steps(
     backend: HostBackend,
     bridges: &LxdBridges,
@@ -163,20 +188,10 @@ pub fn bootstrap_steps(
                 .timeout(Duration::from_secs(1800)),
             );
         }
+        // Nothing to install: PVE brings its own; pve_steps ran before.
+        HostBackend::Proxmox => {}
     }
-    let (user_check, user_action) = match backend {
-        HostBackend::Lxd => (USER_CHECK_LXD, USER_ACTION_LXD),
-        HostBackend::Sandbox => (USER_CHECK, USER_ACTION),
-    };
-    steps.push(
-        Step::new(
-            "user",
-            "create the system user paygress (no login, no home)",
-        )
-        .check(user_check, Vec::new())
-        .action(user_action, Vec::new())
-        .restarts(),
-    );
+    steps.push(user_step(backend));
     let mut upload = format!("{sha256}\n").into_bytes();
     let size = binary.len();
     upload.extend(binary);
@@ -362,7 +377,9 @@ pub fn reset_steps(uninstall_backend: Option<HostBackend>) -> Vec<Step> {
                 .action(BACKEND_ACTION_SANDBOX, Vec::new())
                 .timeout(Duration::from_secs(600)),
         ),
-        None => {}
+        // `system reset` refuses --uninstall-backend proxmox before it gets here: bootstrap
+        // does not undo what it made in PVE (see system.rs).
+        Some(HostBackend::Proxmox) | None => {}
     }
     steps
 }
@@ -383,6 +400,21 @@ mod tests {
                 vec![],
                 "ab",
             ))
+            .chain(bootstrap_steps(
+                HostBackend::Proxmox,
+                &b,
+                "x = 1\n",
+                vec![],
+                "ab",
+            ))
+            .chain(pve_steps(
+                &pve::Targets {
+                    storage: "local-lvm".into(),
+                    template_storage: "local".into(),
+                    bridge: "vmbr0".into(),
+                },
+                Some("debian-12-standard_12.7-1_amd64.tar.zst"),
+            ))
             .chain(reset_steps(Some(HostBackend::Lxd)))
             .chain(reset_steps(Some(HostBackend::Sandbox)));
         for s in steps {
@@ -401,7 +433,11 @@ mod tests {
             STOP_ACTION,
             FOREIGN_INSTANCES,
             PRIOR,
-        ] {
+        ]
+        .iter()
+        .chain(pve::SCRIPTS)
+        .chain(super::super::pve_image::SCRIPTS)
+        {
             assert!(!s.contains('\''));
         }
     }

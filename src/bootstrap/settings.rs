@@ -14,6 +14,8 @@ pub const CONFIG_PATH: &str = "/etc/paygress/paygress.toml";
 pub const DATA_DIR: &str = "/var/lib/paygress";
 pub const BINARY_PATH: &str = "/usr/local/bin/paygress-cli";
 pub const UNIT_NAME: &str = "paygress-provider";
+/// The image buyers get by default (the config's `images.default`).
+pub const DEFAULT_IMAGE: &str = "paygress-debian-12";
 
 /// The backends bootstrap can prepare a host for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,6 +24,8 @@ pub enum HostBackend {
     Lxd,
     /// The embedded sandbox (no daemon; weaker isolation, see the README).
     Sandbox,
+    /// A Proxmox VE host: an API token with the least privileges, LXC guests through its API.
+    Proxmox,
 }
 
 impl HostBackend {
@@ -29,6 +33,7 @@ impl HostBackend {
         match self {
             HostBackend::Lxd => "lxd",
             HostBackend::Sandbox => "sandbox",
+            HostBackend::Proxmox => "proxmox",
         }
     }
 }
@@ -49,6 +54,36 @@ pub struct Settings {
     /// config that selling the sandbox's weaker isolation to strangers is the operator's choice
     /// (`backend.sandbox.sell_to_strangers`). Otherwise it listens on 127.0.0.1 only.
     pub sandbox_public: bool,
+    /// Proxmox only: what `[backend.proxmox]` says.
+    pub proxmox: Option<PveSettings>,
+}
+
+/// How guests get their address on a Proxmox host (the backend's `network.mode`; `nat` needs
+/// nftables rights the unprivileged service does not have, so bootstrap does not offer it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PveNetwork {
+    /// The address each guest gets by DHCP on the bridge, read from the API.
+    Dhcp,
+    /// Addresses from a pool, with prefix length and gateway.
+    Static {
+        pool_start: std::net::Ipv4Addr,
+        pool_end: std::net::Ipv4Addr,
+        prefix_len: u8,
+        gateway: std::net::Ipv4Addr,
+    },
+}
+
+/// `[backend.proxmox]` as bootstrap writes it: the API on the host itself, the token it made,
+/// the certificate fingerprint it read there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PveSettings {
+    pub node: String,
+    pub fingerprint: String,
+    pub storage: String,
+    pub bridge: String,
+    /// The ostemplate volid (`local:vztmpl/…`) sold as the default image.
+    pub template: String,
+    pub network: PveNetwork,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +155,39 @@ impl Settings {
                 ]),
             ));
         }
+        if let (HostBackend::Proxmox, Some(p)) = (self.backend, &self.proxmox) {
+            let mut network = vec![];
+            match &p.network {
+                PveNetwork::Dhcp => network.push(("mode", s("dhcp"))),
+                PveNetwork::Static {
+                    pool_start,
+                    pool_end,
+                    prefix_len,
+                    gateway,
+                } => {
+                    network.push(("mode", s("static")));
+                    network.push(("pool_start", s(&pool_start.to_string())));
+                    network.push(("pool_end", s(&pool_end.to_string())));
+                    network.push(("prefix_len", toml::Value::Integer(i64::from(*prefix_len))));
+                    network.push(("gateway", s(&gateway.to_string())));
+                }
+            }
+            backend.push((
+                "proxmox",
+                table(vec![
+                    ("url", s(crate::bootstrap::pve::API_URL)),
+                    ("node", s(&p.node)),
+                    ("token_id", s(crate::bootstrap::pve::TOKEN_ID)),
+                    ("token_secret_file", s(crate::bootstrap::pve::TOKEN_FILE)),
+                    ("fingerprint", s(&p.fingerprint)),
+                    ("kind", s("lxc")),
+                    ("storage", s(&p.storage)),
+                    ("bridge", s(&p.bridge)),
+                    ("templates", table(vec![(DEFAULT_IMAGE, s(&p.template))])),
+                    ("network", table(network)),
+                ]),
+            ));
+        }
         if self.backend == HostBackend::Sandbox && self.sandbox_public {
             backend.push((
                 "sandbox",
@@ -188,6 +256,7 @@ mod tests {
             ssh_host: "203.0.113.7".into(),
             ports: (30000, 30009),
             sandbox_public: false,
+            proxmox: None,
         }
     }
 
@@ -213,6 +282,43 @@ mod tests {
         let cfg = Config::from_toml_with_env(&s.to_toml().unwrap(), &BTreeMap::new()).unwrap();
         assert_eq!(cfg.backend.sandbox.listen_address, "0.0.0.0");
         assert!(cfg.backend.sandbox.sell_to_strangers);
+    }
+
+    #[test]
+    fn a_proxmox_config_names_the_token_and_pins_the_certificate() {
+        let mut s = settings();
+        s.backend = HostBackend::Proxmox;
+        s.proxmox = Some(PveSettings {
+            node: "pve1".into(),
+            fingerprint: vec!["0A"; 32].join(":"),
+            storage: "local-lvm".into(),
+            bridge: "vmbr1".into(),
+            template: "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into(),
+            network: PveNetwork::Dhcp,
+        });
+        let cfg = Config::from_toml_with_env(&s.to_toml().unwrap(), &BTreeMap::new()).unwrap();
+        let p = &cfg.backend.proxmox;
+        assert_eq!(p.url, "https://127.0.0.1:8006");
+        assert_eq!(p.token_id, "paygress@pve!provider");
+        assert_eq!(
+            p.token_secret_file,
+            std::path::PathBuf::from("/etc/paygress/proxmox-token")
+        );
+        assert_eq!(p.node, "pve1");
+        assert_eq!(p.bridge, "vmbr1");
+        assert_eq!(
+            p.fingerprint.as_deref(),
+            Some(vec!["0A"; 32].join(":").as_str())
+        );
+        assert_eq!(p.network.mode, crate::backend::proxmox::NetworkMode::Dhcp);
+        // A static pool whose end precedes its start is refused as the provider would.
+        s.proxmox.as_mut().unwrap().network = PveNetwork::Static {
+            pool_start: "192.0.2.20".parse().unwrap(),
+            pool_end: "192.0.2.10".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "192.0.2.1".parse().unwrap(),
+        };
+        assert!(matches!(s.to_toml(), Err(SettingsError::Invalid(_))));
     }
 
     #[test]

@@ -112,8 +112,19 @@ pub async fn run(
     remote: &Remote,
     steps: &[Step],
 ) -> Result<Vec<(&'static str, Outcome)>, StepError> {
+    run_after(what, remote, steps, false).await
+}
+
+/// [`run`], continuing a list whose earlier part (run before) changed something that needs
+/// the service restarted when `restart` is true.
+pub async fn run_after(
+    what: &str,
+    remote: &Remote,
+    steps: &[Step],
+    restart: bool,
+) -> Result<Vec<(&'static str, Outcome)>, StepError> {
     let mut done = Vec::new();
-    let mut restart = false;
+    let mut restart = restart;
     for (i, s) in steps.iter().enumerate() {
         let forced = s.restart_on_change && restart;
         let skip = !forced

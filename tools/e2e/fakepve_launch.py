@@ -113,6 +113,9 @@ async def main():
                         help='PVE seconds a container create or clone task takes')
     parser.add_argument('--time-scale', type=float, default=0.02,
                         help='real seconds per PVE second (tasks run asynchronously unless 0)')
+    parser.add_argument('--grants', help='JSON file [{"path": P, "privileges": [..]}, ..]: the token '
+                        'and its user get exactly these (fakepve then enforces per-path ACLs; '
+                        'without it every user may do anything)')
     args = parser.parse_args()
 
     pve = FakePve(user='root@pam', password=secrets.token_hex(16), host=args.host, port=0)
@@ -122,6 +125,15 @@ async def main():
     pve.ct_secs.update(create=args.create_secs, clone=args.create_secs, destroy=2)
     secret = secrets.token_hex(18)
     pve.apitokens[args.token_id] = secret
+    if args.grants:
+        with open(args.grants) as f:
+            grants = json.load(f)
+        pve.acl = {}
+        for g in grants:
+            # Both, as bootstrap does (with privsep PVE takes the intersection of the two;
+            # fakepve takes either, so a privilege left out here is missing for both).
+            for who in (args.token_id, args.token_id.split('!')[0]):
+                pve.grant(who, g['path'], *g['privileges'])
     for volid in args.template:
         storage, _, name = volid.partition(':')
         pve.store_file(storage, name.split('/', 1)[1], 1024 * 1024, content='vztmpl')

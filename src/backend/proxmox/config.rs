@@ -257,7 +257,8 @@ impl ProxmoxConfig {
         if !user.contains('@') || name.is_empty() || self.token_id.contains(['=', ' ']) {
             return Err(format!("{}: must be USER@REALM!NAME", key("token_id")));
         }
-        if !crate::validate::is_identifier(&self.node) {
+        // PVE's own format (the one bootstrap checks the host's name with): capitals allowed.
+        if crate::bootstrap::pve::check_node(&self.node).is_err() {
             return Err(format!("{}: not a node name", key("node")));
         }
         let trust = match (&self.fingerprint, &self.ca_file) {

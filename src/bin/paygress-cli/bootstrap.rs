@@ -11,8 +11,8 @@ use clap::Args;
 use nostr_sdk::prelude::*;
 use paygress::app::exit;
 use paygress::bootstrap::remote::{Auth, ConnectOptions, HostKeyPolicy, Remote};
-use paygress::bootstrap::settings::{self, HostBackend, Settings};
-use paygress::bootstrap::{libc, plan, steps, tty};
+use paygress::bootstrap::settings::{self, HostBackend, PveNetwork, PveSettings, Settings};
+use paygress::bootstrap::{libc, plan, pve, pve_image, steps, tty};
 use sha2::{Digest, Sha256};
 
 /// How to reach and log in to the host (shared with `system reset`).
@@ -111,7 +111,18 @@ pub struct BootstrapArgs {
     /// Where the provider is, in its offer (free text).
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub location: String,
-    /// What sells the compute: LXD containers, or the embedded sandbox (weaker isolation).
+    /// What sells the compute: LXD containers, the embedded sandbox (weaker isolation), or
+    /// LXC guests of the Proxmox VE host itself (PVE 8 or newer; see the --pve-* options).
+    ///
+    /// proxmox: bootstrap first checks that the host is Proxmox VE 8 or newer with pveproxy
+    /// running; a host that is not is refused before anything changes. Then, with pveum on
+    /// the host, it makes one role per ACL path holding exactly the privileges the backend
+    /// needs, the user paygress@pve (no password) and its API token paygress@pve!provider
+    /// (privilege separation on; the secret is written on the host into
+    /// /etc/paygress/proxmox-token, 0600, and never crosses the wire), and the ACLs on /vms,
+    /// /storage/<storage>, /storage/<template storage> and /sdn/zones/localnetwork/<bridge>.
+    /// The config talks to https://127.0.0.1:8006 and pins the SHA-256 fingerprint of the
+    /// node certificate read on the host.
     #[arg(long, value_enum, default_value = "lxd")]
     pub backend: HostBackend,
     /// Mints whose tokens are accepted (repeat, or comma-separated). At least one.
@@ -148,6 +159,146 @@ pub struct BootstrapArgs {
     /// How long to wait for the offer on the relays after the start, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub offer_timeout: u64,
+    #[command(flatten)]
+    pub pve: PveArgs,
+}
+
+/// The `--pve-*` options (`--backend proxmox` only).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Proxmox VE (--backend proxmox)")]
+pub struct PveArgs {
+    /// --backend proxmox: the PVE node the guests live on (default: the host's own node name,
+    /// read on the host).
+    #[arg(long, value_name = "NODE", value_parser = pve::check_node)]
+    pub pve_node: Option<String>,
+    /// --backend proxmox: the storage for the guests' root disks (default: local-lvm).
+    #[arg(long, value_name = "STORAGE", value_parser = pve::check_storage)]
+    pub pve_storage: Option<String>,
+    /// --backend proxmox: the storage holding container templates (default: local).
+    #[arg(long, value_name = "STORAGE", value_parser = pve::check_storage)]
+    pub pve_template_storage: Option<String>,
+    /// --backend proxmox: the template sold as the default image, a file name as `pveam
+    /// available` lists it (default: the newest debian-12-standard on the template storage,
+    /// downloaded with pveam when none is there). Bootstrap derives from it the template the
+    /// config names: the same tree plus the Paygress first-boot login (step pve-image).
+    #[arg(long, value_name = "FILE", value_parser = pve::check_template_name)]
+    pub pve_template: Option<String>,
+    /// --backend proxmox: the bridge guests attach to (default: vmbr0).
+    #[arg(long, value_name = "BRIDGE", value_parser = pve::check_bridge)]
+    pub pve_bridge: Option<String>,
+    /// --backend proxmox: how guests get their address: `dhcp` (from the bridge's network,
+    /// read from the API; default) or `static` (from --pve-pool, with --pve-gateway).
+    #[arg(long, value_name = "MODE", value_parser = ["dhcp", "static"])]
+    pub pve_network: Option<String>,
+    /// --backend proxmox with --pve-network static: the guests' addresses, FIRST-LAST.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_pool)]
+    pub pve_pool: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    /// --backend proxmox with --pve-network static: the guests' gateway.
+    #[arg(long, value_name = "IPV4")]
+    pub pve_gateway: Option<std::net::Ipv4Addr>,
+    /// --backend proxmox with --pve-network static: the prefix length of the guests' network
+    /// (default: 24).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(8..=32))]
+    pub pve_prefix_len: Option<u8>,
+}
+
+impl PveArgs {
+    fn any(&self) -> bool {
+        self.pve_node.is_some()
+            || self.pve_storage.is_some()
+            || self.pve_template_storage.is_some()
+            || self.pve_template.is_some()
+            || self.pve_bridge.is_some()
+            || self.pve_network.is_some()
+            || self.pve_pool.is_some()
+            || self.pve_gateway.is_some()
+            || self.pve_prefix_len.is_some()
+    }
+
+    fn targets(&self) -> pve::Targets {
+        pve::Targets {
+            storage: self
+                .pve_storage
+                .clone()
+                .unwrap_or_else(|| "local-lvm".into()),
+            template_storage: self
+                .pve_template_storage
+                .clone()
+                .unwrap_or_else(|| "local".into()),
+            bridge: self.pve_bridge.clone().unwrap_or_else(|| "vmbr0".into()),
+        }
+    }
+
+    fn network(&self) -> Result<PveNetwork, String> {
+        let static_flags =
+            self.pve_pool.is_some() || self.pve_gateway.is_some() || self.pve_prefix_len.is_some();
+        match self.pve_network.as_deref() {
+            Some("static") => match (self.pve_pool, self.pve_gateway) {
+                (Some((pool_start, pool_end)), Some(gateway)) => Ok(PveNetwork::Static {
+                    pool_start,
+                    pool_end,
+                    prefix_len: self.pve_prefix_len.unwrap_or(24),
+                    gateway,
+                }),
+                _ => {
+                    Err("--pve-network static needs --pve-pool FIRST-LAST and --pve-gateway".into())
+                }
+            },
+            _ if static_flags => Err(
+                "--pve-pool, --pve-gateway and --pve-prefix-len are for --pve-network static"
+                    .into(),
+            ),
+            _ => Ok(PveNetwork::Dhcp),
+        }
+    }
+
+    /// The config's Proxmox part: from the host's facts, or (before connecting, to check the
+    /// rest of the config) from placeholders of the right form.
+    fn settings(&self, facts: Option<&pve::Facts>) -> Result<PveSettings, String> {
+        let t = self.targets();
+        let template = match facts.and_then(|f| f.template.clone()) {
+            Some(v) => v,
+            None => format!(
+                "{}:vztmpl/{}",
+                t.template_storage,
+                self.pve_template
+                    .as_deref()
+                    .unwrap_or("debian-12-standard_12.7-1_amd64.tar.zst")
+            ),
+        };
+        Ok(PveSettings {
+            node: match (&self.pve_node, facts) {
+                (Some(n), _) => n.clone(),
+                (None, Some(f)) => f.node.clone(),
+                (None, None) => "pve".into(),
+            },
+            fingerprint: facts
+                .map(|f| f.fingerprint.clone())
+                .unwrap_or_else(|| vec!["00"; 32].join(":")),
+            storage: t.storage,
+            bridge: t.bridge,
+            template,
+            network: self.network()?,
+        })
+    }
+}
+
+fn parse_pool(s: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected FIRST-LAST, e.g. 192.0.2.100-192.0.2.199")?;
+    let a: std::net::Ipv4Addr = a
+        .trim()
+        .parse()
+        .map_err(|_| "FIRST is not an IPv4 address")?;
+    let b: std::net::Ipv4Addr = b
+        .trim()
+        .parse()
+        .map_err(|_| "LAST is not an IPv4 address")?;
+    if u32::from(a) > u32::from(b) {
+        return Err("FIRST must not come after LAST".into());
+    }
+    Ok((a, b))
 }
 
 fn bridges(a: &BootstrapArgs) -> plan::LxdBridges {
@@ -196,10 +347,25 @@ pub async fn run(a: BootstrapArgs) -> i32 {
         ssh_host: a.ssh_host.clone().unwrap_or_else(|| a.host.clone()),
         ports: a.ssh_ports,
         sandbox_public: a.sell_sandbox_to_strangers,
+        proxmox: None,
     };
+    let mut s = s;
     if a.sell_sandbox_to_strangers && a.backend != HostBackend::Sandbox {
         eprintln!("paygress-cli: --sell-sandbox-to-strangers is for --backend sandbox");
         return exit::USAGE;
+    }
+    if a.pve.any() && a.backend != HostBackend::Proxmox {
+        eprintln!("paygress-cli: the --pve-* options are for --backend proxmox");
+        return exit::USAGE;
+    }
+    if a.backend == HostBackend::Proxmox {
+        match a.pve.settings(None) {
+            Ok(p) => s.proxmox = Some(p),
+            Err(e) => {
+                eprintln!("paygress-cli: {e}");
+                return exit::USAGE;
+            }
+        }
     }
     let toml = match s.to_toml() {
         Ok(t) => t,
@@ -214,6 +380,27 @@ pub async fn run(a: BootstrapArgs) -> i32 {
             "bootstrap: would connect to {}@{}:{}, check the host key, and run as root:",
             a.ssh.user, a.host, a.ssh.port
         );
+        if a.backend == HostBackend::Proxmox {
+            println!(
+                "bootstrap: check that the host runs Proxmox VE {} or newer with pveproxy active (pveversion, pveum, pveam), read its node name and certificate fingerprint; a host that is not is refused before anything changes",
+                pve::MIN_MAJOR
+            );
+            steps::print_plan(
+                "bootstrap (proxmox)",
+                &plan::pve_steps(&a.pve.targets(), a.pve.pve_template.as_deref()),
+            );
+            steps::print_plan(
+                "bootstrap (proxmox, once the stock template is there)",
+                &[pve_image::image_step(
+                    &a.pve.targets(),
+                    a.pve
+                        .pve_template
+                        .as_deref()
+                        .unwrap_or("debian-12-standard_12.7-1_amd64.tar.zst"),
+                )],
+            );
+            println!("bootstrap: then write the config with {} and the fingerprint read on the host, and:", pve::API_URL);
+        }
         steps::print_plan("bootstrap", &steps);
         println!(
             "bootstrap: then wait for the offer on {}",
@@ -297,22 +484,124 @@ async fn bootstrap_on(
             return exit::PROVIDER;
         }
     }
+    let pve_input = format!(
+        "{}\n{}\n",
+        a.pve.targets().template_storage,
+        a.pve.pve_template.as_deref().unwrap_or("")
+    );
+    if a.backend == HostBackend::Proxmox {
+        let facts = match pve_facts(remote, &pve_input, a.pve.pve_node.as_deref()).await {
+            Ok(f) => f,
+            Err((code, e)) => {
+                eprintln!("paygress-cli: bootstrap: {e}");
+                return code;
+            }
+        };
+        // The config from what the host said, checked now: a value the config refuses must
+        // stop the run before any PVE step changes something.
+        let mut s = s.clone();
+        s.proxmox = match a.pve.settings(Some(&facts)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("paygress-cli: {e}");
+                return exit::USAGE;
+            }
+        };
+        if let Err(e) = s.to_toml() {
+            eprintln!("paygress-cli: bootstrap: {e}; nothing was changed");
+            return exit::USAGE;
+        }
+    }
     if let Err((code, e)) = check_prior(remote, a, s).await {
         eprintln!("paygress-cli: bootstrap: {e}; nothing was changed");
         return code;
     }
-    let list = plan::bootstrap_steps(a.backend, &bridges(a), toml, binary, sha256);
-    let done = match steps::run("bootstrap", remote, &list).await {
-        Ok(d) => d,
+    let mut toml = toml.to_string();
+    // A new token secret (or the user made) needs the service restarted by the later steps.
+    let mut restart = false;
+    // Whether every step found its state already right (then the service was not restarted).
+    let mut unchanged = true;
+    if a.backend == HostBackend::Proxmox {
+        let list = plan::pve_steps(&a.pve.targets(), a.pve.pve_template.as_deref());
+        match steps::run("bootstrap (proxmox)", remote, &list).await {
+            Ok(done) => {
+                unchanged &= done.iter().all(|(_, o)| *o == steps::Outcome::Unchanged);
+                restart = done.iter().any(|(name, o)| {
+                    *o == steps::Outcome::Changed
+                        && list.iter().any(|s| s.name == *name && s.needs_restart)
+                })
+            }
+            Err(e) => {
+                eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
+                return exit::PROVIDER;
+            }
+        }
+        // Read again: the template step may just have downloaded the template.
+        let mut facts = match pve_facts(remote, &pve_input, a.pve.pve_node.as_deref()).await {
+            Ok(f) => f,
+            Err((code, e)) => {
+                eprintln!("paygress-cli: bootstrap: {e}");
+                return code;
+            }
+        };
+        if facts.template.is_none() {
+            eprintln!(
+                "paygress-cli: bootstrap: the template is still not on storage {} after the template step",
+                a.pve.targets().template_storage
+            );
+            return exit::PROVIDER;
+        }
+        // The stock template has no Paygress login: derive the one the config names.
+        let t = a.pve.targets();
+        let Some(stock) = facts
+            .template
+            .as_deref()
+            .and_then(|v| pve_image::stock_name(&t.template_storage, v))
+            .map(str::to_string)
+        else {
+            eprintln!(
+                "paygress-cli: bootstrap: the template {:?} is not a file on storage {}",
+                facts.template, t.template_storage
+            );
+            return exit::PROVIDER;
+        };
+        let image = [pve_image::image_step(&t, &stock)];
+        match steps::run("bootstrap (proxmox)", remote, &image).await {
+            Ok(done) => unchanged &= done.iter().all(|(_, o)| *o == steps::Outcome::Unchanged),
+            Err(e) => {
+                eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
+                return exit::PROVIDER;
+            }
+        }
+        facts.template = Some(pve_image::image_volid(&t, &stock));
+        let mut s = s.clone();
+        s.proxmox = match a.pve.settings(Some(&facts)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("paygress-cli: {e}");
+                return exit::USAGE;
+            }
+        };
+        toml = match s.to_toml() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("paygress-cli: bootstrap: {e}");
+                return exit::USAGE;
+            }
+        };
+    }
+    let list = plan::bootstrap_steps(a.backend, &bridges(a), &toml, binary, sha256);
+    match steps::run_after("bootstrap", remote, &list, restart).await {
+        Ok(done) => unchanged &= done.iter().all(|(_, o)| *o == steps::Outcome::Unchanged),
         Err(e) => {
             eprintln!("paygress-cli: bootstrap: {e}; fix it and run bootstrap again (the steps done are kept)");
             return exit::PROVIDER;
         }
-    };
+    }
     // Nothing changed, so the service was not restarted: the running one already serves this
     // config, and any offer it published since it started counts (not only one after this run
     // began, which would mean waiting up to a heartbeat for its next republication).
-    let since = match done.iter().all(|(_, o)| *o == steps::Outcome::Unchanged) {
+    let since = match unchanged {
         true => service_started(remote).await.unwrap_or(started),
         false => started,
     };
@@ -371,6 +660,29 @@ async fn service_started(remote: &Remote) -> Option<Timestamp> {
     Some(Timestamp::from_secs(secs))
 }
 
+/// Run the read-only Proxmox preflight: the host's facts, or why it is refused (nothing changed).
+async fn pve_facts(
+    remote: &Remote,
+    input: &str,
+    node: Option<&str>,
+) -> Result<pve::Facts, (i32, String)> {
+    let o = remote
+        .root(pve::PREFLIGHT, input.as_bytes(), Duration::from_secs(120))
+        .await
+        .map_err(|e| (exit::PROVIDER, e.to_string()))?;
+    match o.code {
+        Some(0) => pve::parse_facts(&o.stdout, node).map_err(|e| (exit::PROVIDER, e.to_string())),
+        Some(3) => Err((
+            exit::USAGE,
+            pve::PveHostError::NotPve(steps::tail(&o)).to_string(),
+        )),
+        _ => Err((
+            exit::PROVIDER,
+            format!("the Proxmox preflight failed: {}", steps::tail(&o)),
+        )),
+    }
+}
+
 /// A rerun may change the mints and the backend, but not so that money or workloads are left
 /// behind: a mint the new config drops must hold nothing, and the backend may change only while
 /// no workload is live (the new backend would never see them again).
@@ -426,10 +738,7 @@ async fn check_prior(
     }
     let live = v["live_workloads"].as_u64().unwrap_or(0);
     let backend = v["backend"].as_str().unwrap_or("");
-    let wanted = match a.backend {
-        HostBackend::Lxd => "lxd",
-        HostBackend::Sandbox => "sandbox",
-    };
+    let wanted = a.backend.as_str();
     if live > 0 && !backend.is_empty() && backend != wanted {
         return Err((
             exit::USAGE,

@@ -45,7 +45,8 @@ pub struct ResetArgs {
     #[arg(long, value_name = "FILE")]
     pub withdraw_to: Option<PathBuf>,
     /// Also purge the backend's packages bootstrap installed (LXD: lxd, lxd-client, lxcfs and
-    /// /var/lib/lxd, with every container in it; sandbox: slirp4netns).
+    /// /var/lib/lxd, with every container in it; sandbox: slirp4netns). `proxmox` is refused:
+    /// the message says which pveum commands remove the user, token and roles bootstrap made.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub uninstall_backend: Option<HostBackend>,
     /// Print the steps without connecting or changing anything.
@@ -55,6 +56,18 @@ pub struct ResetArgs {
 
 pub async fn run(cmd: SystemCommand) -> i32 {
     let SystemCommand::Reset(a) = cmd;
+    if a.uninstall_backend == Some(HostBackend::Proxmox) {
+        eprintln!(
+            "paygress-cli: --uninstall-backend proxmox: Proxmox VE is not bootstrap's to uninstall, and reset does not remove what bootstrap made in PVE; after the reset (which removes /etc/paygress with the token's secret file), remove it on the host with: pveum user delete {} (its token goes with it), then pveum role delete for each of {}",
+            paygress::bootstrap::pve::PVE_USER,
+            paygress::bootstrap::pve::LEAST_PRIVILEGES
+                .iter()
+                .map(|g| g.role)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return paygress::app::exit::USAGE;
+    }
     let list = plan::reset_steps(a.uninstall_backend);
     if a.dry_run {
         println!(
@@ -77,6 +90,7 @@ pub async fn run(cmd: SystemCommand) -> i32 {
         let what = match a.uninstall_backend {
             Some(HostBackend::Lxd) => ", and purge LXD",
             Some(HostBackend::Sandbox) => ", and purge slirp4netns",
+            Some(HostBackend::Proxmox) => "",
             None => "",
         };
         if !paygress::bootstrap::tty::has_tty() {
