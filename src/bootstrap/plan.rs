@@ -192,7 +192,10 @@ pub fn bootstrap_steps(
         // Nothing to install: PVE brings its own; pve_steps ran before.
         HostBackend::Proxmox => {}
     }
-    steps.push(user_step(backend));
+    // For Proxmox the user step ran first, in pve_steps (it owns the token's file).
+    if backend != HostBackend::Proxmox {
+        steps.push(user_step(backend));
+    }
     let mut upload = format!("{sha256}\n").into_bytes();
     let size = binary.len();
     upload.extend(binary);
