@@ -648,6 +648,47 @@ async fn bootstrap_sells_from_a_fresh_host_survives_a_restart_reruns_as_a_noop_a
     assert!(!out.contains(": done"), "{out}");
     assert_eq!(fingerprint(&host), before);
 
+    // A run that changes the config and then fails before the service step (here: the key's
+    // mode is wrong, so the identity step fails its check) leaves the service on the old
+    // config; the next run, though every file step is unchanged then, restarts it.
+    let mut renamed = args.clone();
+    let i = renamed.iter().position(|a| a == "--name").unwrap() + 1;
+    renamed[i] = "Renamed test node".into();
+    let renamedv: Vec<&str> = renamed.iter().map(String::as_str).collect();
+    host.sh_ok("chmod 0640 /var/lib/paygress/nostr.key");
+    let pid = |host: &Host| host.sh_ok("systemctl show -p MainPID --value paygress-provider");
+    let pid_before = pid(&host);
+    let o = cli(&renamedv, &pw, home.path()).await;
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("] config: done") && out.contains("] identity: FAILED"),
+        "{out}"
+    );
+    assert_eq!(pid(&host), pid_before, "not restarted yet: {out}");
+    host.sh_ok("chmod 0600 /var/lib/paygress/nostr.key");
+    let o = cli(&renamedv, &pw, home.path()).await;
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("] config: unchanged") && out.contains("] service: done"),
+        "{out}"
+    );
+    assert_ne!(
+        pid(&host),
+        pid_before,
+        "the service was not restarted: {out}"
+    );
+    // Back to the first config (a restart again), then a rerun is a no-op once more.
+    let o = cli(&argv, &pw, home.path()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let before = fingerprint(&host);
+    let o = cli(&argv, &pw, home.path()).await;
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains(": done"), "{out}");
+    assert_eq!(fingerprint(&host), before);
+
     // A rerun that drops the mint holding the 120 sat, or switches the backend under a live
     // workload, is refused before any step.
     let swap = |flag: &str, value: &str| -> Vec<String> {

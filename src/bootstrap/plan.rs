@@ -86,11 +86,15 @@ const UNIT_ACTION: &str = "set -e; t=$(mktemp /etc/systemd/system/.paygress-prov
     cat >\"$t\"; chmod 0644 \"$t\"; mv -f \"$t\" /etc/systemd/system/paygress-provider.service; \
     systemctl daemon-reload";
 
+/// Enabled, active, and no change waiting for a restart ([`super::steps::MARK_RESTART`]: a run
+/// that changed the token, binary, config or unit and then failed before this step left it).
 const SERVICE_CHECK: &str = "systemctl is-enabled --quiet paygress-provider \
-    && systemctl is-active --quiet paygress-provider";
+    && systemctl is-active --quiet paygress-provider \
+    && ! [ -e /run/paygress-restart-pending ]";
+/// The mark goes only once the restarted service runs.
 const SERVICE_ACTION: &str = "systemctl enable --quiet paygress-provider \
     && systemctl restart paygress-provider && sleep 2 \
-    && systemctl is-active --quiet paygress-provider \
+    && systemctl is-active --quiet paygress-provider && rm -f /run/paygress-restart-pending \
     || { journalctl -u paygress-provider -n 20 --no-pager -o cat >&2; exit 1; }";
 
 /// The LXD bridges' addresses (`a.b.c.d/n`), used only when LXD is first initialised.
@@ -191,7 +195,10 @@ pub fn bootstrap_steps(
         // Nothing to install: PVE brings its own; pve_steps ran before.
         HostBackend::Proxmox => {}
     }
-    steps.push(user_step(backend));
+    // For Proxmox the user step ran first, in pve_steps (it owns the token's file).
+    if backend != HostBackend::Proxmox {
+        steps.push(user_step(backend));
+    }
     let mut upload = format!("{sha256}\n").into_bytes();
     let size = binary.len();
     upload.extend(binary);
@@ -317,7 +324,7 @@ const FILES_ACTION: &str = "if [ -e /var/lib/paygress/withdrawn.tokens ]; then \
     rm -f /etc/systemd/system/paygress-provider.service; \
     systemctl daemon-reload; systemctl reset-failed paygress-provider 2>/dev/null; \
     pkill -KILL -u paygress 2>/dev/null; sleep 0.5; \
-    rm -rf /etc/paygress /var/lib/paygress; rm -f /usr/local/bin/paygress-cli; \
+    rm -rf /etc/paygress /var/lib/paygress; rm -f /usr/local/bin/paygress-cli /run/paygress-restart-pending; \
     if id -u paygress >/dev/null 2>&1; then userdel paygress; fi; \
     if getent group paygress >/dev/null; then groupdel paygress; fi";
 const BACKEND_CHECK_LXD: &str =

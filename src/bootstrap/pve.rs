@@ -212,11 +212,14 @@ pub fn check_template_name(s: &str) -> Result<String, String> {
 }
 
 /// Read-only. Input: the template storage on the first line, then the template file name or
-/// an empty line (then: the newest `debian-12-standard` present there). Exits 3 on a host
+/// an empty line (then: the newest `debian-12-standard` present there), then the root disks'
+/// storage and the bridge: both storages must be defined in `/etc/pve/storage.cfg` (its
+/// `TYPE: ID` section heads) and the bridge must be a Linux bridge on the host, or the first
+/// paid create would fail after bootstrap reported success. Exits 3 on a host
 /// that is not PVE ≥ 8, naming what is missing. Prints `version=`, `node=`, `fingerprint=`
 /// (of the certificate pveproxy serves: `pveproxy-ssl.pem` when present, else `pve-ssl.pem`)
 /// and `template=` (the volid when the template is on the storage, else empty).
-pub const PREFLIGHT: &str = "read -r tstore || exit 1; read -r tname; \
+pub const PREFLIGHT: &str = "read -r tstore || exit 1; read -r tname; read -r dstore; read -r bridge; \
     command -v pveversion >/dev/null || { echo \"not a Proxmox VE host: pveversion is missing\" >&2; exit 3; }; \
     v=$(pveversion 2>/dev/null | head -n 1); \
     case \"$v\" in pve-manager/[0-9]*) ;; *) echo \"not a Proxmox VE host: pveversion printed no pve-manager/X.Y version\" >&2; exit 3;; esac; \
@@ -225,6 +228,9 @@ pub const PREFLIGHT: &str = "read -r tstore || exit 1; read -r tname; \
     [ \"$m\" -ge 8 ] || { echo \"Proxmox VE $m is too old: 8 or newer is needed ($v)\" >&2; exit 3; }; \
     for c in pveum pveam pvesm openssl tar zstd base64; do command -v \"$c\" >/dev/null || { echo \"not a usable Proxmox VE host: $c is missing\" >&2; exit 3; }; done; \
     systemctl is-active --quiet pveproxy || { echo \"pveproxy is not active: the API on port 8006 is down\" >&2; exit 3; }; \
+    for st in \"$dstore\" \"$tstore\"; do [ -z \"$st\" ] || awk -v s=\"$st\" \"\\$1 ~ /:\\$/ && \\$2 == s { f = 1 } END { exit !f }\" /etc/pve/storage.cfg 2>/dev/null \
+      || { echo \"no storage $st in /etc/pve/storage.cfg (pvesm status lists the storages)\" >&2; exit 3; }; done; \
+    [ -z \"$bridge\" ] || [ -d \"/sys/class/net/$bridge/bridge\" ] || { echo \"no bridge $bridge on this host\" >&2; exit 3; }; \
     c=/etc/pve/local/pveproxy-ssl.pem; [ -f \"$c\" ] || c=/etc/pve/local/pve-ssl.pem; \
     [ -f \"$c\" ] || { echo \"no node certificate (/etc/pve/local/pve-ssl.pem)\" >&2; exit 3; }; \
     fp=$(openssl x509 -in \"$c\" -noout -fingerprint -sha256) || { echo \"cannot read $c\" >&2; exit 3; }; \

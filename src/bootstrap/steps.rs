@@ -60,6 +60,11 @@ impl Step {
     }
 }
 
+/// Run on the host before the action of a step that needs the service restarted: the mark
+/// outlives a run that fails before the service step (the next run's service check sees it and
+/// restarts), and goes with a reboot, which restarts the service anyway.
+pub const MARK_RESTART: &str = ": >/run/paygress-restart-pending";
+
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -136,6 +141,19 @@ pub async fn run_after(
         let outcome = if skip {
             Outcome::Unchanged
         } else {
+            if s.needs_restart {
+                let m = remote
+                    .root(MARK_RESTART, &[], s.timeout)
+                    .await
+                    .map_err(|err| StepError::Remote { step: s.name, err })?;
+                if !m.ok() {
+                    return Err(StepError::Failed {
+                        step: s.name,
+                        code: m.code.map_or("by signal".into(), |c| c.to_string()),
+                        detail: tail(&m),
+                    });
+                }
+            }
             let o = remote
                 .root(s.action, &s.action_input, s.timeout)
                 .await

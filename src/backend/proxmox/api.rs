@@ -347,7 +347,7 @@ fn https_client(trust: &Trust) -> Result<reqwest::Client, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(crate::tls_pin::PinnedServer::new(
                 crate::tls_pin::Pin::Sha256(*fp),
-                "the Proxmox certificate does not match backend.proxmox.fingerprint",
+                "the Proxmox certificate does not match backend.proxmox.fingerprint (a renewed certificate, e.g. ACME, needs the new fingerprint: rerun bootstrap)",
                 provider,
             ))),
     };

@@ -485,9 +485,11 @@ async fn bootstrap_on(
         }
     }
     let pve_input = format!(
-        "{}\n{}\n",
+        "{}\n{}\n{}\n{}\n",
         a.pve.targets().template_storage,
-        a.pve.pve_template.as_deref().unwrap_or("")
+        a.pve.pve_template.as_deref().unwrap_or(""),
+        a.pve.targets().storage,
+        a.pve.targets().bridge
     );
     if a.backend == HostBackend::Proxmox {
         let facts = match pve_facts(remote, &pve_input, a.pve.pve_node.as_deref()).await {
